@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""CDK app entry point: the only place that reads inputs (config file, package.json, CDK context)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from aws_cdk import App, Validations
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks, NIST80053R5Checks, PCIDSS321Checks
+
+from config.loader import ConfigError, load_config
+from pipeline.pipeline_stack import PipelineStack
+
+ROOT = Path(__file__).resolve().parent
+
+
+def pinned_cli_version() -> str:
+    """The CDK CLI version pinned in package.json; the pipeline installs exactly this one."""
+    package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
+    return package["devDependencies"]["aws-cdk"]
+
+
+def build_app(app: App) -> PipelineStack:
+    config = load_config(app.node.try_get_context("config"))
+    stack = PipelineStack(
+        app, f"{config.project.capitalize()}Pipeline", config=config, cli_version=pinned_cli_version()
+    )
+    # Registered once at the App: cdk-nag v3 plugins reach the pipeline stack and every Stage's stacks.
+    Validations.of(app).add_plugins(
+        AwsSolutionsChecks(app), NIST80053R5Checks(app), HIPAASecurityChecks(app), PCIDSS321Checks(app)
+    )
+    return stack
+
+
+def main() -> int:
+    app = App()
+    try:
+        build_app(app)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    app.synth()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Secrets whose generated values must follow an application's format (prefix, alphabet, length)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+HANDLER_DIR = Path(__file__).resolve().parent / "lambdas" / "secret_fields"
+
+
+@dataclass(frozen=True)
+class GeneratedField:
+    """One JSON field: ``prefix`` + ``length`` random characters from ``alphabet`` ("alnum" or "hex")."""
+
+    prefix: str
+    length: int
+    alphabet: str = "alnum"
+
+    def as_property(self) -> dict:
+        return {"Prefix": self.prefix, "Length": self.length, "Alphabet": self.alphabet}
+
+
+class FormattedSecret(Construct):
+    """A Secrets Manager secret holding JSON fields generated once, at deploy time, in a given format.
+
+    Defaults:
+    - Encrypted with the given KMS key; RETAIN on deletion (apps keep working keys across stack rebuilds).
+    - Values are generated inside the account by a custom resource; they never appear in a template or a log.
+    - A field that already has a valid value is never replaced, so updates and re-deploys keep it.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        secret_name: str,
+        description: str,
+        fields: dict[str, GeneratedField],
+        encryption_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.secret = secretsmanager.Secret(
+            self,
+            "Secret",
+            secret_name=secret_name,
+            description=description,
+            encryption_key=encryption_key,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        provider = _initializer_function(Stack.of(self))
+        self.secret.grant_read(provider)
+        self.secret.grant_write(provider)
+        self.initializer = CustomResource(
+            self,
+            "Initializer",
+            service_token=provider.function_arn,
+            resource_type="Custom::SecretFields",
+            properties={
+                "SecretId": self.secret.secret_arn,
+                "Fields": {name: field.as_property() for name, field in fields.items()},
+            },
+        )
+        # The handler's role policy (granted above) must exist before the handler runs.
+        self.initializer.node.add_dependency(provider)
+
+
+def _initializer_function(stack: Stack) -> lambda_.Function:
+    """One handler per stack, shared by every FormattedSecret in it."""
+    existing = stack.node.try_find_child("SecretFieldsInitializer")
+    if existing is not None:
+        return existing  # type: ignore[return-value]
+    log_group = logs.LogGroup(
+        stack,
+        "SecretFieldsInitializerLogs",
+        retention=logs.RetentionDays.ONE_YEAR,
+        removal_policy=RemovalPolicy.RETAIN,
+    )
+    return lambda_.Function(
+        stack,
+        "SecretFieldsInitializer",
+        runtime=lambda_.Runtime.PYTHON_3_13,
+        handler="index.handler",
+        code=lambda_.Code.from_asset(str(HANDLER_DIR)),
+        timeout=Duration.minutes(1),
+        memory_size=256,
+        log_group=log_group,
+        description="Fills formatted secret fields (LiteLLM and Langfuse keys) once, at deploy time",
+    )

@@ -1,0 +1,99 @@
+"""CloudFormation custom resource: give a Secrets Manager secret JSON fields in the format its app requires.
+
+Secrets Manager can generate random strings but not `sk-...` or `pk-lf-...` keys. This handler fills each
+requested field once and never changes a field that already has a valid value, so a key an app depends on
+(LiteLLM's master key, Langfuse's encryption key) survives stack updates and re-runs. Only the secret holds
+the values: nothing is returned to CloudFormation or logged.
+
+Resource properties:
+  SecretId: ARN of the secret
+  Fields: {name: {"Prefix": str, "Length": int, "Alphabet": "alnum" | "hex"}}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import string
+import urllib.request
+
+import boto3
+
+LOG = logging.getLogger()
+LOG.setLevel(logging.INFO)
+
+ALPHABETS = {"alnum": string.ascii_letters + string.digits, "hex": "0123456789abcdef"}
+
+
+def random_value(spec: dict) -> str:
+    alphabet = ALPHABETS[spec.get("Alphabet", "alnum")]
+    length = int(spec["Length"])
+    return spec.get("Prefix", "") + "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def is_valid(value: object, spec: dict) -> bool:
+    if not isinstance(value, str):
+        return False
+    prefix = spec.get("Prefix", "")
+    body = value[len(prefix):]
+    alphabet = ALPHABETS[spec.get("Alphabet", "alnum")]
+    return value.startswith(prefix) and len(body) == int(spec["Length"]) and all(c in alphabet for c in body)
+
+
+def fill_fields(current: str | None, fields: dict) -> tuple[dict, list[str]]:
+    """Return the new JSON document and the names of the fields that were (re)generated."""
+    try:
+        document = json.loads(current) if current else {}
+    except json.JSONDecodeError:
+        document = {}
+    if not isinstance(document, dict):
+        document = {}
+    generated = []
+    for name, spec in sorted(fields.items()):
+        if not is_valid(document.get(name), spec):
+            document[name] = random_value(spec)
+            generated.append(name)
+    return document, generated
+
+
+def ensure_fields(client, secret_id: str, fields: dict) -> list[str]:
+    current = client.get_secret_value(SecretId=secret_id).get("SecretString")
+    document, generated = fill_fields(current, fields)
+    if generated:
+        client.put_secret_value(SecretId=secret_id, SecretString=json.dumps(document))
+    return generated
+
+
+def send_response(event: dict, context, status: str, reason: str = "") -> None:
+    body = json.dumps(
+        {
+            "Status": status,
+            "Reason": reason or f"See CloudWatch log stream {getattr(context, 'log_stream_name', '')}",
+            "PhysicalResourceId": event.get("PhysicalResourceId") or event["ResourceProperties"]["SecretId"],
+            "StackId": event["StackId"],
+            "RequestId": event["RequestId"],
+            "LogicalResourceId": event["LogicalResourceId"],
+            "NoEcho": True,
+            "Data": {},
+        }
+    ).encode()
+    request = urllib.request.Request(
+        event["ResponseURL"], data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
+
+
+def handler(event: dict, context, client=None) -> None:
+    status, reason = "SUCCESS", ""
+    try:
+        if event["RequestType"] in ("Create", "Update"):
+            props = event["ResourceProperties"]
+            client = client or boto3.client("secretsmanager")
+            generated = ensure_fields(client, props["SecretId"], props["Fields"])
+            LOG.info("secret %s: generated fields %s", props["SecretId"], generated or "none")
+    except Exception as error:  # report every failure to CloudFormation instead of letting it hang
+        LOG.error("failed: %s", type(error).__name__)
+        status, reason = "FAILED", f"{type(error).__name__}: {error}"[:500]
+    send_response(event, context, status, reason)

@@ -1,0 +1,188 @@
+"""NetworkStack: VPC with three subnet tiers, VPC endpoints, the platform's security groups, Cloud Map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_servicediscovery as servicediscovery
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
+
+PUBLIC_SUBNETS = "Public"
+APP_SUBNETS = "PrivateApp"
+DATA_SUBNETS = "PrivateData"
+
+# Ports the ALB may reach on the ECS services security group (seed, Task 3).
+SERVICE_PORTS = {
+    "Coder": 7080,
+    "LiteLLM": 4000,
+    "Langfuse web": 3000,
+    "Key Provisioner": 8100,
+    "ClickHouse HTTP": 8123,
+    "ClickHouse native": 9000,
+    "Langfuse worker": 3030,
+}
+WORKSPACE_AGENT_PORT = 13337
+POSTGRES_PORT = 5432
+REDIS_PORT = 6379
+NFS_PORT = 2049
+
+INTERFACE_ENDPOINTS = {
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+    "CloudWatchLogs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    "Sts": ec2.InterfaceVpcEndpointAwsService.STS,
+    "BedrockRuntime": ec2.InterfaceVpcEndpointAwsService.BEDROCK_RUNTIME,
+    "Ecs": ec2.InterfaceVpcEndpointAwsService.ECS,
+    "Efs": ec2.InterfaceVpcEndpointAwsService.ELASTIC_FILESYSTEM,
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
+}
+
+
+@dataclass(frozen=True)
+class SecurityGroups:
+    alb: ec2.ISecurityGroup
+    ecs_services: ec2.ISecurityGroup
+    ecs_workspaces: ec2.ISecurityGroup
+    rds: ec2.ISecurityGroup
+    redis: ec2.ISecurityGroup
+    efs: ec2.ISecurityGroup
+
+
+@dataclass(frozen=True)
+class NetworkStackOutputs:
+    vpc: ec2.IVpc
+    security_groups: SecurityGroups
+    namespace: servicediscovery.IPrivateDnsNamespace
+    public_subnets: ec2.SubnetSelection
+    app_subnets: ec2.SubnetSelection
+    data_subnets: ec2.SubnetSelection
+
+
+class NetworkStack(Stack):
+    """VPC (public / private-app / private-data over the configured AZs), one NAT gateway, S3 gateway and
+    interface endpoints, the six platform security groups and the Cloud Map namespace `{project}-{env}.local`.
+
+    Non-obvious defaults:
+    - Subnet CIDRs are exactly the configured ones (see ``FixedSubnetCidrs``).
+    - Security groups have no default egress: each group may only send what the rules below allow, and a rule
+      between two groups (``connections.allow_from``) writes the matching egress on the sender.
+    - Interface endpoints share one security group that accepts 443 from the VPC range only.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        net = config.network
+        self._configured_azs = list(net.availability_zones)
+
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=FixedSubnetCidrs(
+                net.vpc_cidr,
+                {
+                    PUBLIC_SUBNETS: net.public_subnet_cidrs,
+                    APP_SUBNETS: net.app_subnet_cidrs,
+                    DATA_SUBNETS: net.data_subnet_cidrs,
+                },
+            ),
+            availability_zones=list(net.availability_zones),
+            nat_gateways=net.nat_gateways,
+            enable_dns_support=True,
+            enable_dns_hostnames=True,
+            restrict_default_security_group=True,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name=PUBLIC_SUBNETS, subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24,
+                                        map_public_ip_on_launch=False),
+                ec2.SubnetConfiguration(name=APP_SUBNETS, subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=24),
+                ec2.SubnetConfiguration(name=DATA_SUBNETS, subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24),
+            ],
+            gateway_endpoints={
+                "S3": ec2.GatewayVpcEndpointOptions(
+                    service=ec2.GatewayVpcEndpointAwsService.S3,
+                    subnets=[
+                        ec2.SubnetSelection(subnet_group_name=APP_SUBNETS),
+                        ec2.SubnetSelection(subnet_group_name=DATA_SUBNETS),
+                    ],
+                )
+            },
+        )
+        app_subnets = ec2.SubnetSelection(subnet_group_name=APP_SUBNETS)
+
+        security_groups = self._security_groups(config)
+
+        endpoints_sg = self._group("VpcEndpoints", "Interface VPC endpoints: HTTPS from inside the VPC")
+        endpoints_sg.add_ingress_rule(ec2.Peer.ipv4(net.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        for endpoint_id, service in INTERFACE_ENDPOINTS.items():
+            self.vpc.add_interface_endpoint(
+                endpoint_id,
+                service=service,
+                subnets=app_subnets,
+                private_dns_enabled=True,
+                security_groups=[endpoints_sg],
+                open=False,
+            )
+
+        self.namespace = servicediscovery.PrivateDnsNamespace(
+            self,
+            "Namespace",
+            name=config.namespace_name,
+            vpc=self.vpc,
+            description=f"Service discovery for {config.qualifier}",
+        )
+
+        self.outputs = NetworkStackOutputs(
+            vpc=self.vpc,
+            security_groups=security_groups,
+            namespace=self.namespace,
+            public_subnets=ec2.SubnetSelection(subnet_group_name=PUBLIC_SUBNETS),
+            app_subnets=app_subnets,
+            data_subnets=ec2.SubnetSelection(subnet_group_name=DATA_SUBNETS),
+        )
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """The configured AZs. Without this override, CDK would look the AZs up in the account (no offline synth)."""
+        return self._configured_azs
+
+    def _group(self, construct_id: str, description: str) -> ec2.SecurityGroup:
+        return ec2.SecurityGroup(
+            self, construct_id, vpc=self.vpc, description=description, allow_all_outbound=False
+        )
+
+    def _security_groups(self, config: EnvironmentConfig) -> SecurityGroups:
+        alb = self._group("AlbSecurityGroup", "Internal ALB: HTTPS from the VPC")
+        services = self._group("EcsServicesSecurityGroup", "ECS platform services (Coder, LiteLLM, Langfuse, ...)")
+        workspaces = self._group("EcsWorkspacesSecurityGroup", "Coder workspaces")
+        rds = self._group("RdsSecurityGroup", "RDS PostgreSQL")
+        redis = self._group("RedisSecurityGroup", "ElastiCache Redis")
+        efs = self._group("EfsSecurityGroup", "EFS mount targets")
+        anywhere = ec2.Peer.any_ipv4()
+
+        alb.add_ingress_rule(ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        # ALB authenticate-oidc calls the identity provider's token and user-info endpoints.
+        alb.add_egress_rule(anywhere, ec2.Port.tcp(443), "OIDC identity provider (ALB authenticate-oidc)")
+        for name, port in SERVICE_PORTS.items():
+            services.connections.allow_from(alb, ec2.Port.tcp(port), f"{name} from the ALB")
+        services.connections.allow_internally(ec2.Port.all_traffic(), "Service-to-service traffic")
+        services.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: AWS APIs, identity provider, LLM APIs")
+
+        workspaces.connections.allow_from(alb, ec2.Port.tcp(WORKSPACE_AGENT_PORT), "Workspace apps from the ALB")
+        workspaces.connections.allow_to(services, ec2.Port.tcp(SERVICE_PORTS["LiteLLM"]), "LiteLLM from workspaces")
+        workspaces.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS")
+        workspaces.add_egress_rule(anywhere, ec2.Port.tcp(53), "DNS over TCP")
+        workspaces.add_egress_rule(anywhere, ec2.Port.udp(53), "DNS")
+
+        rds.connections.allow_from(services, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from ECS services")
+        redis.connections.allow_from(services, ec2.Port.tcp(REDIS_PORT), "Redis from ECS services")
+        efs.connections.allow_from(services, ec2.Port.tcp(NFS_PORT), "NFS from ECS services")
+        efs.connections.allow_from(workspaces, ec2.Port.tcp(NFS_PORT), "NFS from workspaces")
+
+        return SecurityGroups(
+            alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs
+        )

@@ -1,0 +1,42 @@
+"""The deployable unit: one environment's four stacks, in dependency order."""
+
+from __future__ import annotations
+
+from aws_cdk import Environment, Stage, Tags
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from stacks.data_stack import DataStack
+from stacks.network_stack import NetworkStack
+
+
+class PlatformStage(Stage):
+    """Network -> Data (-> Platform -> Observability) for one environment.
+
+    The Stage is the namespace: construct ids inside never name the environment, so staging and production
+    templates differ only in their configured values. Stack names come out as `<StageId>-Network`, ...
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+        super().__init__(
+            scope, construct_id, env=Environment(account=config.account, region=config.region), **kwargs
+        )
+        self.config = config
+        self.network = NetworkStack(
+            self, "Network", config=config, description=f"{config.qualifier}: VPC, endpoints, security groups"
+        )
+        self.data = DataStack(
+            self,
+            "Data",
+            config=config,
+            network=self.network.outputs,
+            description=f"{config.qualifier}: RDS, Redis, EFS, S3, DynamoDB, secrets",
+        )
+        self.data.add_dependency(self.network)
+        for key, value in config.tags.items():
+            Tags.of(self).add(key, value)
+
+    @property
+    def stacks(self):
+        """In deployment order."""
+        return [self.network, self.data]
