@@ -9,9 +9,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any
 
 from config.model import (
     AppConfig,
@@ -356,8 +357,8 @@ def _read_network(table: _Table, region: str | None) -> NetworkConfig | None:
 def _read_database(table: _Table) -> DatabaseConfig | None:
     instance_class = table.get(
         "instance_class",
-        lambda v: _string(DB_INSTANCE_CLASS_RE, "not an instance class")(v)
-        or ("write the class without the db. prefix" if v.startswith("db.") else None),
+        lambda v: ("write the class without the db. prefix" if isinstance(v, str) and v.startswith("db.") else None)
+        or _string(DB_INSTANCE_CLASS_RE, "not an instance class")(v),
         'an RDS instance class without "db.", e.g. r6g.large',
     )
     allocated = table.get("allocated_storage_gb", _integer(20, 65536), "an integer from 20 to 65536 (GiB)")

@@ -6,10 +6,10 @@ Instances are built only by ``config.loader.load_config``, which validates every
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Mapping
 
 
 class EnvironmentName(StrEnum):

@@ -7,7 +7,7 @@ firewall rules and Terraform workspace templates can name a tier by range.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jsii
 from aws_cdk import aws_ec2 as ec2

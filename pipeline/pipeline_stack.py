@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from aws_cdk import Environment, Stack
+from aws_cdk import Environment, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
-from aws_cdk import pipelines
 from constructs import Construct
 
 from config.model import AppConfig
@@ -45,7 +44,10 @@ class PipelineStack(Stack):
             input=source,
             commands=[SYNTH_COMMAND],
             primary_output_directory="cdk.out",
-            build_environment=codebuild.BuildEnvironment(build_image=BUILD_IMAGE),
+            # jsii runs the app in Node and Python at once: the small (3 GB) instance is too tight.
+            build_environment=codebuild.BuildEnvironment(
+                build_image=BUILD_IMAGE, compute_type=codebuild.ComputeType.MEDIUM
+            ),
             partial_build_spec=codebuild.BuildSpec.from_object(
                 {"phases": {"install": {"runtime-versions": {"nodejs": "22", "python": "3.12"}}}}
             ),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from aws_cdk import CfnDeletionPolicy, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_dynamodb as dynamodb
@@ -128,6 +128,17 @@ class DataStack(Stack):
     def _database(self, network: NetworkStackOutputs) -> DatabaseOutputs:
         config = self._config
         engine = rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16)
+        # Our own secret rather than Credentials.from_generated_secret: a stable logical id and RETAIN, so the
+        # master login survives with the database's final snapshot.
+        master_secret = rds.DatabaseSecret(
+            self,
+            "PostgresMasterSecret",
+            username=POSTGRES_MASTER_USER,
+            secret_name=self._name("rds/master"),
+            encryption_key=self.data_key,
+            exclude_characters=" %+~`#$&*()|[]{}:;<>?!'/@\"\\",
+        )
+        master_secret.apply_removal_policy(RemovalPolicy.RETAIN)
         parameter_group = rds.ParameterGroup(
             self,
             "PostgresParameters",
@@ -144,12 +155,7 @@ class DataStack(Stack):
             vpc_subnets=network.data_subnets,
             security_groups=[network.security_groups.rds],
             port=POSTGRES_PORT,
-            credentials=rds.Credentials.from_generated_secret(
-                POSTGRES_MASTER_USER,
-                secret_name=self._name("rds/master"),
-                encryption_key=self.data_key,
-                exclude_characters=" %+~`#$&*()|[]{}:;<>?!'/@\"\\",
-            ),
+            credentials=rds.Credentials.from_secret(master_secret),
             parameter_group=parameter_group,
             allocated_storage=config.database.allocated_storage_gb,
             max_allocated_storage=config.database.max_allocated_storage_gb,
@@ -170,10 +176,9 @@ class DataStack(Stack):
             publicly_accessible=False,
             removal_policy=RemovalPolicy.SNAPSHOT,
         )
-        assert instance.secret is not None
         return DatabaseOutputs(
             instance=instance,
-            master_secret=instance.secret,
+            master_secret=master_secret,
             endpoint=instance.db_instance_endpoint_address,
             port=instance.db_instance_endpoint_port,
         )
@@ -222,7 +227,7 @@ class DataStack(Stack):
             "coder/oidc",
             "OPERATOR-SUPPLIED: Azure AD app registration for Coder. Set client_id and client_secret with "
             "put-secret-value after the first deploy; the generated client_secret is a placeholder.",
-            secret_string_template='{"client_id": ""}',
+            secret_string_template='{"client_id": ""}',  # noqa: S106 - an empty id, not a password
             generate_string_key="client_secret",
             **url_safe,
         )

@@ -1,0 +1,53 @@
+# The project's verbs. `make synth` and `make test` work from a fresh clone: they set up what they need first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+CONFIG ?= config/environments.toml
+OUT ?= cdk.out
+# The pinned Node.js 22 and CDK CLI from package-lock.json come first, then the venv.
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PY_STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: help setup synth test lint cfn-lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  Variables: CONFIG=path/to/environments.toml (default $(CONFIG))"
+
+setup: $(PY_STAMP) $(NODE_STAMP) ## Create .venv with the pinned packages and install the pinned Node.js + CDK CLI
+
+$(PY_STAMP): requirements.txt requirements-dev.txt constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --progress-bar off -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+synth: setup ## Synthesize the whole app (pipeline + both Stages) into cdk.out, offline, and print a summary
+	@rm -rf $(OUT); mkdir -p build
+	@start=$$(date +%s%N); \
+	if ! cdk synth --quiet --ignore-errors --output $(OUT) -c config=$(CONFIG) > build/synth.log 2>&1; then \
+	  grep -v '^\s*$$' build/synth.log | grep -v 'is deprecated\|addStackDependency' >&2; exit 1; \
+	fi; \
+	elapsed_ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
+	echo "Synthesized $(OUT) in $$((elapsed_ms / 1000)).$$(( (elapsed_ms % 1000) / 100 )) s (full CDK output: build/synth.log)"
+	@python -m pipeline.synth_summary $(OUT) --report-only
+
+test: setup ## ruff, then the whole test suite (one real synth shared by all tests, cfn-lint, config validation)
+	ruff check .
+	python -m pytest
+
+lint: setup ## ruff on the Python code
+	ruff check .
+
+clean: ## Remove generated output (keeps .venv and node_modules)
+	rm -rf $(OUT) build .pytest_cache

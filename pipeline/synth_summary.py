@@ -1,0 +1,123 @@
+"""Summarise a synthesized cloud assembly: stacks, resources per stack, cdk-nag findings per pack.
+
+    python -m pipeline.synth_summary cdk.out [--report-only]
+
+Exit status: 1 when the assembly holds an error that is not a compliance finding (for example an annotation
+error such as a context lookup that needs credentials); compliance findings fail too unless --report-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+COMPLIANCE_PACKS = ("AwsSolutions", "NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
+ACKNOWLEDGED_RULES_KEY = "aws:cdk:acknowledged-rules"
+
+
+@dataclass(frozen=True)
+class StackSummary:
+    path: str  # the stack's construct path, e.g. CoderPipeline/Staging/Network
+    stack_name: str
+    template: Path
+    resources: Counter
+
+
+@dataclass(frozen=True)
+class Finding:
+    pack: str
+    rule: str
+    construct_path: str
+
+
+def iter_stacks(assembly_dir: Path):
+    """Every CloudFormation stack of the assembly and its nested (Stage) assemblies."""
+    manifest = json.loads((assembly_dir / "manifest.json").read_text())
+    for artifact_id, artifact in manifest.get("artifacts", {}).items():
+        props = artifact.get("properties", {})
+        if artifact["type"] == "cdk:cloud-assembly":
+            yield from iter_stacks(assembly_dir / props["directoryName"])
+        elif artifact["type"] == "aws:cloudformation:stack":
+            template_path = assembly_dir / props["templateFile"]
+            template = json.loads(template_path.read_text())
+            resources = Counter(r["Type"] for r in template.get("Resources", {}).values())
+            path = artifact.get("displayName", artifact_id)
+            yield StackSummary(path, props.get("stackName", artifact_id), template_path, resources)
+
+
+def read_findings(assembly_dir: Path) -> list[Finding]:
+    report_path = assembly_dir / "validation-report.json"
+    if not report_path.exists():
+        return []
+    report = json.loads(report_path.read_text())
+    findings = []
+    for plugin in report.get("pluginReports", []):
+        for violation in plugin.get("violations", []):
+            for construct in violation.get("violatingConstructs", []):
+                findings.append(Finding(plugin["pluginName"], violation["ruleName"], construct.get("constructPath", "?")))
+    return findings
+
+
+def count_acknowledgments(assembly_dir: Path) -> Counter:
+    """Acknowledged rules per pack, read from every stack's metadata."""
+    counts: Counter = Counter()
+    for metadata_file in assembly_dir.rglob("*.metadata.json"):
+        for entries in json.loads(metadata_file.read_text()).values():
+            for entry in entries:
+                if entry.get("type") == ACKNOWLEDGED_RULES_KEY:
+                    for rule in entry.get("data", []):
+                        rule_id = rule.get("id", "") if isinstance(rule, dict) else str(rule)
+                        counts[_pack_of(rule_id)] += 1
+    return counts
+
+
+def _pack_of(rule_id: str) -> str:
+    for pack in COMPLIANCE_PACKS:
+        if rule_id.startswith(pack):
+            return pack
+    return rule_id.split("::", 1)[0] if "::" in rule_id else "other"
+
+
+def render(stacks: list[StackSummary], findings: list[Finding], acknowledged: Counter, report_only: bool) -> str:
+    lines = [f"Stacks ({len(stacks)}):"]
+    width = max((len(s.stack_name) for s in stacks), default=10)
+    for stack in stacks:
+        top = ", ".join(f"{t.split('::', 1)[1]} {n}" for t, n in stack.resources.most_common(4))
+        lines.append(f"  {stack.stack_name:<{width}}  {sum(stack.resources.values()):>4} resources  ({top}, ...)")
+    by_pack = Counter(f.pack for f in findings)
+    mode = "report-only" if report_only else "blocking"
+    lines.append(f"cdk-nag findings ({mode}):")
+    for pack in COMPLIANCE_PACKS:
+        lines.append(f"  {pack:<16} open {by_pack.get(pack, 0):>4}   acknowledged {acknowledged.get(pack, 0):>4}")
+    others = {p: n for p, n in by_pack.items() if p not in COMPLIANCE_PACKS}
+    for plugin, count in sorted(others.items()):
+        lines.append(f"  {plugin:<16} errors {count:>4}  (not a compliance pack: always fails the build)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("assembly", type=Path, help="cloud assembly directory (cdk.out)")
+    parser.add_argument("--report-only", action="store_true", help="count compliance findings without failing")
+    args = parser.parse_args(argv)
+    if not (args.assembly / "manifest.json").exists():
+        print(f"error: {args.assembly} is not a cloud assembly (no manifest.json); run cdk synth first", file=sys.stderr)
+        return 2
+    stacks = list(iter_stacks(args.assembly))
+    findings = read_findings(args.assembly)
+    print(render(stacks, findings, count_acknowledgments(args.assembly), args.report_only))
+    other_errors = [f for f in findings if f.pack not in COMPLIANCE_PACKS]
+    for finding in other_errors:
+        print(f"error: {finding.pack} {finding.rule} at {finding.construct_path}", file=sys.stderr)
+    open_findings = [f for f in findings if f.pack in COMPLIANCE_PACKS]
+    if other_errors or (open_findings and not args.report_only):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Config loading and validation: the shipped file, derived names, and bad input refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from config.loader import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from config.model import EnvironmentName
+from tests.assembly import ROOT
+
+BASE = DEFAULT_CONFIG_PATH.read_text()
+
+
+def replace(old: str, new: str, *, count: int = 1) -> str:
+    """The shipped config with one edit (the first `count` occurrences)."""
+    assert old in BASE, old
+    return BASE.replace(old, new, count)
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "test.toml")
+    return caught.value.problems
+
+
+def test_shipped_config_loads():
+    config = load_config()
+    assert config.project == "coder"
+    assert [e.name for e in config.environments] == [EnvironmentName.STAGING, EnvironmentName.PRODUCTION]
+    assert (config.pipeline.account, config.staging.account, config.production.account) == (
+        "111111111111", "222222222222", "333333333333")
+    assert config.production.network.app_subnet_cidrs == ("10.0.10.0/24", "10.0.11.0/24")
+
+
+def test_production_values_are_the_seeds():
+    production = load_config().production
+    assert production.region == "us-west-2"
+    assert production.network.vpc_cidr == "10.0.0.0/16"
+    assert production.network.availability_zones == ("us-west-2a", "us-west-2b")
+    assert production.network.public_subnet_cidrs == ("10.0.0.0/24", "10.0.1.0/24")
+    assert production.network.data_subnet_cidrs == ("10.0.20.0/24", "10.0.21.0/24")
+    assert production.database.instance_class == "r6g.large"
+    assert (production.database.allocated_storage_gb, production.database.max_allocated_storage_gb) == (100, 500)
+    assert production.redis.node_type == "cache.r6g.large"
+    assert production.domain == "coder.company.com"
+    assert production.services.litellm_desired_count == 2
+
+
+def test_derived_names():
+    config = load_config()
+    assert config.production.qualifier == "coder-production"
+    assert config.production.namespace_name == "coder-production.local"
+    assert config.production.ssm_prefix == "/coder-production/"
+    assert config.production.secret_prefix == "prod"
+    assert config.staging.secret_prefix == "staging"
+    assert config.staging.global_name("backups") == "coder-staging-backups-222222222222-us-west-2"
+
+
+def test_config_is_frozen():
+    config = load_config()
+    with pytest.raises(AttributeError):
+        config.production.domain = "evil.example.com"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.production.tags["Owner"] = "someone"  # type: ignore[index]
+
+
+# Each case: an edit of the shipped file, and the fragments the message must contain (field, value, allowed).
+BAD_INPUTS = {
+    "account not 12 digits": (
+        replace('account = "222222222222"', 'account = "2222"'),
+        ["staging.account = '2222'", "not a 12-digit AWS account id", "Allowed: a 12-digit AWS account id"],
+    ),
+    "region unknown format": (
+        replace('region = "us-west-2"\ndomain = "coder.company.com"', 'region = "uswest2"\ndomain = "coder.company.com"'),
+        ["production.region = 'uswest2'", "not an AWS region name"],
+    ),
+    "AZ outside the region": (
+        replace('availability_zones = ["us-west-2a", "us-west-2b"]', 'availability_zones = ["us-west-2a", "us-east-1b"]'),
+        ["staging.network.availability_zones", "'us-east-1b'", "not an availability zone in us-west-2"],
+    ),
+    "CIDR syntax": (
+        replace('vpc_cidr = "10.1.0.0/16"', 'vpc_cidr = "10.1.0.300/16"'),
+        ["staging.network.vpc_cidr = '10.1.0.300/16'", "not an IPv4 network", "Allowed: an IPv4 CIDR from /16 to /24"],
+    ),
+    "CIDR too large": (
+        replace('vpc_cidr = "10.1.0.0/16"', 'vpc_cidr = "10.0.0.0/8"'),
+        ["staging.network.vpc_cidr = '10.0.0.0/8'", "prefix /8 is out of range"],
+    ),
+    "subnet outside the VPC": (
+        replace('app_subnet_cidrs = ["10.1.10.0/24", "10.1.11.0/24"]', 'app_subnet_cidrs = ["10.1.10.0/24", "10.9.11.0/24"]'),
+        ["staging.network.app_subnet_cidrs = '10.9.11.0/24'", "outside the VPC 10.1.0.0/16"],
+    ),
+    "subnets overlap": (
+        replace('data_subnet_cidrs = ["10.1.20.0/24", "10.1.21.0/24"]', 'data_subnet_cidrs = ["10.1.10.0/25", "10.1.21.0/24"]'),
+        ["staging.network.data_subnet_cidrs = '10.1.10.0/25'", "overlaps 10.1.10.0/24"],
+    ),
+    "one subnet for two AZs": (
+        replace('public_subnet_cidrs = ["10.1.0.0/24", "10.1.1.0/24"]', 'public_subnet_cidrs = ["10.1.0.0/24"]'),
+        ["staging.network.public_subnet_cidrs", "1 subnet(s) for 2 availability zones"],
+    ),
+    "domain syntax": (
+        replace('domain = "coder.company.com"', 'domain = "Coder_Company"'),
+        ["production.domain = 'Coder_Company'", "not a valid lower-case DNS name"],
+    ),
+    "hosted zone id": (
+        replace('hosted_zone_id = ""', 'hosted_zone_id = "zone-123"'),
+        ["staging.hosted_zone_id = 'zone-123'", "not a Route 53 hosted zone id"],
+    ),
+    "latest image": (
+        replace('litellm = "ghcr.io/berriai/litellm:1.87.0"', 'litellm = "ghcr.io/berriai/litellm:main-latest"'),
+        ["staging.images.litellm = 'ghcr.io/berriai/litellm:main-latest'", "moves over time", "no latest"],
+    ),
+    "untagged image": (
+        replace('clickhouse = "clickhouse/clickhouse-server:26.4.5.143"', 'clickhouse = "clickhouse/clickhouse-server"'),
+        ["staging.images.clickhouse", "not pinned (no tag and no digest)"],
+    ),
+    "key provisioner not in ECR": (
+        replace('key_provisioner = "222222222222.dkr.ecr.us-west-2.amazonaws.com/key-provisioner:1.0.0"',
+                'key_provisioner = "docker.io/acme/key-provisioner:1.0.0"'),
+        ["staging.images.key_provisioner", "not an ECR image URI"],
+    ),
+    "zero desired count": (
+        replace("litellm_desired_count = 2", "litellm_desired_count = 0"),
+        ["staging.services.litellm_desired_count = 0", "out of range", "Allowed: an integer from 1 to 100"],
+    ),
+    "count as a string": (
+        replace("langfuse_web_desired_count = 1", 'langfuse_web_desired_count = "1"'),
+        ["staging.services.langfuse_web_desired_count = '1'", "expected an integer, got str"],
+    ),
+    "OIDC over http": (
+        replace('user_info_endpoint = "https://graph.microsoft.com/oidc/userinfo"',
+                'user_info_endpoint = "http://graph.microsoft.com/oidc/userinfo"'),
+        ["staging.oidc.user_info_endpoint", "not an https URL"],
+    ),
+    "OIDC template placeholder": (
+        replace("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",
+                "https://login.microsoftonline.com/{tenant-id}/v2.0"),
+        ["staging.oidc.issuer_url", "contains a template placeholder"],
+    ),
+    "unknown key": (
+        replace("multi_az = false", "multi_az = false\nmulti_zone = true"),
+        ["staging.database.multi_zone = True", "unknown key", "one of allocated_storage_gb, backup_retention_days"],
+    ),
+    "missing key": (
+        replace('node_type = "cache.r6g.large"\n', ""),
+        ["production.redis.node_type = (missing)", "required field is missing"],
+    ),
+    "missing environment": (
+        BASE[: BASE.index("[production]")],
+        ["production = (missing)", "required table is missing"],
+    ),
+    "storage max below allocated": (
+        replace("max_allocated_storage_gb = 500", "max_allocated_storage_gb = 50"),
+        ["production.database.max_allocated_storage_gb = 50", "smaller than allocated_storage_gb", ">= 100"],
+    ),
+    "db. prefix on the instance class": (
+        replace('instance_class = "r6g.large"', 'instance_class = "db.r6g.large"'),
+        ["production.database.instance_class = 'db.r6g.large'", "without the db. prefix"],
+    ),
+    "connection in another account": (
+        replace("connection/00000000", "connection/00000000").replace(
+            "arn:aws:codeconnections:us-west-2:111111111111:", "arn:aws:codeconnections:us-west-2:999999999999:"),
+        ["pipeline.connection_arn", "belongs to account 999999999999"],
+    ),
+    "bad notification e-mail": (
+        replace('notification_email = ""', 'notification_email = "platform-team"'),
+        ["pipeline.notification_email = 'platform-team'", "not an e-mail address"],
+    ),
+    "same domain twice": (
+        replace('domain = "coder-staging.company.com"', 'domain = "coder.company.com"'),
+        ["production.domain = 'coder.company.com'", "the same domain as staging"],
+    ),
+    "several Coder replicas": (
+        replace("coder_desired_count = 1", "coder_desired_count = 2"),
+        ["staging.services.coder_desired_count = 2", "Coder runs single-replica"],
+    ),
+    "project name too long for bucket names": (
+        replace('name = "coder"', 'name = "platformcoderab"'),
+        ["project.name = 'platformcoderab'", "would exceed 63 characters"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_refused_with_a_clear_message(case):
+    text, fragments = BAD_INPUTS[case]
+    problems = problems_of(text)
+    joined = "\n".join(problems)
+    for fragment in fragments:
+        assert fragment in joined, f"{fragment!r} not in:\n{joined}"
+
+
+def test_toml_syntax_error_names_the_line():
+    broken = BASE.replace('branch = "main"', 'branch = "main', 1)
+    line = BASE[: BASE.index('branch = "main"')].count("\n") + 1
+    (problem,) = problems_of(broken)
+    assert problem.startswith("TOML syntax error:")
+    assert f"line {line}" in problem
+
+
+def test_every_problem_is_reported_at_once():
+    text = replace('account = "222222222222"', 'account = "x"').replace("litellm_desired_count = 2", "litellm_desired_count = -1", 1)
+    problems = problems_of(text)
+    assert len(problems) == 2
+    assert any(p.startswith("staging.account") for p in problems)
+    assert any(p.startswith("staging.services.litellm_desired_count") for p in problems)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "nope.toml")
+    assert "cannot read the file" in str(caught.value)
+
+
+def test_same_account_for_both_environments_is_allowed():
+    text = BASE.replace('account = "333333333333"', 'account = "222222222222"').replace(
+        "333333333333.dkr.ecr", "222222222222.dkr.ecr")
+    config = parse_config(text, "same-account.toml")
+    assert config.staging.account == config.production.account
+    assert config.staging.global_name("backups") != config.production.global_name("backups")
+
+
+def _run_app(config_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CDK_CONTEXT_JSON=json.dumps({"config": str(config_path)}), CDK_OUTDIR=str(config_path.parent / "out"))
+    return subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_app_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(replace('vpc_cidr = "10.1.0.0/16"', 'vpc_cidr = "10.1.0.0/33"'))
+    result = _run_app(bad)
+    assert result.returncode == 2
+    assert "staging.network.vpc_cidr = '10.1.0.0/33'" in result.stderr
+    assert f"Invalid configuration in {bad}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not re.search(r"jsii|at .*\.js:\d+", result.stderr)
+    assert not (tmp_path / "out" / "manifest.json").exists()  # nothing synthesized

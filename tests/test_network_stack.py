@@ -1,0 +1,179 @@
+"""NetworkStack, for both Stages: the seed's assertions plus the address plan and the security-group matrix."""
+
+from __future__ import annotations
+
+import pytest
+
+from stacks.network_stack import INTERFACE_ENDPOINTS
+
+SECURITY_GROUPS = {
+    "alb": "AlbSecurityGroup",
+    "services": "EcsServicesSecurityGroup",
+    "workspaces": "EcsWorkspacesSecurityGroup",
+    "rds": "RdsSecurityGroup",
+    "redis": "RedisSecurityGroup",
+    "efs": "EfsSecurityGroup",
+    "endpoints": "VpcEndpoints",
+}
+
+
+@pytest.fixture
+def network(assembly, stage):
+    return assembly.stack(stage, "Network")
+
+
+def _group_names(template) -> dict[str, str]:
+    """logical id -> short name (alb, services, ...)."""
+    return {template.logical_id(f"/Network/{cid}/Resource"): name for name, cid in SECURITY_GROUPS.items()}
+
+
+def _peer(rule: dict, names: dict[str, str], key: str) -> str:
+    if key in rule:
+        return names[rule[key]["Fn::GetAtt"][0]]
+    return rule.get("CidrIp", "?")
+
+
+def _rules(template, direction: str) -> set[tuple]:
+    """Every rule as (group, protocol, from_port, to_port, peer), inline or standalone; CDK's 'disallow all'
+    placeholder egress (icmp 252-86 to 255.255.255.255/32) is dropped: it matches no traffic."""
+    names = _group_names(template)
+    peer_key = "SourceSecurityGroupId" if direction == "Ingress" else "DestinationSecurityGroupId"
+    rules = set()
+    for lid, props in ((lid, r["Properties"]) for lid, r in template.of_type("AWS::EC2::SecurityGroup").items()):
+        for rule in props.get(f"SecurityGroup{direction}", []):
+            rules.add((names[lid], rule["IpProtocol"], rule.get("FromPort"), rule.get("ToPort"), _peer(rule, names, peer_key)))
+    for props in template.props(f"AWS::EC2::SecurityGroup{direction}"):
+        group = names[props["GroupId"]["Fn::GetAtt"][0]]
+        rules.add((group, props["IpProtocol"], props.get("FromPort"), props.get("ToPort"), _peer(props, names, peer_key)))
+    rules.discard(None)
+    return {r for r in rules if r[4] != "255.255.255.255/32"}
+
+
+# --- the seed's NetworkStack test, per stage ---------------------------------------------------------------------
+
+
+def test_vpc_cidr_and_dns(network, env_config):
+    vpc = network.one("AWS::EC2::VPC")
+    assert vpc["CidrBlock"] == env_config.network.vpc_cidr
+    assert vpc["EnableDnsSupport"] is True
+    assert vpc["EnableDnsHostnames"] is True
+
+
+def test_six_subnets_one_nat_one_igw(network):
+    assert len(network.of_type("AWS::EC2::Subnet")) == 6
+    assert len(network.of_type("AWS::EC2::NatGateway")) == 1
+    assert len(network.of_type("AWS::EC2::InternetGateway")) == 1
+
+
+def test_cloud_map_namespace(network, env_config):
+    assert network.one("AWS::ServiceDiscovery::PrivateDnsNamespace")["Name"] == f"coder-{env_config.name.value}.local"
+
+
+def test_s3_gateway_endpoint(network):
+    gateways = [p for p in network.props("AWS::EC2::VPCEndpoint") if p.get("VpcEndpointType") == "Gateway"]
+    assert [g["ServiceName"] for g in gateways] == [
+        {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".s3"]]}
+    ]
+    # Reachable from the app and data tiers (two route tables each), not only the public one.
+    assert len(gateways[0]["RouteTableIds"]) == 4
+
+
+# --- the address plan --------------------------------------------------------------------------------------------
+
+
+def test_subnet_cidrs_per_tier_and_az(network, env_config):
+    net = env_config.network
+    by_path = {}
+    for resource in network.of_type("AWS::EC2::Subnet").values():
+        path = resource["Metadata"]["aws:cdk:path"]
+        props = resource["Properties"]
+        by_path[path.split("/Vpc/")[1].split("/")[0]] = (props["CidrBlock"], props["AvailabilityZone"])
+    expected = {}
+    for tier, cidrs in (("Public", net.public_subnet_cidrs), ("PrivateApp", net.app_subnet_cidrs),
+                        ("PrivateData", net.data_subnet_cidrs)):
+        for index, (cidr, az) in enumerate(zip(cidrs, net.availability_zones, strict=True), start=1):
+            expected[f"{tier}Subnet{index}"] = (cidr, az)
+    assert by_path == expected
+
+
+def test_public_subnets_do_not_assign_public_ips(network):
+    for props in network.props("AWS::EC2::Subnet"):
+        assert props["MapPublicIpOnLaunch"] is False
+
+
+def test_data_subnets_have_no_internet_route(network):
+    routes = network.props("AWS::EC2::Route")
+    tables = {lid: r["Metadata"]["aws:cdk:path"] for lid, r in network.of_type("AWS::EC2::RouteTable").items()}
+    for route in routes:
+        table_path = tables[route["RouteTableId"]["Ref"]]
+        if "PrivateData" in table_path:
+            raise AssertionError(f"data subnet route table {table_path} has a default route: {route}")
+        if "PrivateApp" in table_path:
+            assert "NatGatewayId" in route, route
+        if "/Public" in table_path:
+            assert "GatewayId" in route, route
+
+
+def test_interface_endpoints(network):
+    interfaces = [p for p in network.props("AWS::EC2::VPCEndpoint") if p.get("VpcEndpointType") == "Interface"]
+    services = sorted(p["ServiceName"].rsplit(".", 1)[-1] if "ecr" not in p["ServiceName"] else
+                      p["ServiceName"].split("us-west-2.")[1] for p in interfaces)
+    assert services == sorted(
+        ["ecr.api", "ecr.dkr", "secretsmanager", "logs", "sts", "bedrock-runtime", "ecs", "elasticfilesystem", "ssm"]
+    )
+    assert len(interfaces) == len(INTERFACE_ENDPOINTS) == 9
+    endpoints_sg = network.logical_id("/Network/VpcEndpoints/Resource")
+    for props in interfaces:
+        assert props["PrivateDnsEnabled"] is True
+        assert props["SecurityGroupIds"] == [{"Fn::GetAtt": [endpoints_sg, "GroupId"]}]
+
+
+# --- the security-group matrix ----------------------------------------------------------------------------------
+
+
+def test_security_group_count(network):
+    # The seed's six plus one shared by the interface endpoints.
+    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 7
+
+
+def test_ingress_matrix_is_exactly_the_seeds(network, env_config):
+    vpc = env_config.network.vpc_cidr
+    from_alb = {("services", "tcp", p, p, "alb") for p in (7080, 4000, 3000, 8100, 8123, 9000, 3030)}
+    expected = from_alb | {
+        ("alb", "tcp", 443, 443, vpc),
+        ("services", "-1", None, None, "services"),
+        ("services", "tcp", 4000, 4000, "workspaces"),  # the workspaces' LiteLLM egress, as ingress on services
+        ("workspaces", "tcp", 13337, 13337, "alb"),
+        ("rds", "tcp", 5432, 5432, "services"),
+        ("redis", "tcp", 6379, 6379, "services"),
+        ("efs", "tcp", 2049, 2049, "services"),
+        ("efs", "tcp", 2049, 2049, "workspaces"),
+        ("endpoints", "tcp", 443, 443, vpc),
+    }
+    assert _rules(network, "Ingress") == expected
+
+
+def test_egress_matrix(network):
+    anywhere = "0.0.0.0/0"
+    to_services = {("alb", "tcp", p, p, "services") for p in (7080, 4000, 3000, 8100, 8123, 9000, 3030)}
+    expected = to_services | {
+        ("alb", "tcp", 443, 443, anywhere),  # authenticate-oidc to the identity provider
+        ("alb", "tcp", 13337, 13337, "workspaces"),
+        ("services", "-1", None, None, "services"),
+        ("services", "tcp", 443, 443, anywhere),
+        ("services", "tcp", 5432, 5432, "rds"),
+        ("services", "tcp", 6379, 6379, "redis"),
+        ("services", "tcp", 2049, 2049, "efs"),
+        ("workspaces", "tcp", 4000, 4000, "services"),
+        ("workspaces", "tcp", 443, 443, anywhere),
+        ("workspaces", "tcp", 53, 53, anywhere),
+        ("workspaces", "udp", 53, 53, anywhere),
+        ("workspaces", "tcp", 2049, 2049, "efs"),
+    }
+    # rds, redis, efs and the endpoints send nothing.
+    assert _rules(network, "Egress") == expected
+
+
+def test_no_ingress_from_the_internet(network):
+    for rule in _rules(network, "Ingress"):
+        assert rule[4] != "0.0.0.0/0", rule
