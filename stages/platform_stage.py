@@ -32,11 +32,6 @@ class PlatformStage(Stage):
             network=self.network.outputs,
             description=f"{config.qualifier}: RDS, Redis, EFS, S3, DynamoDB, secrets",
         )
-        self.data.add_dependency(self.network)
+        self.data.add_stack_dependency(self.network)
         for key, value in config.tags.items():
             Tags.of(self).add(key, value)
-
-    @property
-    def stacks(self):
-        """In deployment order."""
-        return [self.network, self.data]
