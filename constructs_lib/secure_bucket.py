@@ -14,7 +14,8 @@ class SecureBucket(Construct):
     - SSE-S3 encryption with an S3 bucket key, all public access blocked, object ownership enforced (no ACLs).
     - TLS 1.2+ only: a bucket policy denies plain-HTTP requests and older TLS.
     - RETAIN on stack deletion and on replacement: the data outlives the stack.
-    - Versioned buckets expire non-current versions only when ``noncurrent_version_expiration`` is given.
+    - Versioned buckets expire non-current versions only when ``noncurrent_version_expiration`` is given;
+      objects expire only when ``expiration`` is given (log buckets).
     """
 
     def __init__(
@@ -25,6 +26,7 @@ class SecureBucket(Construct):
         bucket_name: str,
         versioned: bool,
         noncurrent_version_expiration: Duration | None = None,
+        expiration: Duration | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         lifecycle_rules = [s3.LifecycleRule(id="AbortIncompleteUploads", abort_incomplete_multipart_upload_after=Duration.days(7))]
@@ -32,6 +34,8 @@ class SecureBucket(Construct):
             lifecycle_rules.append(
                 s3.LifecycleRule(id="ExpireNoncurrentVersions", noncurrent_version_expiration=noncurrent_version_expiration)
             )
+        if expiration is not None:
+            lifecycle_rules.append(s3.LifecycleRule(id="ExpireObjects", expiration=expiration))
         self.bucket = s3.Bucket(
             self,
             "Bucket",

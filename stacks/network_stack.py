@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Stack
+from aws_cdk import Duration, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from config.model import EnvironmentConfig
 from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
+from constructs_lib.secure_bucket import SecureBucket
+
+ACCESS_LOG_RETENTION_DAYS = 365
 
 PUBLIC_SUBNETS = "Public"
 APP_SUBNETS = "PrivateApp"
@@ -62,11 +66,13 @@ class NetworkStackOutputs:
     public_subnets: ec2.SubnetSelection
     app_subnets: ec2.SubnetSelection
     data_subnets: ec2.SubnetSelection
+    access_logs_bucket: s3.IBucket  # ALB access logs (SSE-S3: the only encryption ALB log delivery supports)
 
 
 class NetworkStack(Stack):
     """VPC (public / private-app / private-data over the configured AZs), one NAT gateway, S3 gateway and
-    interface endpoints, the six platform security groups and the Cloud Map namespace `{project}-{env}.local`.
+    interface endpoints, the six platform security groups, the Cloud Map namespace `{project}-{env}.local` and the
+    bucket that receives access logs.
 
     Non-obvious defaults:
     - Subnet CIDRs are exactly the configured ones (see ``FixedSubnetCidrs``).
@@ -136,6 +142,14 @@ class NetworkStack(Stack):
             description=f"Service discovery for {config.qualifier}",
         )
 
+        access_logs = SecureBucket(
+            self,
+            "AccessLogsBucket",
+            bucket_name=config.global_name("access-logs"),
+            versioned=False,
+            expiration=Duration.days(ACCESS_LOG_RETENTION_DAYS),
+        ).bucket
+
         self.outputs = NetworkStackOutputs(
             vpc=self.vpc,
             security_groups=security_groups,
@@ -143,6 +157,7 @@ class NetworkStack(Stack):
             public_subnets=ec2.SubnetSelection(subnet_group_name=PUBLIC_SUBNETS),
             app_subnets=app_subnets,
             data_subnets=ec2.SubnetSelection(subnet_group_name=DATA_SUBNETS),
+            access_logs_bucket=access_logs,
         )
 
     @property

@@ -8,10 +8,11 @@ from constructs import Construct
 from config.model import EnvironmentConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
+from stacks.platform_stack import PlatformStack
 
 
 class PlatformStage(Stage):
-    """Network -> Data (-> Platform -> Observability) for one environment.
+    """Network -> Data -> Platform (-> Observability) for one environment.
 
     The Stage is the namespace: construct ids inside never name the environment, so staging and production
     templates differ only in their configured values. Stack names come out as `<StageId>-Network`, ...
@@ -33,5 +34,14 @@ class PlatformStage(Stage):
             description=f"{config.qualifier}: RDS, Redis, EFS, S3, DynamoDB, secrets",
         )
         self.data.add_stack_dependency(self.network)
+        self.platform = PlatformStack(
+            self,
+            "Platform",
+            config=config,
+            network=self.network.outputs,
+            data=self.data.outputs,
+            description=f"{config.qualifier}: ECS cluster, internal ALB, IAM roles, SSM bridge",
+        )
+        self.platform.add_stack_dependency(self.data)
         for key, value in config.tags.items():
             Tags.of(self).add(key, value)

@@ -72,10 +72,12 @@ def test_cli_pin_matches_package_lock():
 
 
 @pytest.mark.parametrize("stage", ["Staging", "Production"])
-def test_each_stage_deploys_network_then_data(stages, stage, app_config):
+def test_each_stage_deploys_its_stacks_in_layer_order(stages, stage, app_config):
     env = app_config.staging if stage == "Staging" else app_config.production
     deploys = [a for a in stages[stage] if a["ActionTypeId"]["Category"] == "Deploy"]
-    assert _ordered(deploys) == ["Network.Prepare", "Network.Deploy", "Data.Prepare", "Data.Deploy"]
+    assert _ordered(deploys) == [
+        "Network.Prepare", "Network.Deploy", "Data.Prepare", "Data.Deploy", "Platform.Prepare", "Platform.Deploy"
+    ]
     for action in deploys:
         assert action["Configuration"]["StackName"].startswith(f"{stage}-")
         # Deployed through the target account's bootstrap roles, not from the pipeline account.
@@ -105,7 +107,7 @@ def test_artifacts_encrypted_with_a_rotated_cross_account_key(pipeline):
 
 def test_stages_target_the_configured_accounts(assembly, app_config):
     for stage, env in (("Staging", app_config.staging), ("Production", app_config.production)):
-        for layer in ("Network", "Data"):
+        for layer in ("Network", "Data", "Platform"):
             directory = assembly.stack(stage, layer).path.parent
             manifest = json.loads((directory / "manifest.json").read_text())
             environments = {

@@ -1,0 +1,225 @@
+"""PlatformStack: ECS cluster, internal HTTPS ALB, ACM certificate, shared IAM roles, SSM bridge for Terraform."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import aws_certificatemanager as acm
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_route53 as route53
+from aws_cdk import aws_ssm as ssm
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from stacks.data_stack import DataStackOutputs
+from stacks.network_stack import NetworkStackOutputs
+
+ALB_IDLE_TIMEOUT = Duration.seconds(300)  # Coder's WebSockets (DERP keepalive 60 s) must outlive idle periods
+ECS_TASKS = iam.ServicePrincipal("ecs-tasks.amazonaws.com")
+
+
+@dataclass(frozen=True)
+class PlatformStackOutputs:
+    cluster: ecs.ICluster
+    load_balancer: elbv2.IApplicationLoadBalancer
+    listener: elbv2.IApplicationListener
+    certificate: acm.ICertificate
+    execution_role: iam.IRole
+    ecs_exec_policy: iam.ManagedPolicy
+    workspace_task_role: iam.IRole
+    aem_workspace_task_role: iam.IRole
+
+
+class PlatformStack(Stack):
+    """Shared runtime of the platform services.
+
+    Non-obvious defaults:
+    - The ALB is internal (private app subnets), HTTPS only with a TLS 1.2+ policy, drops invalid header fields,
+      answers 404 to any host no rule claims, keeps idle connections 300 s, and logs to the Network layer's bucket.
+    - The shared task execution role reads only this environment's secrets (`<prefix>/*`) and decrypts them only
+      through Secrets Manager.
+    - SSM parameters under `/{project}-{env}/` carry the ids that Coder's Terraform workspace templates need.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        network: NetworkStackOutputs,
+        data: DataStackOutputs,
+        **kwargs,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self._config = config
+
+        cluster = ecs.Cluster(
+            self,
+            "Cluster",
+            cluster_name=config.qualifier,
+            vpc=network.vpc,
+            container_insights_v2=ecs.ContainerInsights.ENABLED,
+            enable_fargate_capacity_providers=True,
+        )
+
+        certificate = acm.Certificate(
+            self,
+            "Certificate",
+            domain_name=config.domain,
+            subject_alternative_names=[f"*.{config.domain}"],
+            validation=acm.CertificateValidation.from_dns(
+                route53.HostedZone.from_hosted_zone_attributes(
+                    self, "HostedZone", hosted_zone_id=config.hosted_zone_id, zone_name=config.domain
+                )
+                if config.hosted_zone_id
+                else None
+            ),
+        )
+
+        load_balancer = elbv2.ApplicationLoadBalancer(
+            self,
+            "LoadBalancer",
+            vpc=network.vpc,
+            vpc_subnets=network.app_subnets,
+            internet_facing=False,
+            security_group=network.security_groups.alb,
+            idle_timeout=ALB_IDLE_TIMEOUT,
+            drop_invalid_header_fields=True,
+            http2_enabled=True,
+            deletion_protection=config.is_production,
+        )
+        load_balancer.log_access_logs(network.access_logs_bucket, prefix="alb")
+        listener = load_balancer.add_listener(
+            "Https",
+            port=443,
+            protocol=elbv2.ApplicationProtocol.HTTPS,
+            certificates=[elbv2.ListenerCertificate.from_certificate_manager(certificate)],
+            ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
+            open=False,  # the ALB security group already admits 443 from the VPC only
+            default_action=elbv2.ListenerAction.fixed_response(
+                404, content_type="text/plain", message_body="Not found"
+            ),
+        )
+
+        execution_role = self._execution_role(data)
+        ecs_exec_policy = iam.ManagedPolicy(
+            self,
+            "EcsExecPolicy",
+            description=f"{config.qualifier}: ECS Exec (SSM session channels) for debugging tasks",
+            statements=[
+                iam.PolicyStatement(
+                    sid="EcsExecSessionChannels",
+                    actions=[
+                        "ssmmessages:CreateControlChannel",
+                        "ssmmessages:CreateDataChannel",
+                        "ssmmessages:OpenControlChannel",
+                        "ssmmessages:OpenDataChannel",
+                    ],
+                    resources=["*"],  # these actions support no resource-level permissions
+                )
+            ],
+        )
+        workspace_role, aem_workspace_role = self._workspace_roles(data)
+
+        self.outputs = PlatformStackOutputs(
+            cluster=cluster,
+            load_balancer=load_balancer,
+            listener=listener,
+            certificate=certificate,
+            execution_role=execution_role,
+            ecs_exec_policy=ecs_exec_policy,
+            workspace_task_role=workspace_role,
+            aem_workspace_task_role=aem_workspace_role,
+        )
+        self._bridge_parameters(network, data)
+
+    def _secret_arn_pattern(self) -> str:
+        return self.format_arn(
+            service="secretsmanager",
+            resource="secret",
+            resource_name=f"{self._config.secret_prefix}/*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+
+    def _execution_role(self, data: DataStackOutputs) -> iam.Role:
+        role = iam.Role(
+            self,
+            "TaskExecutionRole",
+            assumed_by=ECS_TASKS,
+            description=f"{self._config.qualifier}: pull images, write logs, read this environment's secrets",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AmazonECSTaskExecutionRolePolicy")
+            ],
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadEnvironmentSecrets",
+                actions=["secretsmanager:GetSecretValue"],
+                resources=[self._secret_arn_pattern()],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="DecryptSecretsViaSecretsManager",
+                actions=["kms:Decrypt"],
+                resources=[data.data_key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{self.region}.amazonaws.com"}},
+            )
+        )
+        return role
+
+    def _workspace_roles(self, data: DataStackOutputs) -> tuple[iam.Role, iam.Role]:
+        log_group_arn = self.format_arn(
+            service="logs",
+            resource="log-group",
+            resource_name=f"/{self._config.qualifier}/workspaces*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        write_logs = iam.PolicyStatement(
+            sid="WriteWorkspaceLogs",
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
+        )
+        workspace = iam.Role(
+            self,
+            "WorkspaceTaskRole",
+            assumed_by=ECS_TASKS,
+            description=f"{self._config.qualifier}: Coder workspaces (CloudWatch Logs only)",
+        )
+        workspace.add_to_policy(write_logs)
+        aem = iam.Role(
+            self,
+            "AemWorkspaceTaskRole",
+            assumed_by=ECS_TASKS,
+            description=f"{self._config.qualifier}: AEM workspaces (CloudWatch Logs, read the artifacts bucket)",
+        )
+        aem.add_to_policy(write_logs)
+        data.buckets.artifacts.grant_read(aem)
+        return workspace, aem
+
+    def _bridge_parameters(self, network: NetworkStackOutputs, data: DataStackOutputs) -> None:
+        """The CDK -> Terraform bridge: the ids Coder's workspace templates read with `aws_ssm_parameter`."""
+        outputs = self.outputs
+        app_subnet_ids = network.vpc.select_subnets(subnet_group_name=network.app_subnets.subnet_group_name).subnet_ids
+        values = {
+            "ClusterArn": ("cluster-arn", outputs.cluster.cluster_arn),
+            "ClusterName": ("cluster-name", outputs.cluster.cluster_name),
+            "TaskExecutionRoleArn": ("task-execution-role-arn", outputs.execution_role.role_arn),
+            "WorkspaceTaskRoleArn": ("workspace-task-role-arn", outputs.workspace_task_role.role_arn),
+            "WorkspaceSecurityGroupId": ("workspace-sg-id", network.security_groups.ecs_workspaces.security_group_id),
+            "PrivateSubnetIds": ("private-subnet-ids", ",".join(app_subnet_ids)),
+            "EfsId": ("efs-id", data.file_system.file_system_id),
+            "AlbListenerArn": ("alb-listener-arn", outputs.listener.listener_arn),
+        }
+        for construct_id, (name, value) in values.items():
+            ssm.StringParameter(
+                self,
+                f"{construct_id}Parameter",
+                parameter_name=f"{self._config.ssm_prefix}{name}",
+                string_value=value,
+                description=f"{self._config.qualifier} {name} for Coder's Terraform workspace templates",
+            )

@@ -1,0 +1,131 @@
+"""PlatformStack, for both Stages: the seed's cluster/ALB/IAM/SSM assertions and the properties that matter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def platform(assembly, stage):
+    return assembly.stack(stage, "Platform")
+
+
+def _attributes(load_balancer: dict) -> dict:
+    return {a["Key"]: a["Value"] for a in load_balancer["LoadBalancerAttributes"]}
+
+
+def test_cluster_with_container_insights_and_fargate_capacity(platform, env_config):
+    cluster = platform.one("AWS::ECS::Cluster")
+    assert cluster["ClusterName"] == f"coder-{env_config.name.value}"
+    assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
+    providers = platform.one("AWS::ECS::ClusterCapacityProviderAssociations")
+    assert providers["CapacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+
+
+def test_certificate_covers_domain_and_wildcard(platform, env_config):
+    certificate = platform.one("AWS::CertificateManager::Certificate")
+    assert certificate["DomainName"] == env_config.domain
+    assert certificate["SubjectAlternativeNames"] == [f"*.{env_config.domain}"]
+    assert certificate["ValidationMethod"] == "DNS"
+
+
+def test_internal_alb(platform, assembly, stage):
+    alb = platform.one("AWS::ElasticLoadBalancingV2::LoadBalancer")
+    assert alb["Scheme"] == "internal"
+    assert alb["Type"] == "application"
+    subnets = json.dumps(alb["Subnets"])
+    assert subnets.count("PrivateAppSubnet") == 2 and "Public" not in subnets
+    assert "AlbSecurityGroup" in json.dumps(alb["SecurityGroups"])
+
+
+def test_alb_attributes(platform, env_config):
+    attributes = _attributes(platform.one("AWS::ElasticLoadBalancingV2::LoadBalancer"))
+    assert int(attributes["idle_timeout.timeout_seconds"]) >= 300
+    assert attributes["routing.http.drop_invalid_header_fields.enabled"] == "true"
+    assert attributes["access_logs.s3.enabled"] == "true"
+    assert "AccessLogsBucket" in json.dumps(attributes["access_logs.s3.bucket"])
+    assert attributes["deletion_protection.enabled"] == ("true" if env_config.is_production else "false")
+
+
+def test_https_listener_tls12_default_404(platform):
+    listener = platform.one("AWS::ElasticLoadBalancingV2::Listener")
+    assert (listener["Port"], listener["Protocol"]) == (443, "HTTPS")
+    assert listener["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    (action,) = listener["DefaultActions"]
+    assert action["Type"] == "fixed-response"
+    assert action["FixedResponseConfig"]["StatusCode"] == "404"
+    assert listener["Certificates"] == [{"CertificateArn": {"Ref": platform.logical_id("/Platform/Certificate/Resource")}}]
+
+
+def test_access_logs_bucket_accepts_alb_delivery(assembly, stage, env_config):
+    network = assembly.stack(stage, "Network")
+    buckets = {p["BucketName"] for p in network.props("AWS::S3::Bucket")}
+    assert buckets == {f"coder-{env_config.name.value}-access-logs-{env_config.account}-{env_config.region}"}
+    (policy,) = network.props("AWS::S3::BucketPolicy")
+    writers = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow" and "s3:PutObject" in s["Action"]]
+    assert writers, "no statement lets the load balancer write its logs"
+    assert all("/alb/AWSLogs/" in json.dumps(s["Resource"]) for s in writers)
+
+
+def test_execution_role_reads_only_this_environments_secrets(platform, env_config):
+    role_id = platform.logical_id("/Platform/TaskExecutionRole/Resource")
+    role = platform.resources[role_id]["Properties"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert "AmazonECSTaskExecutionRolePolicy" in json.dumps(role["ManagedPolicyArns"])
+    policy = platform.resources[platform.logical_id("/Platform/TaskExecutionRole/DefaultPolicy/Resource")]
+    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert statements["ReadEnvironmentSecrets"]["Action"] == "secretsmanager:GetSecretValue"
+    assert statements["ReadEnvironmentSecrets"]["Resource"] == (
+        f"arn:aws:secretsmanager:{env_config.region}:{env_config.account}:secret:{env_config.secret_prefix}/*"
+    )
+    decrypt = statements["DecryptSecretsViaSecretsManager"]
+    assert decrypt["Action"] == "kms:Decrypt"
+    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{env_config.region}.amazonaws.com"}}
+    assert "DataKey" in json.dumps(decrypt["Resource"])
+
+
+def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_config):
+    def statements(path):
+        policy = platform.resources[platform.logical_id(f"/Platform/{path}/DefaultPolicy/Resource")]
+        return policy["Properties"]["PolicyDocument"]["Statement"]
+
+    log_group = f"arn:aws:logs:{env_config.region}:{env_config.account}:log-group:/coder-{env_config.name.value}/workspaces*"
+    (workspace,) = statements("WorkspaceTaskRole")
+    assert workspace["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    assert workspace["Resource"] == [log_group, f"{log_group}:log-stream:*"]
+    aem = statements("AemWorkspaceTaskRole")
+    assert aem[0] == workspace
+    assert aem[1]["Action"] == ["s3:GetBucket*", "s3:GetObject*", "s3:List*"]
+    assert "ArtifactsBucket" in json.dumps(aem[1]["Resource"])
+
+
+def test_ecs_exec_policy(platform):
+    (policy,) = platform.props("AWS::IAM::ManagedPolicy")
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert sorted(statement["Action"]) == [
+        "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    ]
+
+
+def test_ssm_bridge_parameters(platform, env_config):
+    params = {p["Name"]: p["Value"] for p in platform.props("AWS::SSM::Parameter")}
+    prefix = f"/coder-{env_config.name.value}/"
+    assert sorted(params) == sorted(prefix + n for n in (
+        "cluster-arn", "cluster-name", "task-execution-role-arn", "workspace-task-role-arn",
+        "workspace-sg-id", "private-subnet-ids", "efs-id", "alb-listener-arn",
+    ))
+    assert params[prefix + "cluster-arn"] == {"Fn::GetAtt": [platform.logical_id("/Platform/Cluster/Resource"), "Arn"]}
+    assert params[prefix + "cluster-name"] == {"Ref": platform.logical_id("/Platform/Cluster/Resource")}
+    assert params[prefix + "alb-listener-arn"] == {"Ref": platform.logical_id("/Platform/LoadBalancer/Https/Resource")}
+    assert params[prefix + "task-execution-role-arn"] == {
+        "Fn::GetAtt": [platform.logical_id("/Platform/TaskExecutionRole/Resource"), "Arn"]}
+    assert params[prefix + "workspace-task-role-arn"] == {
+        "Fn::GetAtt": [platform.logical_id("/Platform/WorkspaceTaskRole/Resource"), "Arn"]}
+    assert "EcsWorkspacesSecurityGroup" in json.dumps(params[prefix + "workspace-sg-id"])
+    assert "FileSystem" in json.dumps(params[prefix + "efs-id"])
+    subnets = params[prefix + "private-subnet-ids"]["Fn::Join"][1]
+    assert subnets[1] == "," and len(subnets) == 3
+    assert all("PrivateAppSubnet" in json.dumps(part) for part in (subnets[0], subnets[2]))
