@@ -535,7 +535,7 @@ def parse_config(text: str, source: str) -> AppConfig:
     if problems.items:
         raise ConfigError(source, problems.items)
     assert pipeline and staging and production and project
-    return AppConfig(project=project, source_file=source, pipeline=pipeline, staging=staging, production=production)
+    return AppConfig(project=project, pipeline=pipeline, staging=staging, production=production)
 
 
 def load_config(path: str | Path | None = None) -> AppConfig:

@@ -150,7 +150,6 @@ class EnvironmentConfig:
 @dataclass(frozen=True)
 class AppConfig:
     project: str
-    source_file: str
     pipeline: PipelineConfig
     staging: EnvironmentConfig
     production: EnvironmentConfig

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ class Template:
     stack_name: str
     path: Path
     body: dict[str, Any]
-    metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def resources(self) -> dict[str, dict[str, Any]]:
@@ -54,11 +53,7 @@ class Assembly:
     def load(cls, directory: Path) -> Assembly:
         templates = {}
         for stack in iter_stacks(directory):
-            metadata_file = stack.template.with_name(stack.template.name.replace(".template.json", ".metadata.json"))
-            metadata = json.loads(metadata_file.read_text()) if metadata_file.exists() else {}
-            templates[stack.stack_name] = Template(
-                stack.stack_name, stack.template, json.loads(stack.template.read_text()), metadata
-            )
+            templates[stack.stack_name] = Template(stack.stack_name, stack.template, json.loads(stack.template.read_text()))
         return cls(directory, templates)
 
     def stack(self, stage: str, layer: str) -> Template:

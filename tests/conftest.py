@@ -20,19 +20,18 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def cdk_synth(outdir: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+def cdk_synth(outdir: Path) -> None:
     """Run the pinned CDK CLI exactly as `make synth` does (compliance findings reported, not blocking)."""
     result = subprocess.run(
-        ["cdk", "synth", "--quiet", "--ignore-errors", "--output", str(outdir), *extra],
+        ["cdk", "synth", "--quiet", "--ignore-errors", "--output", str(outdir)],
         cwd=ROOT,
         env=tool_env(),
         capture_output=True,
         text=True,
         timeout=600,
     )
-    if check and result.returncode != 0:
+    if result.returncode != 0:
         raise AssertionError(f"cdk synth failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-5000:]}")
-    return result
 
 
 @pytest.fixture(scope="session")

@@ -164,8 +164,7 @@ BAD_INPUTS = {
         ["production.database.instance_class = 'db.r6g.large'", "without the db. prefix"],
     ),
     "connection in another account": (
-        replace("connection/00000000", "connection/00000000").replace(
-            "arn:aws:codeconnections:us-west-2:111111111111:", "arn:aws:codeconnections:us-west-2:999999999999:"),
+        replace("arn:aws:codeconnections:us-west-2:111111111111:", "arn:aws:codeconnections:us-west-2:999999999999:"),
         ["pipeline.connection_arn", "belongs to account 999999999999"],
     ),
     "bad notification e-mail": (

@@ -160,11 +160,13 @@ def test_bucket_security(data):
         assert {"NumericLessThan": {"s3:TlsVersion": 1.2}} in conditions
 
 
-def test_bucket_versioning_and_lifecycle(data):
-    by_name = {p["BucketName"].split("-")[2]: p for p in data.props("AWS::S3::Bucket")}
-    for name in ("terraform", "backups", "artifacts"):
+def test_bucket_versioning_and_lifecycle(data, env_config):
+    by_name = {p["BucketName"].removeprefix(f"{env_config.qualifier}-").removesuffix(
+        f"-{env_config.account}-{env_config.region}"): p for p in data.props("AWS::S3::Bucket")}
+    assert sorted(by_name) == ["artifacts", "backups", "langfuse-events", "langfuse-media", "terraform-state"]
+    for name in ("terraform-state", "backups", "artifacts"):
         assert by_name[name]["VersioningConfiguration"] == {"Status": "Enabled"}
-    for name in ("langfuse",):
+    for name in ("langfuse-events", "langfuse-media"):
         assert "VersioningConfiguration" not in by_name[name]
     backup_rules = by_name["backups"]["LifecycleConfiguration"]["Rules"]
     assert {"Id": "ExpireNoncurrentVersions", "NoncurrentVersionExpiration": {"NoncurrentDays": 90},

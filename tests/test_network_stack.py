@@ -45,7 +45,6 @@ def _rules(template, direction: str) -> set[tuple]:
     for props in template.props(f"AWS::EC2::SecurityGroup{direction}"):
         group = names[props["GroupId"]["Fn::GetAtt"][0]]
         rules.add((group, props["IpProtocol"], props.get("FromPort"), props.get("ToPort"), _peer(props, names, peer_key)))
-    rules.discard(None)
     return {r for r in rules if r[4] != "255.255.255.255/32"}
 
 
@@ -114,10 +113,9 @@ def test_data_subnets_have_no_internet_route(network):
             assert "GatewayId" in route, route
 
 
-def test_interface_endpoints(network):
+def test_interface_endpoints(network, env_config):
     interfaces = [p for p in network.props("AWS::EC2::VPCEndpoint") if p.get("VpcEndpointType") == "Interface"]
-    services = sorted(p["ServiceName"].rsplit(".", 1)[-1] if "ecr" not in p["ServiceName"] else
-                      p["ServiceName"].split("us-west-2.")[1] for p in interfaces)
+    services = sorted(p["ServiceName"].removeprefix(f"com.amazonaws.{env_config.region}.") for p in interfaces)
     assert services == sorted(
         ["ecr.api", "ecr.dkr", "secretsmanager", "logs", "sts", "bedrock-runtime", "ecs", "elasticfilesystem", "ssm"]
     )

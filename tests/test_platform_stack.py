@@ -31,7 +31,7 @@ def test_certificate_covers_domain_and_wildcard(platform, env_config):
     assert certificate["ValidationMethod"] == "DNS"
 
 
-def test_internal_alb(platform, assembly, stage):
+def test_internal_alb(platform):
     alb = platform.one("AWS::ElasticLoadBalancingV2::LoadBalancer")
     assert alb["Scheme"] == "internal"
     assert alb["Type"] == "application"
