@@ -13,14 +13,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# Third-party packages of Lambda handlers (pinned, hashed, pure Python), copied into their assets at synth.
+LAMBDA_DEPS := $(patsubst constructs_lib/lambdas/%/requirements.txt,build/lambda-deps/%/.installed,$(wildcard constructs_lib/lambdas/*/requirements.txt))
+LAMBDA_PYTHON := 3.13
 
-.PHONY: help setup synth test lint cfn-lint clean
+.PHONY: help setup test-deps synth test lint cfn-lint clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  Variables: CONFIG=path/to/environments.toml (default $(CONFIG))"
 
-setup: $(PY_STAMP) $(NODE_STAMP) ## Create .venv with the pinned packages and install the pinned Node.js + CDK CLI
+setup: $(PY_STAMP) $(NODE_STAMP) $(LAMBDA_DEPS) ## Create .venv, install the pinned Node.js + CDK CLI and the Lambda packages
 
 $(PY_STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
@@ -32,6 +35,19 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+build/lambda-deps/%/.installed: constructs_lib/lambdas/%/requirements.txt $(PY_STAMP)
+	rm -rf $(@D)
+	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps --no-compile --require-hashes --only-binary=:all: \
+	  --implementation cp --python-version $(LAMBDA_PYTHON) --platform manylinux2014_x86_64 --target $(@D) -r $<
+	touch $@
+
+# The database bootstrap tests start a real PostgreSQL server: install Debian's server package when it is missing.
+test-deps: ## Install the PostgreSQL server the tests start (Debian package, only if missing)
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	echo "Installing PostgreSQL server (apt-get)"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+
 synth: setup ## Synthesize the whole app (pipeline + both Stages) into cdk.out, offline, and print a summary
 	@rm -rf $(OUT); mkdir -p build
 	@start=$$(date +%s%N); \
@@ -42,7 +58,7 @@ synth: setup ## Synthesize the whole app (pipeline + both Stages) into cdk.out, 
 	echo "Synthesized $(OUT) in $$((elapsed_ms / 1000)).$$(( (elapsed_ms % 1000) / 100 )) s (full CDK output: build/synth.log)"
 	@python -m pipeline.synth_summary $(OUT) --report-only
 
-test: setup ## ruff, then the whole test suite (one real synth shared by all tests, cfn-lint, config validation)
+test: setup test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
 	ruff check .
 	python -m pytest
 

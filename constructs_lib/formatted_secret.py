@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
@@ -12,7 +11,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-HANDLER_DIR = Path(__file__).resolve().parent / "lambdas" / "secret_fields"
+from constructs_lib.python_lambda import python_code
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def _initializer_function(stack: Stack) -> lambda_.Function:
         "SecretFieldsInitializer",
         runtime=lambda_.Runtime.PYTHON_3_13,
         handler="index.handler",
-        code=lambda_.Code.from_asset(str(HANDLER_DIR)),
+        code=python_code("secret_fields"),
         timeout=Duration.minutes(1),
         memory_size=256,
         log_group=log_group,

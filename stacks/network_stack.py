@@ -56,6 +56,7 @@ class SecurityGroups:
     rds: ec2.ISecurityGroup
     redis: ec2.ISecurityGroup
     efs: ec2.ISecurityGroup
+    db_bootstrap: ec2.ISecurityGroup  # the Lambda that creates app logins and databases
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class NetworkStack(Stack):
         rds = self._group("RdsSecurityGroup", "RDS PostgreSQL")
         redis = self._group("RedisSecurityGroup", "ElastiCache Redis")
         efs = self._group("EfsSecurityGroup", "EFS mount targets")
+        db_bootstrap = self._group("DbBootstrapSecurityGroup", "Database bootstrap Lambda: PostgreSQL and Secrets Manager")
         anywhere = ec2.Peer.any_ipv4()
 
         alb.add_ingress_rule(ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
@@ -194,10 +196,15 @@ class NetworkStack(Stack):
         workspaces.add_egress_rule(anywhere, ec2.Port.udp(53), "DNS")
 
         rds.connections.allow_from(services, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from ECS services")
+        rds.connections.allow_from(db_bootstrap, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from the database bootstrap")
+        db_bootstrap.add_egress_rule(
+            ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "Secrets Manager through its VPC endpoint"
+        )
         redis.connections.allow_from(services, ec2.Port.tcp(REDIS_PORT), "Redis from ECS services")
         efs.connections.allow_from(services, ec2.Port.tcp(NFS_PORT), "NFS from ECS services")
         efs.connections.allow_from(workspaces, ec2.Port.tcp(NFS_PORT), "NFS from workspaces")
 
         return SecurityGroups(
-            alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs
+            alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs,
+            db_bootstrap=db_bootstrap,
         )

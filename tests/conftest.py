@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
+import threading
+from http.server import HTTPServer
 from pathlib import Path
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from config.loader import load_config
 from tests.assembly import ROOT, Assembly
+from tests.cfn_server import ResponseRecorder, self_signed_certificate
+from tests.postgres_server import PostgresServer
 
 STAGES = ("Staging", "Production")
 
@@ -54,3 +61,38 @@ def stage(request) -> str:
 @pytest.fixture
 def env_config(app_config, stage):
     return app_config.staging if stage == "Staging" else app_config.production
+
+
+@pytest.fixture
+def response_url(tmp_path, monkeypatch):
+    ResponseRecorder.received = []
+    cert_file, key_file = self_signed_certificate(tmp_path)
+    server = HTTPServer(("127.0.0.1", 0), ResponseRecorder)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    # The handler verifies the server certificate against the default trust store: make it trust this one only.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_port}/response?signed=1"
+    server.shutdown()
+
+
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (TLS only, an RDS-like non-superuser administrator) for the whole session."""
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secrets_client(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield boto3.client("secretsmanager", region_name="us-west-2")

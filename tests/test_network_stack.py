@@ -13,6 +13,7 @@ SECURITY_GROUPS = {
     "rds": "RdsSecurityGroup",
     "redis": "RedisSecurityGroup",
     "efs": "EfsSecurityGroup",
+    "db_bootstrap": "DbBootstrapSecurityGroup",
     "endpoints": "VpcEndpoints",
 }
 
@@ -130,8 +131,8 @@ def test_interface_endpoints(network, env_config):
 
 
 def test_security_group_count(network):
-    # The seed's six plus one shared by the interface endpoints.
-    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 7
+    # The seed's six, one shared by the interface endpoints, one for the database bootstrap Lambda.
+    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 8
 
 
 def test_ingress_matrix_is_exactly_the_seeds(network, env_config):
@@ -143,6 +144,7 @@ def test_ingress_matrix_is_exactly_the_seeds(network, env_config):
         ("services", "tcp", 4000, 4000, "workspaces"),  # the workspaces' LiteLLM egress, as ingress on services
         ("workspaces", "tcp", 13337, 13337, "alb"),
         ("rds", "tcp", 5432, 5432, "services"),
+        ("rds", "tcp", 5432, 5432, "db_bootstrap"),
         ("redis", "tcp", 6379, 6379, "services"),
         ("efs", "tcp", 2049, 2049, "services"),
         ("efs", "tcp", 2049, 2049, "workspaces"),
@@ -151,7 +153,8 @@ def test_ingress_matrix_is_exactly_the_seeds(network, env_config):
     assert _rules(network, "Ingress") == expected
 
 
-def test_egress_matrix(network):
+def test_egress_matrix(network, env_config):
+    vpc = env_config.network.vpc_cidr
     anywhere = "0.0.0.0/0"
     to_services = {("alb", "tcp", p, p, "services") for p in (7080, 4000, 3000, 8100, 8123, 9000, 3030)}
     expected = to_services | {
@@ -167,6 +170,8 @@ def test_egress_matrix(network):
         ("workspaces", "tcp", 53, 53, anywhere),
         ("workspaces", "udp", 53, 53, anywhere),
         ("workspaces", "tcp", 2049, 2049, "efs"),
+        ("db_bootstrap", "tcp", 5432, 5432, "rds"),
+        ("db_bootstrap", "tcp", 443, 443, vpc),  # Secrets Manager's interface endpoint
     }
     # rds, redis, efs and the endpoints send nothing.
     assert _rules(network, "Egress") == expected

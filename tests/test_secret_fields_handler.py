@@ -3,96 +3,20 @@ certificate the test generates (the handler only answers https URLs, as CloudFor
 
 from __future__ import annotations
 
-import datetime
-import importlib.util
-import ipaddress
 import json
 import re
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import boto3
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from moto import mock_aws
 
-from constructs_lib.formatted_secret import HANDLER_DIR
+from tests.cfn_server import ResponseRecorder
+from tests.lambdas import load_handler
 
-spec = importlib.util.spec_from_file_location("secret_fields_handler", HANDLER_DIR / "index.py")
-handler_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(handler_module)
+handler_module = load_handler("secret_fields")
 
 FIELDS = {
     "master_key": {"Prefix": "sk-", "Length": 48, "Alphabet": "alnum"},
     "encryption_key": {"Prefix": "", "Length": 64, "Alphabet": "hex"},
 }
-
-
-class ResponseRecorder(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_PUT(self):  # noqa: N802 (http.server's naming)
-        length = int(self.headers["Content-Length"])
-        ResponseRecorder.received.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-def self_signed_certificate(directory):
-    """A certificate for 127.0.0.1 and its key, written as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
-@pytest.fixture
-def response_url(tmp_path, monkeypatch):
-    ResponseRecorder.received = []
-    cert_file, key_file = self_signed_certificate(tmp_path)
-    server = HTTPServer(("127.0.0.1", 0), ResponseRecorder)
-    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    tls.load_cert_chain(cert_file, key_file)
-    server.socket = tls.wrap_socket(server.socket, server_side=True)
-    # The handler verifies the server certificate against the default trust store: make it trust this one only.
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"https://127.0.0.1:{server.server_port}/response?signed=1"
-    server.shutdown()
-
-
-@pytest.fixture
-def secrets_client(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield boto3.client("secretsmanager", region_name="us-west-2")
 
 
 def event(request_type, secret_id, url, fields=FIELDS):

@@ -16,9 +16,9 @@ import json
 import logging
 import secrets
 import string
-import urllib.request
 
 import boto3
+from cfn_response import send_response
 
 LOG = logging.getLogger()
 LOG.setLevel(logging.INFO)
@@ -65,29 +65,6 @@ def ensure_fields(client, secret_id: str, fields: dict) -> list[str]:
     return generated
 
 
-def send_response(event: dict, context, status: str, reason: str = "") -> None:
-    body = json.dumps(
-        {
-            "Status": status,
-            "Reason": reason or f"See CloudWatch log stream {getattr(context, 'log_stream_name', '')}",
-            "PhysicalResourceId": event.get("PhysicalResourceId") or event["ResourceProperties"]["SecretId"],
-            "StackId": event["StackId"],
-            "RequestId": event["RequestId"],
-            "LogicalResourceId": event["LogicalResourceId"],
-            "NoEcho": True,
-            "Data": {},
-        }
-    ).encode()
-    url = event["ResponseURL"]
-    if not url.startswith("https://"):  # CloudFormation's pre-signed S3 URL
-        raise ValueError("ResponseURL must be an https URL")
-    request = urllib.request.Request(  # noqa: S310 - scheme checked above
-        url, data=body, method="PUT", headers={"Content-Type": "", "Content-Length": str(len(body))}
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - scheme checked above
-        response.read()
-
-
 def handler(event: dict, context, client=None) -> None:
     status, reason = "SUCCESS", ""
     try:
@@ -99,4 +76,5 @@ def handler(event: dict, context, client=None) -> None:
     except Exception as error:  # report every failure to CloudFormation instead of letting it hang
         LOG.error("failed: %s", type(error).__name__)
         status, reason = "FAILED", f"{type(error).__name__}: {error}"[:500]
-    send_response(event, context, status, reason)
+    physical_id = event.get("PhysicalResourceId") or event["ResourceProperties"]["SecretId"]
+    send_response(event, context, status, physical_id, reason)

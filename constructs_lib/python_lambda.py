@@ -1,0 +1,72 @@
+"""Assets of this project's Python Lambda handlers, built on the synth machine without Docker or downloads.
+
+A handler lives in `constructs_lib/lambdas/<name>/`. Its asset holds the handler's `*.py` files, the shared
+modules of `constructs_lib/lambdas/shared/`, and, for a handler with a `requirements.txt`, the packages that
+`make setup` installed from it into `build/lambda-deps/<name>/` (pinned, hashed, pure Python). `cdk synth` only
+copies files; it never runs pip or Docker.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jsii
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import aws_lambda as lambda_
+
+ROOT = Path(__file__).resolve().parents[1]
+LAMBDAS_DIR = Path(__file__).resolve().parent / "lambdas"
+SHARED_DIR = LAMBDAS_DIR / "shared"
+DEPENDENCIES_DIR = ROOT / "build" / "lambda-deps"
+INSTALLED_MARKER = ".installed"
+
+
+class LambdaDependenciesMissing(RuntimeError):
+    pass
+
+
+def dependencies_dir(name: str) -> Path | None:
+    """Where `make setup` put the handler's packages; None for a handler without requirements."""
+    if not (LAMBDAS_DIR / name / "requirements.txt").exists():
+        return None
+    target = DEPENDENCIES_DIR / name
+    if not (target / INSTALLED_MARKER).exists():
+        raise LambdaDependenciesMissing(
+            f"{target} is missing or incomplete: run `make setup` (it installs "
+            f"constructs_lib/lambdas/{name}/requirements.txt there) before `cdk synth`"
+        )
+    return target
+
+
+@jsii.implements(ILocalBundling)
+class _CopyPackage:
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._dependencies = dependencies_dir(name)  # fail at construction, with the message above
+
+    def try_bundle(self, output_dir: str, _options: object = None) -> bool:
+        out = Path(output_dir)
+        if self._dependencies is not None:
+            shutil.copytree(
+                self._dependencies, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(INSTALLED_MARKER, "__pycache__")
+            )
+        for source in (SHARED_DIR, LAMBDAS_DIR / self._name):
+            for module in sorted(source.glob("*.py")):
+                shutil.copy2(module, out / module.name)
+        return True
+
+
+def python_code(name: str) -> lambda_.Code:
+    """The asset of handler `name`; its hash is the built folder's content (sources and pinned packages)."""
+    handler_dir = LAMBDAS_DIR / name
+    if not (handler_dir / "index.py").exists():
+        raise FileNotFoundError(f"no Lambda handler at {handler_dir}/index.py")
+    return lambda_.Code.from_asset(
+        str(handler_dir),
+        asset_hash_type=AssetHashType.OUTPUT,
+        bundling=BundlingOptions(
+            image=DockerImage.from_registry("local-bundling-only"),  # never used: local bundling always succeeds
+            local=_CopyPackage(name),
+        ),
+    )
