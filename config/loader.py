@@ -425,11 +425,21 @@ def _read_services(table: _Table) -> ServicesConfig | None:
     return ServicesConfig(**values)
 
 
+_CLIENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
 def _read_oidc(table: _Table) -> OidcConfig | None:
     values = {
-        key: table.get(key, _https_url, "an https URL with a real host (no {placeholders})")
-        for key in ("issuer_url", "authorization_endpoint", "token_endpoint", "user_info_endpoint")
+        "client_id": table.get(
+            "client_id", _string(_CLIENT_ID, "not an application (client) id"), "a lower-case GUID, as Azure AD shows it"
+        )
     }
+    values.update(
+        {
+            key: table.get(key, _https_url, "an https URL with a real host (no {placeholders})")
+            for key in ("issuer_url", "authorization_endpoint", "token_endpoint", "user_info_endpoint")
+        }
+    )
     table.finish()
     if None in values.values():
         return None

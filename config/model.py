@@ -89,6 +89,12 @@ class ServicesConfig:
 
 @dataclass(frozen=True)
 class OidcConfig:
+    """Azure AD (Entra ID) app registration used by Coder and by the ALB in front of the admin UI.
+
+    The client id is public (it appears in every login redirect); the client secret lives only in Secrets Manager.
+    """
+
+    client_id: str
     issuer_url: str
     authorization_endpoint: str
     token_endpoint: str

@@ -18,13 +18,14 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.app_databases import AppDatabases
 from constructs_lib.formatted_secret import FormattedSecret, GeneratedField
 from constructs_lib.secure_bucket import SecureBucket
 from stacks.network_stack import POSTGRES_PORT, REDIS_PORT, NetworkStackOutputs
 
 POSTGRES_MASTER_USER = "postgres"
 REDIS_ENGINE_VERSION = "7.1"
-# One database and one login per application (created by the Platform layer's database bootstrap).
+# One database and one login per application (made by AppDatabases at deploy time).
 APP_DATABASES = ("coder", "litellm", "langfuse")
 
 
@@ -97,6 +98,17 @@ class DataStack(Stack):
 
         database = self._database(network)
         secrets = self._secrets(database)
+        self.app_databases = AppDatabases(
+            self,
+            "AppDatabases",
+            instance=database.instance,
+            master_secret=database.master_secret,
+            app_secrets={app: secrets[f"{app}/database"] for app in APP_DATABASES},
+            vpc=network.vpc,
+            subnets=network.app_subnets,
+            security_group=network.security_groups.db_bootstrap,
+            encryption_key=self.data_key,
+        )
         redis_outputs = self._redis(network, secrets["redis/auth-token"])
         file_system = self._file_system(network)
         buckets = self._buckets()
@@ -201,8 +213,8 @@ class DataStack(Stack):
         url_safe = {"exclude_punctuation": True, "include_space": False}
 
         for app in APP_DATABASES:
-            # host/port/dbname/username are plain facts; only the password is generated. The database bootstrap
-            # creates the login with this password and adds the connection URL the app reads.
+            # host/port/dbname/username are plain facts; only the password is generated. AppDatabases creates the
+            # login with this password and adds the `url` field (sslmode=require) that the app reads.
             template = Stack.of(self).to_json_string(
                 {
                     "engine": "postgres",
@@ -225,9 +237,10 @@ class DataStack(Stack):
         secrets["coder/oidc"] = self._generated_secret(
             "CoderOidcSecret",
             "coder/oidc",
-            "OPERATOR-SUPPLIED: Azure AD app registration for Coder. Set client_id and client_secret with "
-            "put-secret-value after the first deploy; the generated client_secret is a placeholder.",
-            secret_string_template='{"client_id": ""}',  # noqa: S106 - an empty id, not a password
+            "OPERATOR-SUPPLIED: client_secret of the Azure AD app registration (config oidc.client_id) that Coder "
+            "and the ALB in front of the admin UI use. Set it with put-secret-value; the generated value is a "
+            "placeholder.",
+            secret_string_template="{}",  # noqa: S106 - an empty JSON object, not a password
             generate_string_key="client_secret",
             **url_safe,
         )
@@ -240,6 +253,14 @@ class DataStack(Stack):
             "litellm/anthropic-api-key",
             "OPERATOR-SUPPLIED: Anthropic API key for LiteLLM. Replace the generated placeholder with "
             "put-secret-value.",
+            password_length=32,
+            **url_safe,
+        )
+        secrets["custom-llm/api-key"] = self._generated_secret(
+            "CustomLlmApiKeySecret",
+            "custom-llm/api-key",
+            "OPERATOR-SUPPLIED: API key of the corporate LLM gateway (custom_llm_api_base) for LiteLLM. Replace the "
+            "generated placeholder with put-secret-value.",
             password_length=32,
             **url_safe,
         )

@@ -1,4 +1,5 @@
-"""PlatformStack: ECS cluster, internal HTTPS ALB, ACM certificate, shared IAM roles, SSM bridge for Terraform."""
+"""PlatformStack: ECS cluster, internal HTTPS ALB, ACM certificate, IAM roles, SSM bridge for Terraform, and the
+Coder, LiteLLM and Key Provisioner services."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
+from constructs_lib.fargate_service import ServiceRuntime
+from constructs_lib.key_provisioner_service import KeyProvisionerService
+from constructs_lib.litellm_service import LiteLLMService
+from constructs_lib.secret_access import SecretAccess
 from stacks.data_stack import DataStackOutputs
 from stacks.network_stack import NetworkStackOutputs
 
@@ -31,6 +37,10 @@ class PlatformStackOutputs:
     ecs_exec_policy: iam.ManagedPolicy
     workspace_task_role: iam.IRole
     aem_workspace_task_role: iam.IRole
+    workspace_execution_role: iam.IRole
+    langfuse_task_role: iam.IRole
+    runtime: ServiceRuntime  # for the Observability layer's services
+    target_groups: dict[str, elbv2.IApplicationTargetGroup]  # coder, litellm, key-provisioner
 
 
 class PlatformStack(Stack):
@@ -40,7 +50,8 @@ class PlatformStack(Stack):
     - The ALB is internal (private app subnets), HTTPS only with a TLS 1.2+ policy, drops invalid header fields,
       answers 404 to any host no rule claims, keeps idle connections 300 s, and logs to the Network layer's bucket.
     - The shared task execution role reads only this environment's secrets (`<prefix>/*`) and decrypts them only
-      through Secrets Manager.
+      through Secrets Manager. Workspaces get their own execution role without any secret access: Coder's
+      templates register workspace task definitions, and must not be able to inject platform secrets into them.
     - SSM parameters under `/{project}-{env}/` carry the ids that Coder's Terraform workspace templates need.
     """
 
@@ -124,6 +135,48 @@ class PlatformStack(Stack):
             ],
         )
         workspace_role, aem_workspace_role = self._workspace_roles(data)
+        workspace_execution_role = iam.Role(
+            self,
+            "WorkspaceExecutionRole",
+            assumed_by=ECS_TASKS,
+            description=f"{config.qualifier}: workspace tasks: pull images and write logs (no secrets)",
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AmazonECSTaskExecutionRolePolicy")
+            ],
+        )
+        secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
+        runtime = ServiceRuntime(
+            cluster=cluster,
+            vpc=network.vpc,
+            subnets=network.app_subnets,
+            security_group=network.security_groups.ecs_services,
+            execution_role=execution_role,
+            namespace=network.namespace,
+            family_prefix=config.qualifier,
+        )
+        coder = CoderService(
+            self,
+            "Coder",
+            config=config,
+            runtime=runtime,
+            listener=listener,
+            secrets=secrets,
+            workspaces=CoderWorkspaceAccess(
+                cluster_arn=cluster.cluster_arn,
+                cluster_name=cluster.cluster_name,
+                passable_roles=(workspace_role, aem_workspace_role, workspace_execution_role),
+                file_system=data.file_system,
+                terraform_state=data.buckets.terraform_state,
+                lock_table=data.lock_table,
+                listener=listener,
+            ),
+        )
+        litellm = LiteLLMService(self, "LiteLLM", config=config, runtime=runtime, listener=listener, secrets=secrets)
+        key_provisioner = KeyProvisionerService(
+            self, "KeyProvisioner", config=config, runtime=runtime, listener=listener, secrets=secrets
+        )
+        # The services reach their secrets' `url` fields only after the Data layer's AppDatabases has run.
+        self.services = {"coder": coder, "litellm": litellm, "key-provisioner": key_provisioner}
 
         self.outputs = PlatformStackOutputs(
             cluster=cluster,
@@ -134,6 +187,10 @@ class PlatformStack(Stack):
             ecs_exec_policy=ecs_exec_policy,
             workspace_task_role=workspace_role,
             aem_workspace_task_role=aem_workspace_role,
+            workspace_execution_role=workspace_execution_role,
+            langfuse_task_role=self._langfuse_task_role(data),
+            runtime=runtime,
+            target_groups={name: svc.service.target_group for name, svc in self.services.items()},
         )
         self._bridge_parameters(network, data)
 
@@ -201,6 +258,29 @@ class PlatformStack(Stack):
         data.buckets.artifacts.grant_read(aem)
         return workspace, aem
 
+    def _langfuse_task_role(self, data: DataStackOutputs) -> iam.Role:
+        """Langfuse web and worker (Observability layer): the event and media buckets, nothing else."""
+        role = iam.Role(
+            self,
+            "LangfuseTaskRole",
+            assumed_by=ECS_TASKS,
+            description=f"{self._config.qualifier}: Langfuse web and worker (event and media uploads)",
+        )
+        buckets = (data.buckets.langfuse_events, data.buckets.langfuse_media)
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="LangfuseObjects",
+                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                resources=[bucket.arn_for_objects("*") for bucket in buckets],
+            )
+        )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                sid="LangfuseListBuckets", actions=["s3:ListBucket"], resources=[bucket.bucket_arn for bucket in buckets]
+            )
+        )
+        return role
+
     def _bridge_parameters(self, network: NetworkStackOutputs, data: DataStackOutputs) -> None:
         """The CDK -> Terraform bridge: the ids Coder's workspace templates read with `aws_ssm_parameter`."""
         outputs = self.outputs
@@ -208,7 +288,8 @@ class PlatformStack(Stack):
         values = {
             "ClusterArn": ("cluster-arn", outputs.cluster.cluster_arn),
             "ClusterName": ("cluster-name", outputs.cluster.cluster_name),
-            "TaskExecutionRoleArn": ("task-execution-role-arn", outputs.execution_role.role_arn),
+            # Workspaces run with the workspace execution role: it reads no secrets.
+            "TaskExecutionRoleArn": ("task-execution-role-arn", outputs.workspace_execution_role.role_arn),
             "WorkspaceTaskRoleArn": ("workspace-task-role-arn", outputs.workspace_task_role.role_arn),
             "WorkspaceSecurityGroupId": ("workspace-sg-id", network.security_groups.ecs_workspaces.security_group_id),
             "PrivateSubnetIds": ("private-subnet-ids", ",".join(app_subnet_ids)),

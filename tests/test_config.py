@@ -138,6 +138,10 @@ BAD_INPUTS = {
                 'user_info_endpoint = "http://graph.microsoft.com/oidc/userinfo"'),
         ["staging.oidc.user_info_endpoint", "not an https URL"],
     ),
+    "OIDC client id not a GUID": (
+        replace('client_id = "00000000-0000-0000-0000-000000000000"\n', 'client_id = "my-app"\n'),
+        ["staging.oidc.client_id = 'my-app'", "not an application (client) id", "a lower-case GUID"],
+    ),
     "OIDC template placeholder": (
         replace("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",
                 "https://login.microsoftonline.com/{tenant-id}/v2.0"),

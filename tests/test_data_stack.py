@@ -31,7 +31,7 @@ SEED_SECRETS = (
     "langfuse/database",
     "langfuse/clickhouse",
 )
-EXTRA_SECRETS = ("rds/master", "redis/auth-token")
+EXTRA_SECRETS = ("rds/master", "redis/auth-token", "custom-llm/api-key")
 
 
 @pytest.fixture
@@ -248,6 +248,58 @@ def test_secret_initializer_can_touch_only_its_secrets(data):
         assert "*" not in resources, statement
         if any(a.startswith("secretsmanager:") for a in statement["Action"]):
             assert {r["Ref"] for r in resources} <= formatted
+
+
+# --- one database and login per app (AppDatabases) -------------------------------------------------------------
+
+
+def test_app_databases_custom_resource(data):
+    (resource_id,) = data.of_type("Custom::AppDatabases")
+    resource = data.resources[resource_id]
+    props = resource["Properties"]
+    apps = {app: data.logical_id(f"/Data/{app.capitalize()}DatabaseSecret/Resource") for app in ("coder", "litellm", "langfuse")}
+    assert props["AppSecretArns"] == {app: {"Ref": lid} for app, lid in apps.items()}
+    assert props["MasterSecretArn"] == {"Ref": data.logical_id("/Data/PostgresMasterSecret/Resource")}
+    postgres = data.logical_id("/Data/Postgres/Resource")
+    assert props["Endpoint"] == {"Fn::GetAtt": [postgres, "Endpoint.Address"]}
+    assert re.fullmatch(r"[0-9a-f]{16}", props["HandlerVersion"])
+    assert postgres in resource["DependsOn"]  # the instance accepts connections before the first run
+    function = data.logical_id("/Data/AppDatabases/Function/Resource")
+    assert props["ServiceToken"] == {"Fn::GetAtt": [function, "Arn"]}
+
+
+def test_app_databases_function_runs_in_the_vpc_with_its_own_group(data, assembly, stage):
+    function = data.resources[data.logical_id("/Data/AppDatabases/Function/Resource")]["Properties"]
+    assert function["Runtime"] == "python3.13" and function["Handler"] == "index.handler"
+    vpc = function["VpcConfig"]
+    assert "DbBootstrapSecurityGroup" in json.dumps(vpc["SecurityGroupIds"])
+    assert len(vpc["SubnetIds"]) == 2 and all("PrivateAppSubnet" in json.dumps(s) for s in vpc["SubnetIds"])
+    assert set(function["Environment"]["Variables"]) == {"MASTER_SECRET_ARN", "APP_SECRET_ARNS"}
+    # The asset holds the handler, the shared response module and the pinned driver, nothing from the repo else.
+    assets = json.loads(next(data.path.parent.glob(f"{data.path.name.split('.')[0]}.assets.json")).read_text())
+    code_hash = function["Code"]["S3Key"].removesuffix(".zip")
+    folder = data.path.parent / assets["files"][code_hash]["source"]["path"]
+    names = {p.name for p in folder.iterdir()}
+    assert {"index.py", "bootstrap.py", "cfn_response.py", "pg8000", "scramp"} <= names
+    assert "requirements.txt" not in names and ".installed" not in names
+
+
+def test_app_databases_function_permissions(data):
+    (policy,) = [
+        r["Properties"] for r in data.of_type("AWS::IAM::Policy").values()
+        if "/AppDatabases/" in r["Metadata"]["aws:cdk:path"]
+    ]
+    statements = policy["PolicyDocument"]["Statement"]
+    app_secrets = {data.logical_id(f"/Data/{a}DatabaseSecret/Resource") for a in ("Coder", "Litellm", "Langfuse")}
+    master = data.logical_id("/Data/PostgresMasterSecret/Resource")
+    reads = [s for s in statements if s["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]]
+    assert {r["Ref"] for s in reads for r in s["Resource"]} == app_secrets | {master}
+    (write,) = [s for s in statements if s.get("Sid") == "WriteConnectionUrls"]
+    assert write["Action"] == "secretsmanager:PutSecretValue"
+    assert {r["Ref"] for r in write["Resource"]} == app_secrets  # never the master login
+    (encrypt,) = [s for s in statements if s.get("Sid") == "EncryptNewSecretVersions"]
+    assert encrypt["Action"] == "kms:GenerateDataKey" and "secretsmanager." in json.dumps(encrypt["Condition"])
+    assert all(s["Resource"] != "*" for s in statements)
 
 
 # --- keeping data ---------------------------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def test_execution_role_reads_only_this_environments_secrets(platform, env_confi
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
     assert "AmazonECSTaskExecutionRolePolicy" in json.dumps(role["ManagedPolicyArns"])
     policy = platform.resources[platform.logical_id("/Platform/TaskExecutionRole/DefaultPolicy/Resource")]
-    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    all_statements = policy["Properties"]["PolicyDocument"]["Statement"]
+    statements = {s["Sid"]: s for s in all_statements if "Sid" in s}
     assert statements["ReadEnvironmentSecrets"]["Action"] == "secretsmanager:GetSecretValue"
     assert statements["ReadEnvironmentSecrets"]["Resource"] == (
         f"arn:aws:secretsmanager:{env_config.region}:{env_config.account}:secret:{env_config.secret_prefix}/*"
@@ -84,6 +85,31 @@ def test_execution_role_reads_only_this_environments_secrets(platform, env_confi
     assert decrypt["Action"] == "kms:Decrypt"
     assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{env_config.region}.amazonaws.com"}}
     assert "DataKey" in json.dumps(decrypt["Resource"])
+    # What ECS adds for the containers: the exact secrets they name (all Data-layer secrets), their log groups,
+    # and pulls from the Key Provisioner's ECR repository only.
+    for statement in all_statements:
+        if "Sid" in statement:
+            continue
+        if statement["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]:
+            assert all("ServiceLogs" in json.dumps(r) for r in statement["Resource"])
+        elif statement["Action"] == "ecr:GetAuthorizationToken":
+            assert statement["Resource"] == "*"  # the registry login, which has no resource
+        elif statement["Action"][0].startswith("ecr:"):
+            assert statement["Resource"] == (
+                f"arn:aws:ecr:{env_config.region}:{env_config.account}:repository/key-provisioner"
+            )
+        else:
+            assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
+            assert all(r["Fn::GetStackOutput"]["StackName"].endswith("-Data") for r in statement["Resource"])
+
+
+def test_workspace_execution_role_reads_no_secrets(platform):
+    role = platform.resources[platform.logical_id("/Platform/WorkspaceExecutionRole/Resource")]["Properties"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert "AmazonECSTaskExecutionRolePolicy" in json.dumps(role["ManagedPolicyArns"])
+    assert "Policies" not in role
+    attached = [p for p in platform.props("AWS::IAM::Policy") if "WorkspaceExecutionRole" in json.dumps(p["Roles"])]
+    assert attached == []
 
 
 def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_config):
@@ -120,8 +146,9 @@ def test_ssm_bridge_parameters(platform, env_config):
     assert params[prefix + "cluster-arn"] == {"Fn::GetAtt": [platform.logical_id("/Platform/Cluster/Resource"), "Arn"]}
     assert params[prefix + "cluster-name"] == {"Ref": platform.logical_id("/Platform/Cluster/Resource")}
     assert params[prefix + "alb-listener-arn"] == {"Ref": platform.logical_id("/Platform/LoadBalancer/Https/Resource")}
+    # Workspace task definitions get the workspace execution role (no secret access), not the platform's.
     assert params[prefix + "task-execution-role-arn"] == {
-        "Fn::GetAtt": [platform.logical_id("/Platform/TaskExecutionRole/Resource"), "Arn"]}
+        "Fn::GetAtt": [platform.logical_id("/Platform/WorkspaceExecutionRole/Resource"), "Arn"]}
     assert params[prefix + "workspace-task-role-arn"] == {
         "Fn::GetAtt": [platform.logical_id("/Platform/WorkspaceTaskRole/Resource"), "Arn"]}
     assert "EcsWorkspacesSecurityGroup" in json.dumps(params[prefix + "workspace-sg-id"])

@@ -1,0 +1,213 @@
+"""Coder: the workspace control plane (one task: high availability is a licensed feature)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_cdk import ArnFormat, Duration, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_efs as efs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.fargate_service import EfsMount, FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec
+from constructs_lib.secret_access import SecretAccess
+
+CODER_PORT = 7080
+CODER_UID = "1000"  # the `coder` user of the official image
+CONFIG_DIR = "/home/coder/.config/coderv2"
+ECS_TASKS_SERVICE = "ecs-tasks.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class CoderWorkspaceAccess:
+    """What Coder's Terraform provisioner manages for workspaces, and nothing more."""
+
+    cluster_arn: str
+    cluster_name: str
+    passable_roles: tuple[iam.IRole, ...]  # the only roles workspace task definitions may carry
+    file_system: efs.IFileSystem
+    terraform_state: s3.IBucket
+    lock_table: dynamodb.ITable
+    listener: elbv2.IApplicationListener  # workspace direct access adds rules here (feature flag)
+
+
+class CoderService(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        runtime: ServiceRuntime,
+        listener: elbv2.IApplicationListener,
+        secrets: SecretAccess,
+        workspaces: CoderWorkspaceAccess,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.task_role = iam.Role(
+            self,
+            "TaskRole",
+            assumed_by=iam.ServicePrincipal(ECS_TASKS_SERVICE),
+            description=f"{config.qualifier}: Coder (workspace provisioning with Terraform)",
+        )
+        _grant_workspace_provisioning(self.task_role, config, workspaces)
+
+        access_point = efs.AccessPoint(
+            self,
+            "ConfigAccessPoint",
+            file_system=workspaces.file_system,
+            path="/coder",
+            create_acl=efs.Acl(owner_uid=CODER_UID, owner_gid=CODER_UID, permissions="750"),
+            posix_user=efs.PosixUser(uid=CODER_UID, gid=CODER_UID),
+        )
+        domain = config.domain
+        spec = ServiceSpec(
+            name="coder",
+            image=config.images.coder,
+            cpu=1024,
+            memory_mib=4096,
+            port=CODER_PORT,
+            desired_count=config.services.coder_desired_count,
+            health_check_path="/api/v2/buildinfo",
+            environment={
+                "CODER_ACCESS_URL": f"https://coder.{domain}",
+                "CODER_WILDCARD_ACCESS_URL": f"*.{domain}",
+                "CODER_HTTP_ADDRESS": f"0.0.0.0:{CODER_PORT}",
+                "CODER_SECURE_AUTH_COOKIE": "true",
+                "CODER_OIDC_ISSUER_URL": config.oidc.issuer_url,
+                "CODER_OIDC_CLIENT_ID": config.oidc.client_id,
+                "CODER_OIDC_ALLOW_SIGNUPS": "true",
+                "CODER_OIDC_SCOPES": "openid,profile,email",
+                "CODER_TELEMETRY": "false",
+                "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",
+            },
+            secrets={
+                "CODER_PG_CONNECTION_URL": ecs.Secret.from_secrets_manager(secrets["coder/database"], "url"),
+                "CODER_OIDC_CLIENT_SECRET": ecs.Secret.from_secrets_manager(secrets["coder/oidc"], "client_secret"),
+            },
+            stateless=False,  # management plane; its config directory is on EFS
+            # One Coder at a time: the old task stops before the new one starts (no unlicensed second replica
+            # on the same config directory).
+            min_healthy_percent=0,
+            max_healthy_percent=100,
+            health_check_grace=Duration.seconds(180),
+            efs_mounts=(EfsMount(workspaces.file_system, access_point, CONFIG_DIR),),
+        )
+        self.service = FargateService(
+            self,
+            "Service",
+            runtime=runtime,
+            spec=spec,
+            task_role=self.task_role,
+            listener=Listener(
+                listener,
+                (
+                    HostRoute(100, (f"coder.{domain}",)),
+                    HostRoute(500, (f"*.{domain}",)),  # workspace apps on subdomains
+                ),
+            ),
+        )
+
+
+def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, access: CoderWorkspaceAccess) -> None:
+    stack = Stack.of(role)
+
+    def arn(service: str, resource: str, name: str, fmt: ArnFormat = ArnFormat.SLASH_RESOURCE_NAME) -> str:
+        return stack.format_arn(service=service, resource=resource, resource_name=name, arn_format=fmt)
+
+    in_cluster = {"ArnEquals": {"ecs:cluster": access.cluster_arn}}
+    statements = [
+        iam.PolicyStatement(
+            sid="TaskDefinitions",  # these actions support no resource-level permissions
+            actions=["ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition"],
+            resources=["*"],
+        ),
+        iam.PolicyStatement(
+            sid="WorkspaceServices",
+            actions=["ecs:CreateService", "ecs:UpdateService", "ecs:DeleteService", "ecs:DescribeServices"],
+            resources=[arn("ecs", "service", f"{access.cluster_name}/*")],
+        ),
+        iam.PolicyStatement(
+            sid="WorkspaceTasks",
+            actions=["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"],
+            resources=["*"],
+            conditions=in_cluster,
+        ),
+        iam.PolicyStatement(
+            sid="TagOnCreate",
+            actions=["ecs:TagResource"],
+            resources=["*"],
+            conditions={"StringEquals": {"ecs:CreateAction": ["CreateService", "RegisterTaskDefinition", "RunTask"]}},
+        ),
+        iam.PolicyStatement(
+            sid="PassWorkspaceRolesToEcsTasks",
+            actions=["iam:PassRole"],
+            resources=[r.role_arn for r in access.passable_roles],
+            conditions={"StringEquals": {"iam:PassedToService": ECS_TASKS_SERVICE}},
+        ),
+        iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:Describe*"], resources=["*"]),
+        iam.PolicyStatement(
+            sid="WorkspaceAccessPoints",
+            actions=["elasticfilesystem:CreateAccessPoint", "elasticfilesystem:DescribeAccessPoints"],
+            resources=[access.file_system.file_system_arn],
+        ),
+        iam.PolicyStatement(
+            sid="WorkspaceAccessPointLifecycle",
+            actions=[
+                "elasticfilesystem:DeleteAccessPoint",
+                "elasticfilesystem:DescribeAccessPoints",
+                "elasticfilesystem:TagResource",
+            ],
+            resources=[arn("elasticfilesystem", "access-point", "*")],
+            conditions={"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}},
+        ),
+        iam.PolicyStatement(
+            sid="ReadBridgeParameters",
+            actions=["ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath"],
+            resources=[arn("ssm", "parameter", f"{config.qualifier}/*")],
+        ),
+        iam.PolicyStatement(
+            sid="WorkspaceLogGroups",
+            actions=["logs:CreateLogGroup", "logs:PutRetentionPolicy", "logs:DeleteLogGroup", "logs:TagResource"],
+            resources=[arn("logs", "log-group", f"/{config.qualifier}/workspaces*", ArnFormat.COLON_RESOURCE_NAME)],
+        ),
+        iam.PolicyStatement(sid="DescribeLogGroups", actions=["logs:DescribeLogGroups"], resources=["*"]),
+    ]
+    if config.features.enable_workspace_direct_access:
+        target_groups = arn("elasticloadbalancing", "targetgroup", "ws-*/*")
+        statements += [
+            iam.PolicyStatement(
+                sid="DirectAccessTargetGroups",
+                actions=[
+                    "elasticloadbalancing:CreateTargetGroup",
+                    "elasticloadbalancing:DeleteTargetGroup",
+                    "elasticloadbalancing:ModifyTargetGroup",
+                    "elasticloadbalancing:ModifyTargetGroupAttributes",
+                    "elasticloadbalancing:RegisterTargets",
+                    "elasticloadbalancing:DeregisterTargets",
+                    "elasticloadbalancing:AddTags",
+                ],
+                resources=[target_groups],
+            ),
+            iam.PolicyStatement(
+                sid="DirectAccessRules",
+                actions=["elasticloadbalancing:CreateRule", "elasticloadbalancing:AddTags"],
+                resources=[access.listener.listener_arn, arn("elasticloadbalancing", "listener-rule", "app/*")],
+            ),
+            iam.PolicyStatement(
+                sid="DirectAccessRuleLifecycle",
+                actions=["elasticloadbalancing:ModifyRule", "elasticloadbalancing:DeleteRule"],
+                resources=[arn("elasticloadbalancing", "listener-rule", "app/*")],
+                conditions={"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}},
+            ),
+            iam.PolicyStatement(sid="DescribeLoadBalancing", actions=["elasticloadbalancing:Describe*"], resources=["*"]),
+        ]
+    for statement in statements:
+        role.add_to_policy(statement)
+    access.terraform_state.grant_read_write(role)
+    access.lock_table.grant_read_write_data(role)

@@ -1,0 +1,291 @@
+"""The one Fargate service pattern every platform application is built on."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from aws_cdk import Duration, RemovalPolicy, SecretValue, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_efs as efs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_servicediscovery as servicediscovery
+from constructs import Construct
+
+# Names that carry credentials must come from Secrets Manager (`secrets=`), never from `environment=`.
+# <account>.dkr.ecr.<region>.amazonaws.com/<repository>(:<tag>|@<digest>)
+ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
+    r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+)|@(?P<digest>sha256:[0-9a-f]{64}))$"
+)
+SECRET_LIKE_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL")
+LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+
+
+@dataclass(frozen=True)
+class ServiceRuntime:
+    """What every service of one environment shares (cluster, network placement, execution role, discovery)."""
+
+    cluster: ecs.ICluster
+    vpc: ec2.IVpc
+    subnets: ec2.SubnetSelection
+    security_group: ec2.ISecurityGroup
+    execution_role: iam.IRole
+    namespace: servicediscovery.INamespace
+    family_prefix: str  # `{project}-{env}`: task definition families are `<prefix>-<service>`
+
+
+@dataclass(frozen=True)
+class OidcAuthentication:
+    """ALB `authenticate-oidc` in front of a route (browser sign-in; never for API traffic)."""
+
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    user_info_endpoint: str
+    client_id: str
+    client_secret: SecretValue  # a Secrets Manager dynamic reference, resolved by CloudFormation
+
+
+@dataclass(frozen=True)
+class HostRoute:
+    """A host-based rule on the shared HTTPS listener."""
+
+    priority: int
+    hosts: tuple[str, ...]
+    authenticate: OidcAuthentication | None = None
+
+
+@dataclass(frozen=True)
+class EfsMount:
+    """An EFS directory mounted through an access point, TLS in transit and IAM authorization."""
+
+    file_system: efs.IFileSystem
+    access_point: efs.IAccessPoint
+    container_path: str
+
+
+@dataclass(frozen=True)
+class Listener:
+    """The shared listener and the priorities this service claims on it."""
+
+    listener: elbv2.IApplicationListener
+    routes: tuple[HostRoute, ...]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str  # container name, Cloud Map name (`<name>.<namespace>`), log stream prefix
+    image: str
+    cpu: int
+    memory_mib: int
+    port: int
+    desired_count: int
+    health_check_path: str  # HTTP path the target group (or, without ALB, nothing) probes
+    environment: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, ecs.Secret] = field(default_factory=dict)
+    command: Sequence[str] | None = None
+    stateless: bool = True  # False: never on Spot (Coder, ClickHouse)
+    use_spot: bool = False  # only honoured for stateless services with >= 2 tasks
+    min_healthy_percent: int = 100
+    max_healthy_percent: int = 200
+    health_check_grace: Duration = Duration.seconds(120)
+    container_health_check: ecs.HealthCheck | None = None
+    efs_mounts: tuple[EfsMount, ...] = ()
+
+
+class FargateService(Construct):
+    """Task definition, log group, container with Secrets Manager secrets, Fargate service with Cloud Map name,
+    circuit breaker (rollback), ECS Exec, and, when it has routes, a target group with its health check and the
+    host-based listener rules.
+
+    Defaults:
+    - Logs go to a log group kept one year (RETAIN: nothing lost when the service is replaced).
+    - Capacity: regular Fargate; Fargate Spot is mixed in (one regular task kept as base) only for a stateless
+      service asking for it with at least two tasks.
+    - Environment values are plain configuration: a name that looks like a credential is refused there.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        runtime: ServiceRuntime,
+        spec: ServiceSpec,
+        task_role: iam.IRole,
+        listener: Listener | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        _validate(spec, listener)
+        self.spec = spec
+
+        self.task_definition = ecs.FargateTaskDefinition(
+            self,
+            "TaskDefinition",
+            family=f"{runtime.family_prefix}-{spec.name}",
+            cpu=spec.cpu,
+            memory_limit_mib=spec.memory_mib,
+            execution_role=runtime.execution_role,
+            task_role=task_role,
+            runtime_platform=ecs.RuntimePlatform(
+                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+                cpu_architecture=ecs.CpuArchitecture.X86_64,
+            ),
+        )
+        self.log_group = logs.LogGroup(self, "Logs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.RETAIN)
+        self.container = self.task_definition.add_container(
+            spec.name,
+            image=_image(self, spec.image),
+            port_mappings=[ecs.PortMapping(container_port=spec.port, name=spec.name, protocol=ecs.Protocol.TCP)],
+            environment=dict(spec.environment),
+            secrets=dict(spec.secrets),
+            command=list(spec.command) if spec.command else None,
+            logging=ecs.LogDriver.aws_logs(stream_prefix=spec.name, log_group=self.log_group),
+            health_check=spec.container_health_check,
+            essential=True,
+        )
+        for index, mount in enumerate(spec.efs_mounts):
+            volume = f"{spec.name}-efs-{index}"
+            self.task_definition.add_volume(
+                name=volume,
+                efs_volume_configuration=ecs.EfsVolumeConfiguration(
+                    file_system_id=mount.file_system.file_system_id,
+                    transit_encryption="ENABLED",
+                    authorization_config=ecs.AuthorizationConfig(access_point_id=mount.access_point.access_point_id, iam="ENABLED"),
+                ),
+            )
+            self.container.add_mount_points(
+                ecs.MountPoint(source_volume=volume, container_path=mount.container_path, read_only=False)
+            )
+            task_role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+                    resources=[mount.file_system.file_system_arn],
+                    conditions={"StringEquals": {"elasticfilesystem:AccessPointArn": mount.access_point.access_point_arn}},
+                )
+            )
+
+        spot = spec.stateless and spec.use_spot
+        self.service = ecs.FargateService(
+            self,
+            "Service",
+            cluster=runtime.cluster,
+            task_definition=self.task_definition,
+            desired_count=spec.desired_count,
+            security_groups=[runtime.security_group],
+            vpc_subnets=runtime.subnets,
+            assign_public_ip=False,
+            enable_execute_command=True,
+            circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
+            min_healthy_percent=spec.min_healthy_percent,
+            max_healthy_percent=spec.max_healthy_percent,
+            health_check_grace_period=spec.health_check_grace if listener else None,
+            capacity_provider_strategies=(
+                [
+                    ecs.CapacityProviderStrategy(capacity_provider="FARGATE", base=1, weight=1),
+                    ecs.CapacityProviderStrategy(capacity_provider="FARGATE_SPOT", weight=1),
+                ]
+                if spot
+                else [ecs.CapacityProviderStrategy(capacity_provider="FARGATE", weight=1)]
+            ),
+            cloud_map_options=ecs.CloudMapOptions(
+                name=spec.name,
+                cloud_map_namespace=runtime.namespace,
+                dns_record_type=servicediscovery.DnsRecordType.A,
+                dns_ttl=Duration.seconds(10),
+            ),
+            propagate_tags=ecs.PropagatedTagSource.SERVICE,
+            enable_ecs_managed_tags=True,
+        )
+
+        self.target_group: elbv2.ApplicationTargetGroup | None = None
+        self.rules: list[elbv2.ApplicationListenerRule] = []
+        if listener is not None:
+            self.target_group = elbv2.ApplicationTargetGroup(
+                self,
+                "TargetGroup",
+                vpc=runtime.vpc,
+                port=spec.port,
+                protocol=elbv2.ApplicationProtocol.HTTP,
+                target_type=elbv2.TargetType.IP,
+                deregistration_delay=Duration.seconds(30),
+                health_check=elbv2.HealthCheck(
+                    path=spec.health_check_path,
+                    healthy_http_codes="200",
+                    interval=Duration.seconds(30),
+                    timeout=Duration.seconds(10),
+                    healthy_threshold_count=2,
+                    unhealthy_threshold_count=3,
+                ),
+            )
+            self.service.attach_to_application_target_group(self.target_group)
+            for route in listener.routes:
+                self.rules.append(
+                    elbv2.ApplicationListenerRule(
+                        self,
+                        f"Rule{route.priority}",
+                        listener=listener.listener,
+                        priority=route.priority,
+                        conditions=[elbv2.ListenerCondition.host_headers(list(route.hosts))],
+                        action=_action(route, self.target_group),
+                    )
+                )
+
+
+def _image(scope: Construct, image: str) -> ecs.ContainerImage:
+    """ECR images through their repository (the execution role gets pull rights on it); others from their registry."""
+    match = ECR_IMAGE.match(image)
+    if not match:
+        return ecs.ContainerImage.from_registry(image)
+    repository = ecr.Repository.from_repository_attributes(
+        scope,
+        "Repository",
+        repository_name=match["repository"],
+        repository_arn=f"arn:{Stack.of(scope).partition}:ecr:{match['region']}:{match['account']}:repository/{match['repository']}",
+    )
+    return ecs.ContainerImage.from_ecr_repository(repository, match["tag"] or match["digest"])
+
+
+def _action(route: HostRoute, target_group: elbv2.IApplicationTargetGroup) -> elbv2.ListenerAction:
+    forward = elbv2.ListenerAction.forward([target_group])
+    auth = route.authenticate
+    if auth is None:
+        return forward
+    return elbv2.ListenerAction.authenticate_oidc(
+        issuer=auth.issuer,
+        authorization_endpoint=auth.authorization_endpoint,
+        token_endpoint=auth.token_endpoint,
+        user_info_endpoint=auth.user_info_endpoint,
+        client_id=auth.client_id,
+        client_secret=auth.client_secret,
+        scope="openid profile email",
+        session_timeout=Duration.hours(8),
+        on_unauthenticated_request=elbv2.UnauthenticatedAction.AUTHENTICATE,
+        next=forward,
+    )
+
+
+def _validate(spec: ServiceSpec, listener: Listener | None) -> None:
+    problems = []
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", spec.name):
+        problems.append(f"name {spec.name!r} must be a lower-case DNS label")
+    leaked = sorted(name for name in spec.environment if SECRET_LIKE_NAME.search(name))
+    if leaked:
+        problems.append(f"{', '.join(leaked)} look like credentials: pass them in `secrets`, not `environment`")
+    both = sorted(set(spec.environment) & set(spec.secrets))
+    if both:
+        problems.append(f"{', '.join(both)} set both as environment and as secret")
+    if spec.use_spot and (not spec.stateless or spec.desired_count < 2):
+        problems.append("Fargate Spot is only for stateless services running at least 2 tasks")
+    if listener is not None and not listener.routes:
+        problems.append("a listener without routes")
+    if listener is not None and not spec.health_check_path.startswith("/"):
+        problems.append(f"health check path {spec.health_check_path!r} must start with /")
+    if problems:
+        raise ValueError(f"service {spec.name}: " + "; ".join(problems))

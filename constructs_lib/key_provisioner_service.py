@@ -1,0 +1,83 @@
+"""Key Provisioner: the admin UI that issues LiteLLM keys to Coder users, behind ALB OIDC sign-in."""
+
+from __future__ import annotations
+
+from aws_cdk import SecretValue
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.fargate_service import (
+    FargateService,
+    HostRoute,
+    Listener,
+    OidcAuthentication,
+    ServiceRuntime,
+    ServiceSpec,
+)
+from constructs_lib.litellm_service import LITELLM_PORT
+from constructs_lib.secret_access import SecretAccess
+
+KEY_PROVISIONER_PORT = 8100
+
+
+class KeyProvisionerService(Construct):
+    """One task, `admin.{domain}` at priority 200 with ALB `authenticate-oidc` (Azure AD) before forwarding: the
+    only route with sign-in at the ALB (API hosts must stay reachable by tokens). The client secret is a
+    Secrets Manager dynamic reference, resolved by CloudFormation, never in the template."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        runtime: ServiceRuntime,
+        listener: elbv2.IApplicationListener,
+        secrets: SecretAccess,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.task_role = iam.Role(
+            self,
+            "TaskRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description=f"{config.qualifier}: Key Provisioner (its secret and the LiteLLM master key)",
+        )
+        secrets.grant_read(self.task_role, "key-provisioner/secret", "litellm/master-key")
+
+        oidc = config.oidc
+        authentication = OidcAuthentication(
+            issuer=oidc.issuer_url,
+            authorization_endpoint=oidc.authorization_endpoint,
+            token_endpoint=oidc.token_endpoint,
+            user_info_endpoint=oidc.user_info_endpoint,
+            client_id=oidc.client_id,
+            client_secret=SecretValue.secrets_manager(secrets["coder/oidc"].secret_arn, json_field="client_secret"),
+        )
+        self.service = FargateService(
+            self,
+            "Service",
+            runtime=runtime,
+            spec=ServiceSpec(
+                name="key-provisioner",
+                image=config.images.key_provisioner,
+                cpu=256,
+                memory_mib=512,
+                port=KEY_PROVISIONER_PORT,
+                desired_count=config.services.key_provisioner_desired_count,
+                health_check_path="/health",
+                environment={
+                    "LITELLM_URL": f"http://litellm.{runtime.namespace.namespace_name}:{LITELLM_PORT}",
+                    "CODER_URL": f"https://coder.{config.domain}",
+                    "PORT": str(KEY_PROVISIONER_PORT),
+                },
+                secrets={
+                    "LITELLM_MASTER_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "master_key"),
+                    "PROVISIONER_SECRET": ecs.Secret.from_secrets_manager(secrets["key-provisioner/secret"]),
+                },
+            ),
+            task_role=self.task_role,
+            listener=Listener(listener, (HostRoute(200, (f"admin.{config.domain}",), authentication),)),
+        )

@@ -1,0 +1,98 @@
+"""Read and check `litellm/config.yaml` at synth: the models it routes to and the environment it expects."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = ROOT / "litellm" / "config.yaml"
+ENV_REF = re.compile(r"^os\.environ/([A-Z_][A-Z0-9_]*)$")
+CREDENTIAL_KEYS = ("api_key", "master_key", "database_url", "aws_secret_access_key", "aws_access_key_id", "salt_key")
+# Bedrock cross-region inference profiles start with a geography; their ids name the foundation model after it.
+PROFILE_PREFIXES = ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "global.")
+BEDROCK_ROUTES = ("converse/", "invoke/")
+
+
+class LiteLLMConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BedrockModel:
+    model_id: str  # as LiteLLM calls it: a foundation model id or an inference profile id
+
+    @property
+    def is_inference_profile(self) -> bool:
+        return self.model_id.startswith(PROFILE_PREFIXES)
+
+    @property
+    def foundation_model_id(self) -> str:
+        if self.is_inference_profile:
+            return self.model_id.split(".", 1)[1]
+        return self.model_id
+
+
+@dataclass(frozen=True)
+class LiteLLMConfig:
+    path: Path
+    model_names: tuple[str, ...]
+    bedrock_models: tuple[BedrockModel, ...]
+    environment_names: frozenset[str]  # every NAME in an `os.environ/NAME` value
+
+
+def _walk(value: object, where: str, found: set[str], problems: list[str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key in CREDENTIAL_KEYS and not (isinstance(item, str) and ENV_REF.match(item)):
+                problems.append(f"{here}: a credential must be `os.environ/NAME`, never a literal value")
+            _walk(item, here, found, problems)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _walk(item, f"{where}[{index}]", found, problems)
+    elif isinstance(value, str) and value.startswith("os.environ/"):
+        match = ENV_REF.match(value)
+        if match:
+            found.add(match.group(1))
+        else:
+            problems.append(f"{where}: {value!r} is not `os.environ/NAME` with an upper-case NAME")
+
+
+def load_litellm_config(path: Path = DEFAULT_PATH) -> LiteLLMConfig:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise LiteLLMConfigError(f"{path}: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("model_list"), list) or not document["model_list"]:
+        raise LiteLLMConfigError(f"{path}: needs a non-empty `model_list`")
+
+    problems: list[str] = []
+    names: list[str] = []
+    bedrock: list[BedrockModel] = []
+    for index, entry in enumerate(document["model_list"]):
+        params = entry.get("litellm_params") if isinstance(entry, dict) else None
+        name = entry.get("model_name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not isinstance(params, dict) or not isinstance(params.get("model"), str):
+            problems.append(f"model_list[{index}]: needs model_name and litellm_params.model")
+            continue
+        if name in names:
+            problems.append(f"model_list[{index}]: model_name {name!r} appears twice")
+        names.append(name)
+        model = params["model"]
+        if model.startswith("bedrock/"):
+            model_id = model.removeprefix("bedrock/")
+            for route in BEDROCK_ROUTES:
+                model_id = model_id.removeprefix(route)
+            if not re.fullmatch(r"[a-z0-9.-]+:\d+", model_id):
+                problems.append(f"model_list[{index}]: {model!r} is not a versioned Bedrock model id (`vendor.model-v1:0`)")
+            else:
+                bedrock.append(BedrockModel(model_id))
+    found: set[str] = set()
+    _walk(document, "", found, problems)
+    if problems:
+        raise LiteLLMConfigError(f"{path}:\n  " + "\n  ".join(problems))
+    return LiteLLMConfig(path, tuple(names), tuple(dict.fromkeys(bedrock)), frozenset(found))

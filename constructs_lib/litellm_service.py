@@ -1,0 +1,128 @@
+"""LiteLLM: the AI gateway (Bedrock Claude, Anthropic, the corporate LLM gateway), config loaded from S3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Stack
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.fargate_service import FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec
+from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config
+from constructs_lib.secret_access import SecretAccess
+
+LITELLM_PORT = 4000
+LANGFUSE_WEB_PORT = 3000
+
+
+class LiteLLMService(Construct):
+    """Two tasks on regular Fargate (the gateway every workspace depends on), `ai.{domain}`, priority 400.
+
+    - `litellm/config.yaml` is a file asset; LiteLLM reads it from S3 at start (LITELLM_CONFIG_BUCKET_*), and a
+      changed file gives a new object key, so a new task definition and a rolling deploy.
+    - The task role may invoke exactly the Bedrock models of that file and read exactly that object.
+    - Health is `/health/readiness` (`/health` would call every model).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        runtime: ServiceRuntime,
+        listener: elbv2.IApplicationListener,
+        secrets: SecretAccess,
+        config_path: Path = DEFAULT_PATH,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.litellm_config = load_litellm_config(config_path)
+        config_file = s3_assets.Asset(self, "ConfigFile", path=str(config_path))
+
+        self.task_role = iam.Role(
+            self,
+            "TaskRole",
+            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
+            description=f"{config.qualifier}: LiteLLM (Bedrock models of litellm/config.yaml, its config object)",
+        )
+        self.task_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadConfigFile",
+                actions=["s3:GetObject"],
+                resources=[config_file.bucket.arn_for_objects(config_file.s3_object_key)],
+            )
+        )
+        bedrock_resources = bedrock_model_arns(Stack.of(self), self.litellm_config)
+        if bedrock_resources:
+            self.task_role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="InvokeConfiguredBedrockModels",
+                    actions=["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
+                    resources=bedrock_resources,
+                )
+            )
+        secrets.grant_read(self.task_role, "litellm/master-key", "litellm/anthropic-api-key")
+
+        namespace = runtime.namespace.namespace_name
+        api_base = config.custom_llm_api_base.rstrip("/")
+        environment = {
+            "AWS_REGION_NAME": config.region,
+            "DEFAULT_ENFORCEMENT_LEVEL": "standard",
+            "GUARDRAILS_ENABLED": "true",
+            "LANGFUSE_HOST": f"http://langfuse-web.{namespace}:{LANGFUSE_WEB_PORT}",
+            "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
+            "CUSTOM_LLM_API_BASE": api_base,
+            "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
+            "LITELLM_CONFIG_BUCKET_NAME": config_file.s3_bucket_name,
+            "LITELLM_CONFIG_BUCKET_OBJECT_KEY": config_file.s3_object_key,
+        }
+        container_secrets = {
+            "DATABASE_URL": ecs.Secret.from_secrets_manager(secrets["litellm/database"], "url"),
+            "LITELLM_MASTER_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "master_key"),
+            "LITELLM_SALT_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "salt_key"),
+            "ANTHROPIC_API_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/anthropic-api-key"]),
+            "CUSTOM_LLM_API_KEY": ecs.Secret.from_secrets_manager(secrets["custom-llm/api-key"]),
+            "LANGFUSE_PUBLIC_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "public_key"),
+            "LANGFUSE_SECRET_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "secret_key"),
+        }
+        missing = sorted(self.litellm_config.environment_names - set(environment) - set(container_secrets))
+        if missing:
+            raise LiteLLMConfigError(f"{config_path}: refers to os.environ/{', os.environ/'.join(missing)}, "
+                                     "which the LiteLLM container does not get")
+        self.service = FargateService(
+            self,
+            "Service",
+            runtime=runtime,
+            spec=ServiceSpec(
+                name="litellm",
+                image=config.images.litellm,
+                cpu=512,
+                memory_mib=2048,
+                port=LITELLM_PORT,
+                desired_count=config.services.litellm_desired_count,
+                health_check_path="/health/readiness",
+                command=("--port", str(LITELLM_PORT)),
+                environment=environment,
+                secrets=container_secrets,
+            ),
+            task_role=self.task_role,
+            listener=Listener(listener, (HostRoute(400, (f"ai.{config.domain}",)),)),
+        )
+
+
+def bedrock_model_arns(stack: Stack, litellm_config: LiteLLMConfig) -> list[str]:
+    """Inference profiles in this account and region, plus the foundation models they route to (any region the
+    profile spans); plain model ids in this region only."""
+    arns: list[str] = []
+    for model in litellm_config.bedrock_models:
+        if model.is_inference_profile:
+            arns.append(f"arn:{stack.partition}:bedrock:{stack.region}:{stack.account}:inference-profile/{model.model_id}")
+            arns.append(f"arn:{stack.partition}:bedrock:*::foundation-model/{model.foundation_model_id}")
+        else:
+            arns.append(f"arn:{stack.partition}:bedrock:{stack.region}::foundation-model/{model.model_id}")
+    return arns
