@@ -425,6 +425,7 @@ def _read_services(table: _Table) -> ServicesConfig | None:
     return ServicesConfig(**values)
 
 
+_SECRET_VERSION = re.compile(r"^$|^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CLIENT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -440,9 +441,16 @@ def _read_oidc(table: _Table) -> OidcConfig | None:
             for key in ("issuer_url", "authorization_endpoint", "token_endpoint", "user_info_endpoint")
         }
     )
+    values["client_secret_version"] = table.get(
+        "client_secret_version",
+        _string(_SECRET_VERSION, "not a Secrets Manager version id"),
+        '"" or the VersionId that put-secret-value printed',
+        default="",
+    )
     table.finish()
     if None in values.values():
         return None
+    values["client_secret_version"] = values["client_secret_version"] or None
     return OidcConfig(**values)
 
 

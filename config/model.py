@@ -99,6 +99,8 @@ class OidcConfig:
     authorization_endpoint: str
     token_endpoint: str
     user_info_endpoint: str
+    # The version of `<prefix>/coder/oidc` the ALB uses (None: the current one when the rule was last changed).
+    client_secret_version: str | None = None
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,10 @@ class KeyProvisionerService(Construct):
             token_endpoint=oidc.token_endpoint,
             user_info_endpoint=oidc.user_info_endpoint,
             client_id=oidc.client_id,
-            client_secret=SecretValue.secrets_manager(secrets["coder/oidc"].secret_arn, json_field="client_secret"),
+            # Pinned to a version when the config names one, so that a new client secret reaches the ALB by a push.
+            client_secret=SecretValue.secrets_manager(
+                secrets["coder/oidc"].secret_arn, json_field="client_secret", version_id=oidc.client_secret_version
+            ),
         )
         self.service = FargateService(
             self,

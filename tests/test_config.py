@@ -62,6 +62,13 @@ def test_derived_names():
     assert config.staging.global_name("backups") == "coder-staging-backups-222222222222-us-west-2"
 
 
+def test_oidc_client_secret_version_is_optional():
+    version = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
+    config = parse_config(replace('client_secret_version = ""\n', f'client_secret_version = "{version}"\n'), "test")
+    assert config.staging.oidc.client_secret_version == version
+    assert config.production.oidc.client_secret_version is None
+
+
 def test_config_is_frozen():
     config = load_config()
     with pytest.raises(AttributeError):
@@ -141,6 +148,10 @@ BAD_INPUTS = {
     "OIDC client id not a GUID": (
         replace('client_id = "00000000-0000-0000-0000-000000000000"\n', 'client_id = "my-app"\n'),
         ["staging.oidc.client_id = 'my-app'", "not an application (client) id", "a lower-case GUID"],
+    ),
+    "OIDC client secret version not an id": (
+        replace('client_secret_version = ""\n', 'client_secret_version = "AWSCURRENT"\n'),
+        ["staging.oidc.client_secret_version = 'AWSCURRENT'", "not a Secrets Manager version id"],
     ),
     "OIDC template placeholder": (
         replace("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",

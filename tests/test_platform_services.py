@@ -382,3 +382,24 @@ def test_langfuse_task_role_uses_only_its_two_buckets(platform):
     resources = json.dumps([sids["LangfuseObjects"]["Resource"], sids["LangfuseListBuckets"]["Resource"]])
     assert resources.count("LangfuseEventsBucket") == 2 and resources.count("LangfuseMediaBucket") == 2
     assert "Artifacts" not in resources and "TerraformState" not in resources
+
+
+def test_a_pinned_client_secret_version_reaches_the_admin_rule(app_config, tmp_path):
+    """After rotating the Azure AD client secret, pinning its VersionId in the config changes the rule, so the
+    ALB picks the new secret up on the next deploy."""
+    from dataclasses import replace
+
+    from aws_cdk import App
+
+    from stages.platform_stage import PlatformStage
+
+    version = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
+    staging = app_config.staging
+    config = replace(staging, oidc=replace(staging.oidc, client_secret_version=version))
+    app = App(outdir=str(tmp_path))
+    stage = PlatformStage(app, "Staging", config=config)
+    template = stage.synth().get_stack_by_name(stage.platform.stack_name).template
+    (rule,) = [r["Properties"] for r in template["Resources"].values()
+               if r["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule" and r["Properties"]["Priority"] == 200]
+    secret = rule["Actions"][0]["AuthenticateOidcConfig"]["ClientSecret"]["Fn::Join"][1]
+    assert secret[-1] == f":SecretString:client_secret::{version}}}}}"
