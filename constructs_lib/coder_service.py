@@ -14,13 +14,21 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.fargate_service import EfsMount, FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec
+from constructs_lib.fargate_service import (
+    ECS_TASKS,
+    EfsMount,
+    FargateService,
+    HostRoute,
+    Listener,
+    ServiceRuntime,
+    ServiceSpec,
+    task_role,
+)
 from constructs_lib.secret_access import SecretAccess
 
 CODER_PORT = 7080
 CODER_UID = "1000"  # the `coder` user of the official image
 CONFIG_DIR = "/home/coder/.config/coderv2"
-ECS_TASKS_SERVICE = "ecs-tasks.amazonaws.com"
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,8 @@ class CoderService(Construct):
         workspaces: CoderWorkspaceAccess,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.task_role = iam.Role(
-            self,
-            "TaskRole",
-            assumed_by=iam.ServicePrincipal(ECS_TASKS_SERVICE),
-            description=f"{config.qualifier}: Coder (workspace provisioning with Terraform)",
+        self.task_role = task_role(
+            self, "TaskRole", f"{config.qualifier}: Coder (workspace provisioning with Terraform)"
         )
         _grant_workspace_provisioning(self.task_role, config, workspaces)
 
@@ -148,7 +153,7 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
             sid="PassWorkspaceRolesToEcsTasks",
             actions=["iam:PassRole"],
             resources=[r.role_arn for r in access.passable_roles],
-            conditions={"StringEquals": {"iam:PassedToService": ECS_TASKS_SERVICE}},
+            conditions={"StringEquals": {"iam:PassedToService": ECS_TASKS}},
         ),
         iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:Describe*"], resources=["*"]),
         iam.PolicyStatement(
@@ -205,7 +210,9 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
                 resources=[arn("elasticloadbalancing", "listener-rule", "app/*")],
                 conditions={"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}},
             ),
-            iam.PolicyStatement(sid="DescribeLoadBalancing", actions=["elasticloadbalancing:Describe*"], resources=["*"]),
+            iam.PolicyStatement(
+                sid="DescribeLoadBalancing", actions=["elasticloadbalancing:Describe*"], resources=["*"]
+            ),
         ]
     for statement in statements:
         role.add_to_policy(statement)

@@ -25,6 +25,18 @@ ECR_IMAGE = re.compile(
 )
 SECRET_LIKE_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL")
 LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+ECS_TASKS = "ecs-tasks.amazonaws.com"
+
+
+def task_role(scope: Construct, construct_id: str, description: str, managed_policies: Sequence[str] = ()) -> iam.Role:
+    """A role for ECS tasks (task or execution role), with AWS managed policies given by name."""
+    return iam.Role(
+        scope,
+        construct_id,
+        assumed_by=iam.ServicePrincipal(ECS_TASKS),
+        description=description,
+        managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in managed_policies] or None,
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from aws_cdk import SecretValue
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
-from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from config.model import EnvironmentConfig
@@ -16,6 +15,7 @@ from constructs_lib.fargate_service import (
     OidcAuthentication,
     ServiceRuntime,
     ServiceSpec,
+    task_role,
 )
 from constructs_lib.litellm_service import LITELLM_PORT
 from constructs_lib.secret_access import SecretAccess
@@ -39,12 +39,7 @@ class KeyProvisionerService(Construct):
         secrets: SecretAccess,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.task_role = iam.Role(
-            self,
-            "TaskRole",
-            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description=f"{config.qualifier}: Key Provisioner (its secret and the LiteLLM master key)",
-        )
+        self.task_role = task_role(self, "TaskRole", f"{config.qualifier}: Key Provisioner (its secret and the LiteLLM master key)")
         secrets.grant_read(self.task_role, "key-provisioner/secret", "litellm/master-key")
 
         oidc = config.oidc

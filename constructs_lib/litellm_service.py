@@ -12,7 +12,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.fargate_service import FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec
+from constructs_lib.fargate_service import FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec, task_role
 from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config
 from constructs_lib.secret_access import SecretAccess
 
@@ -44,11 +44,8 @@ class LiteLLMService(Construct):
         self.litellm_config = load_litellm_config(config_path)
         config_file = s3_assets.Asset(self, "ConfigFile", path=str(config_path))
 
-        self.task_role = iam.Role(
-            self,
-            "TaskRole",
-            assumed_by=iam.ServicePrincipal("ecs-tasks.amazonaws.com"),
-            description=f"{config.qualifier}: LiteLLM (Bedrock models of litellm/config.yaml, its config object)",
+        self.task_role = task_role(
+            self, "TaskRole", f"{config.qualifier}: LiteLLM (Bedrock models of litellm/config.yaml, its config object)"
         )
         self.task_role.add_to_policy(
             iam.PolicyStatement(

@@ -16,7 +16,7 @@ from constructs import Construct
 
 from config.model import EnvironmentConfig
 from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
-from constructs_lib.fargate_service import ServiceRuntime
+from constructs_lib.fargate_service import ServiceRuntime, task_role
 from constructs_lib.key_provisioner_service import KeyProvisionerService
 from constructs_lib.litellm_service import LiteLLMService
 from constructs_lib.secret_access import SecretAccess
@@ -24,7 +24,7 @@ from stacks.data_stack import DataStackOutputs
 from stacks.network_stack import NetworkStackOutputs
 
 ALB_IDLE_TIMEOUT = Duration.seconds(300)  # Coder's WebSockets (DERP keepalive 60 s) must outlive idle periods
-ECS_TASKS = iam.ServicePrincipal("ecs-tasks.amazonaws.com")
+EXECUTION_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"  # ECR pulls and log writes
 
 
 @dataclass(frozen=True)
@@ -135,14 +135,11 @@ class PlatformStack(Stack):
             ],
         )
         workspace_role, aem_workspace_role = self._workspace_roles(data)
-        workspace_execution_role = iam.Role(
+        workspace_execution_role = task_role(
             self,
             "WorkspaceExecutionRole",
-            assumed_by=ECS_TASKS,
-            description=f"{config.qualifier}: workspace tasks: pull images and write logs (no secrets)",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AmazonECSTaskExecutionRolePolicy")
-            ],
+            f"{config.qualifier}: workspace tasks: pull images and write logs (no secrets)",
+            [EXECUTION_POLICY],
         )
         secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
         runtime = ServiceRuntime(
@@ -203,14 +200,11 @@ class PlatformStack(Stack):
         )
 
     def _execution_role(self, data: DataStackOutputs) -> iam.Role:
-        role = iam.Role(
+        role = task_role(
             self,
             "TaskExecutionRole",
-            assumed_by=ECS_TASKS,
-            description=f"{self._config.qualifier}: pull images, write logs, read this environment's secrets",
-            managed_policies=[
-                iam.ManagedPolicy.from_aws_managed_policy_name("service-role/AmazonECSTaskExecutionRolePolicy")
-            ],
+            f"{self._config.qualifier}: pull images, write logs, read this environment's secrets",
+            [EXECUTION_POLICY],
         )
         role.add_to_policy(
             iam.PolicyStatement(
@@ -241,18 +235,14 @@ class PlatformStack(Stack):
             actions=["logs:CreateLogStream", "logs:PutLogEvents"],
             resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
         )
-        workspace = iam.Role(
-            self,
-            "WorkspaceTaskRole",
-            assumed_by=ECS_TASKS,
-            description=f"{self._config.qualifier}: Coder workspaces (CloudWatch Logs only)",
+        workspace = task_role(
+            self, "WorkspaceTaskRole", f"{self._config.qualifier}: Coder workspaces (CloudWatch Logs only)"
         )
         workspace.add_to_policy(write_logs)
-        aem = iam.Role(
+        aem = task_role(
             self,
             "AemWorkspaceTaskRole",
-            assumed_by=ECS_TASKS,
-            description=f"{self._config.qualifier}: AEM workspaces (CloudWatch Logs, read the artifacts bucket)",
+            f"{self._config.qualifier}: AEM workspaces (CloudWatch Logs, read the artifacts bucket)",
         )
         aem.add_to_policy(write_logs)
         data.buckets.artifacts.grant_read(aem)
@@ -260,11 +250,8 @@ class PlatformStack(Stack):
 
     def _langfuse_task_role(self, data: DataStackOutputs) -> iam.Role:
         """Langfuse web and worker (Observability layer): the event and media buckets, nothing else."""
-        role = iam.Role(
-            self,
-            "LangfuseTaskRole",
-            assumed_by=ECS_TASKS,
-            description=f"{self._config.qualifier}: Langfuse web and worker (event and media uploads)",
+        role = task_role(
+            self, "LangfuseTaskRole", f"{self._config.qualifier}: Langfuse web and worker (event and media uploads)"
         )
         buckets = (data.buckets.langfuse_events, data.buckets.langfuse_media)
         role.add_to_policy(
@@ -276,7 +263,9 @@ class PlatformStack(Stack):
         )
         role.add_to_policy(
             iam.PolicyStatement(
-                sid="LangfuseListBuckets", actions=["s3:ListBucket"], resources=[bucket.bucket_arn for bucket in buckets]
+                sid="LangfuseListBuckets",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn for bucket in buckets],
             )
         )
         return role
