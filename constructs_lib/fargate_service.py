@@ -23,7 +23,9 @@ ECR_IMAGE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
     r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+)|@(?P<digest>sha256:[0-9a-f]{64}))$"
 )
-SECRET_LIKE_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL")
+SECRET_LIKE_NAME = re.compile(
+    r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|PUBLIC_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL|_AUTH$"
+)
 LOG_RETENTION = logs.RetentionDays.ONE_YEAR
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 
@@ -36,6 +38,17 @@ def task_role(scope: Construct, construct_id: str, description: str, managed_pol
         assumed_by=iam.ServicePrincipal(ECS_TASKS),
         description=description,
         managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in managed_policies] or None,
+    )
+
+
+def http_health_check(url: str, start_period: Duration) -> ecs.HealthCheck:
+    """A container health check that fetches `url` with wget (present in the ClickHouse and Langfuse images)."""
+    return ecs.HealthCheck(
+        command=["CMD-SHELL", f"wget --quiet --tries=1 --spider {url} || exit 1"],
+        interval=Duration.seconds(30),
+        timeout=Duration.seconds(5),
+        retries=3,
+        start_period=start_period,
     )
 
 
@@ -96,7 +109,7 @@ class ServiceSpec:
     image: str
     cpu: int
     memory_mib: int
-    port: int
+    port: int  # the port the target group (if any) forwards to; its name is the service name
     desired_count: int
     health_check_path: str  # HTTP path the target group (or, without ALB, nothing) probes
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -109,6 +122,8 @@ class ServiceSpec:
     health_check_grace: Duration = Duration.seconds(120)
     container_health_check: ecs.HealthCheck | None = None
     efs_mounts: tuple[EfsMount, ...] = ()
+    extra_ports: tuple[int, ...] = ()  # more container ports (ClickHouse's native protocol next to HTTP)
+    ulimit_nofile: int | None = None
 
 
 class FargateService(Construct):
@@ -154,7 +169,15 @@ class FargateService(Construct):
         self.container = self.task_definition.add_container(
             spec.name,
             image=_image(self, spec.image),
-            port_mappings=[ecs.PortMapping(container_port=spec.port, name=spec.name, protocol=ecs.Protocol.TCP)],
+            port_mappings=[
+                ecs.PortMapping(container_port=port, name=f"{spec.name}-{port}" if port != spec.port else spec.name)
+                for port in (spec.port, *spec.extra_ports)
+            ],
+            ulimits=(
+                [ecs.Ulimit(name=ecs.UlimitName.NOFILE, soft_limit=spec.ulimit_nofile, hard_limit=spec.ulimit_nofile)]
+                if spec.ulimit_nofile
+                else None
+            ),
             environment=dict(spec.environment),
             secrets=dict(spec.secrets),
             command=list(spec.command) if spec.command else None,

@@ -20,16 +20,14 @@ PUBLIC_SUBNETS = "Public"
 APP_SUBNETS = "PrivateApp"
 DATA_SUBNETS = "PrivateData"
 
-# Ports the ALB may reach on the ECS services security group (seed, Task 3).
+# Ports the ALB may reach on the ECS services security group (Coder, LiteLLM, Key Provisioner).
 SERVICE_PORTS = {
     "Coder": 7080,
     "LiteLLM": 4000,
-    "Langfuse web": 3000,
     "Key Provisioner": 8100,
-    "ClickHouse HTTP": 8123,
-    "ClickHouse native": 9000,
-    "Langfuse worker": 3030,
 }
+LANGFUSE_WEB_PORT = 3000
+CLICKHOUSE_PORTS = {"ClickHouse HTTP": 8123, "ClickHouse native": 9000}
 WORKSPACE_AGENT_PORT = 13337
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
@@ -57,6 +55,8 @@ class SecurityGroups:
     redis: ec2.ISecurityGroup
     efs: ec2.ISecurityGroup
     db_bootstrap: ec2.ISecurityGroup  # the Lambda that creates app logins and databases
+    langfuse: ec2.ISecurityGroup  # Langfuse web and worker
+    clickhouse: ec2.ISecurityGroup  # reachable from Langfuse only
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,8 @@ class NetworkStack(Stack):
         redis = self._group("RedisSecurityGroup", "ElastiCache Redis")
         efs = self._group("EfsSecurityGroup", "EFS mount targets")
         db_bootstrap = self._group("DbBootstrapSecurityGroup", "Database bootstrap Lambda: PostgreSQL and Secrets Manager")
+        langfuse = self._group("LangfuseSecurityGroup", "Langfuse web and worker")
+        clickhouse = self._group("ClickHouseSecurityGroup", "ClickHouse (Langfuse trace store), reachable from Langfuse only")
         anywhere = ec2.Peer.any_ipv4()
 
         alb.add_ingress_rule(ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
@@ -195,7 +197,17 @@ class NetworkStack(Stack):
         workspaces.add_egress_rule(anywhere, ec2.Port.tcp(53), "DNS over TCP")
         workspaces.add_egress_rule(anywhere, ec2.Port.udp(53), "DNS")
 
+        langfuse.connections.allow_from(alb, ec2.Port.tcp(LANGFUSE_WEB_PORT), "Langfuse web from the ALB")
+        langfuse.connections.allow_from(services, ec2.Port.tcp(LANGFUSE_WEB_PORT), "LiteLLM's trace callbacks")
+        langfuse.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: S3, AWS APIs, image registry")
+        for name, port in CLICKHOUSE_PORTS.items():
+            clickhouse.connections.allow_from(langfuse, ec2.Port.tcp(port), f"{name} from Langfuse")
+        clickhouse.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: image registry, CloudWatch Logs")
+        efs.connections.allow_from(clickhouse, ec2.Port.tcp(NFS_PORT), "NFS from ClickHouse (its data directory)")
+
         rds.connections.allow_from(services, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from ECS services")
+        rds.connections.allow_from(langfuse, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from Langfuse")
+        redis.connections.allow_from(langfuse, ec2.Port.tcp(REDIS_PORT), "Redis from Langfuse (queues)")
         rds.connections.allow_from(db_bootstrap, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from the database bootstrap")
         db_bootstrap.add_egress_rule(
             ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "Secrets Manager through its VPC endpoint"
@@ -206,5 +218,5 @@ class NetworkStack(Stack):
 
         return SecurityGroups(
             alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs,
-            db_bootstrap=db_bootstrap,
+            db_bootstrap=db_bootstrap, langfuse=langfuse, clickhouse=clickhouse,
         )

@@ -185,7 +185,7 @@ class PlatformStack(Stack):
             workspace_task_role=workspace_role,
             aem_workspace_task_role=aem_workspace_role,
             workspace_execution_role=workspace_execution_role,
-            langfuse_task_role=self._langfuse_task_role(data),
+            langfuse_task_role=self._langfuse_task_role(data, ecs_exec_policy),
             runtime=runtime,
             target_groups={name: svc.service.target_group for name, svc in self.services.items()},
         )
@@ -248,11 +248,13 @@ class PlatformStack(Stack):
         data.buckets.artifacts.grant_read(aem)
         return workspace, aem
 
-    def _langfuse_task_role(self, data: DataStackOutputs) -> iam.Role:
+    def _langfuse_task_role(self, data: DataStackOutputs, ecs_exec_policy: iam.IManagedPolicy) -> iam.Role:
         """Langfuse web and worker (Observability layer): the event and media buckets, nothing else."""
         role = task_role(
             self, "LangfuseTaskRole", f"{self._config.qualifier}: Langfuse web and worker (event and media uploads)"
         )
+        # The Observability layer uses this role as it is (immutable there): ECS Exec must be granted here.
+        role.add_managed_policy(ecs_exec_policy)
         buckets = (data.buckets.langfuse_events, data.buckets.langfuse_media)
         role.add_to_policy(
             iam.PolicyStatement(

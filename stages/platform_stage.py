@@ -8,11 +8,12 @@ from constructs import Construct
 from config.model import EnvironmentConfig
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
+from stacks.observability_stack import ObservabilityStack
 from stacks.platform_stack import PlatformStack
 
 
 class PlatformStage(Stage):
-    """Network -> Data -> Platform (-> Observability) for one environment.
+    """Network -> Data -> Platform -> Observability for one environment.
 
     The Stage is the namespace: construct ids inside never name the environment, so staging and production
     templates differ only in their configured values. Stack names come out as `<StageId>-Network`, ...
@@ -43,5 +44,15 @@ class PlatformStage(Stage):
             description=f"{config.qualifier}: ECS cluster, internal ALB, IAM roles, SSM bridge",
         )
         self.platform.add_stack_dependency(self.data)
+        self.observability = ObservabilityStack(
+            self,
+            "Observability",
+            config=config,
+            network=self.network.outputs,
+            data=self.data.outputs,
+            platform=self.platform.outputs,
+            description=f"{config.qualifier}: Langfuse web and worker, ClickHouse",
+        )
+        self.observability.add_stack_dependency(self.platform)
         for key, value in config.tags.items():
             Tags.of(self).add(key, value)

@@ -10,7 +10,7 @@ from tests.conftest import tool_env
 
 def test_every_template_passes_cfn_lint(assembly):
     templates = sorted(str(t.path) for t in assembly.templates.values())
-    assert len(templates) == 7  # the pipeline stack + Network, Data and Platform in each of the two Stages
+    assert len(templates) == 9  # the pipeline stack + Network, Data, Platform and Observability in each Stage
     result = subprocess.run(
         ["cfn-lint", "--config-file", str(ROOT / ".cfnlintrc.yaml"), "--", *templates],
         cwd=ROOT,

@@ -14,6 +14,8 @@ SECURITY_GROUPS = {
     "redis": "RedisSecurityGroup",
     "efs": "EfsSecurityGroup",
     "db_bootstrap": "DbBootstrapSecurityGroup",
+    "langfuse": "LangfuseSecurityGroup",
+    "clickhouse": "ClickHouseSecurityGroup",
     "endpoints": "VpcEndpoints",
 }
 
@@ -131,14 +133,24 @@ def test_interface_endpoints(network, env_config):
 
 
 def test_security_group_count(network):
-    # The seed's six, one shared by the interface endpoints, one for the database bootstrap Lambda.
-    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 8
+    # The seed's six, one shared by the interface endpoints, one for the database bootstrap Lambda, and Langfuse
+    # and ClickHouse apart from the other services so that ClickHouse admits Langfuse only.
+    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 10
 
 
-def test_ingress_matrix_is_exactly_the_seeds(network, env_config):
+def test_ingress_matrix(network, env_config):
+    """The seed's rules, except that the ALB no longer reaches ClickHouse (8123/9000) or the Langfuse worker (3030):
+    Langfuse has its own group (3000 from the ALB and from LiteLLM), ClickHouse admits Langfuse only."""
     vpc = env_config.network.vpc_cidr
-    from_alb = {("services", "tcp", p, p, "alb") for p in (7080, 4000, 3000, 8100, 8123, 9000, 3030)}
+    from_alb = {("services", "tcp", p, p, "alb") for p in (7080, 4000, 8100)}
     expected = from_alb | {
+        ("langfuse", "tcp", 3000, 3000, "alb"),
+        ("langfuse", "tcp", 3000, 3000, "services"),
+        ("clickhouse", "tcp", 8123, 8123, "langfuse"),
+        ("clickhouse", "tcp", 9000, 9000, "langfuse"),
+        ("efs", "tcp", 2049, 2049, "clickhouse"),
+        ("rds", "tcp", 5432, 5432, "langfuse"),
+        ("redis", "tcp", 6379, 6379, "langfuse"),
         ("alb", "tcp", 443, 443, vpc),
         ("services", "-1", None, None, "services"),
         ("services", "tcp", 4000, 4000, "workspaces"),  # the workspaces' LiteLLM egress, as ingress on services
@@ -156,8 +168,17 @@ def test_ingress_matrix_is_exactly_the_seeds(network, env_config):
 def test_egress_matrix(network, env_config):
     vpc = env_config.network.vpc_cidr
     anywhere = "0.0.0.0/0"
-    to_services = {("alb", "tcp", p, p, "services") for p in (7080, 4000, 3000, 8100, 8123, 9000, 3030)}
+    to_services = {("alb", "tcp", p, p, "services") for p in (7080, 4000, 8100)}
     expected = to_services | {
+        ("alb", "tcp", 3000, 3000, "langfuse"),
+        ("services", "tcp", 3000, 3000, "langfuse"),
+        ("langfuse", "tcp", 443, 443, anywhere),
+        ("langfuse", "tcp", 8123, 8123, "clickhouse"),
+        ("langfuse", "tcp", 9000, 9000, "clickhouse"),
+        ("langfuse", "tcp", 5432, 5432, "rds"),
+        ("langfuse", "tcp", 6379, 6379, "redis"),
+        ("clickhouse", "tcp", 443, 443, anywhere),
+        ("clickhouse", "tcp", 2049, 2049, "efs"),
         ("alb", "tcp", 443, 443, anywhere),  # authenticate-oidc to the identity provider
         ("alb", "tcp", 13337, 13337, "workspaces"),
         ("services", "-1", None, None, "services"),
@@ -180,3 +201,10 @@ def test_egress_matrix(network, env_config):
 def test_no_ingress_from_the_internet(network):
     for rule in _rules(network, "Ingress"):
         assert rule[4] != "0.0.0.0/0", rule
+
+
+def test_clickhouse_admits_langfuse_only(network):
+    clickhouse = {rule for rule in _rules(network, "Ingress") if rule[0] == "clickhouse"}
+    assert clickhouse == {("clickhouse", "tcp", 8123, 8123, "langfuse"), ("clickhouse", "tcp", 9000, 9000, "langfuse")}
+    reaching = {rule[0] for rule in _rules(network, "Egress") if rule[4] == "clickhouse"}
+    assert reaching == {"langfuse"}

@@ -76,7 +76,8 @@ def test_each_stage_deploys_its_stacks_in_layer_order(stages, stage, app_config)
     env = app_config.staging if stage == "Staging" else app_config.production
     deploys = [a for a in stages[stage] if a["ActionTypeId"]["Category"] == "Deploy"]
     assert _ordered(deploys) == [
-        "Network.Prepare", "Network.Deploy", "Data.Prepare", "Data.Deploy", "Platform.Prepare", "Platform.Deploy"
+        "Network.Prepare", "Network.Deploy", "Data.Prepare", "Data.Deploy", "Platform.Prepare", "Platform.Deploy",
+        "Observability.Prepare", "Observability.Deploy",
     ]
     for action in deploys:
         assert action["Configuration"]["StackName"].startswith(f"{stage}-")

@@ -1,0 +1,148 @@
+"""Langfuse web and worker: LLM tracing (LiteLLM sends every call there)."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.clickhouse_service import CLICKHOUSE_DATABASE, CLICKHOUSE_HTTP_PORT, CLICKHOUSE_NATIVE_PORT, CLICKHOUSE_USER
+from constructs_lib.fargate_service import (
+    FargateService,
+    HostRoute,
+    Listener,
+    ServiceRuntime,
+    ServiceSpec,
+    http_health_check,
+)
+from constructs_lib.secret_access import SecretAccess
+
+LANGFUSE_WEB_PORT = 3000
+LANGFUSE_WORKER_PORT = 3030
+EVENTS_PREFIX = "events/"
+MEDIA_PREFIX = "media/"
+
+
+def langfuse_environment(
+    config: EnvironmentConfig,
+    namespace: str,
+    redis_endpoint: str,
+    redis_port: str,
+    events_bucket: s3.IBucket,
+    media_bucket: s3.IBucket,
+) -> dict[str, str]:
+    """The configuration web and worker share (Langfuse reads the same variables in both)."""
+    clickhouse = f"clickhouse.{namespace}"
+    return {
+        "NODE_ENV": "production",
+        "HOSTNAME": "0.0.0.0",  # noqa: S104 - listen on the task's interface; the security group limits who connects
+        "NEXTAUTH_URL": f"https://langfuse.{config.domain}",
+        "TELEMETRY_ENABLED": "false",
+        "CLICKHOUSE_URL": f"http://{clickhouse}:{CLICKHOUSE_HTTP_PORT}",
+        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://{clickhouse}:{CLICKHOUSE_NATIVE_PORT}",
+        "CLICKHOUSE_USER": CLICKHOUSE_USER,
+        "CLICKHOUSE_DB": CLICKHOUSE_DATABASE,
+        "CLICKHOUSE_CLUSTER_ENABLED": "false",  # a single ClickHouse server: no ON CLUSTER statements
+        "REDIS_HOST": redis_endpoint,
+        "REDIS_PORT": redis_port,
+        "REDIS_TLS_ENABLED": "true",  # ElastiCache requires TLS in transit
+        "LANGFUSE_S3_EVENT_UPLOAD_BUCKET": events_bucket.bucket_name,
+        "LANGFUSE_S3_EVENT_UPLOAD_REGION": config.region,
+        "LANGFUSE_S3_EVENT_UPLOAD_PREFIX": EVENTS_PREFIX,
+        "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET": media_bucket.bucket_name,
+        "LANGFUSE_S3_MEDIA_UPLOAD_REGION": config.region,
+        "LANGFUSE_S3_MEDIA_UPLOAD_PREFIX": MEDIA_PREFIX,
+        # Headless initialisation: the organisation and project LiteLLM traces into, with the project keys of
+        # `<prefix>/langfuse/api-keys`, the same keys LiteLLM's callback uses.
+        "LANGFUSE_INIT_ORG_ID": config.project,
+        "LANGFUSE_INIT_ORG_NAME": config.project,
+        "LANGFUSE_INIT_PROJECT_ID": f"{config.project}-gateway",
+        "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
+    }
+
+
+def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
+    def field(name: str, json_field: str | None = None) -> ecs.Secret:
+        return ecs.Secret.from_secrets_manager(secrets[name], json_field)
+
+    return {
+        "DATABASE_URL": field("langfuse/database", "url"),
+        "CLICKHOUSE_PASSWORD": field("langfuse/clickhouse"),
+        "REDIS_AUTH": field("redis/auth-token"),
+        "NEXTAUTH_SECRET": field("langfuse/auth", "nextauth_secret"),
+        "SALT": field("langfuse/auth", "salt"),
+        "ENCRYPTION_KEY": field("langfuse/auth", "encryption_key"),
+        "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": field("langfuse/api-keys", "public_key"),
+        "LANGFUSE_INIT_PROJECT_SECRET_KEY": field("langfuse/api-keys", "secret_key"),
+    }
+
+
+class LangfuseServices(Construct):
+    """Langfuse web (`langfuse.{domain}`, priority 300, `/api/public/health`, Cloud Map `langfuse-web`) and the
+    worker (`langfuse-worker`, `/api/health` on 3030, no ALB), same image version, same environment.
+
+    Migrations run when web starts: its health-check grace period is 5 minutes. With two or more tasks they are
+    stateless enough for Fargate Spot next to one regular task.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        runtime: ServiceRuntime,
+        listener: elbv2.IApplicationListener,
+        task_role: iam.IRole,
+        secrets: SecretAccess,
+        environment: dict[str, str],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        container_secrets = langfuse_secrets(secrets)
+        web_count = config.services.langfuse_web_desired_count
+        worker_count = config.services.langfuse_worker_desired_count
+        self.web = FargateService(
+            self,
+            "Web",
+            runtime=runtime,
+            spec=ServiceSpec(
+                name="langfuse-web",
+                image=config.images.langfuse,
+                cpu=1024,
+                memory_mib=2048,
+                port=LANGFUSE_WEB_PORT,
+                desired_count=web_count,
+                health_check_path="/api/public/health",
+                environment={**environment, "PORT": str(LANGFUSE_WEB_PORT)},
+                secrets=container_secrets,
+                use_spot=web_count >= 2,
+                health_check_grace=Duration.seconds(300),
+            ),
+            task_role=task_role,
+            listener=Listener(listener, (HostRoute(300, (f"langfuse.{config.domain}",)),)),
+        )
+        self.worker = FargateService(
+            self,
+            "Worker",
+            runtime=runtime,
+            spec=ServiceSpec(
+                name="langfuse-worker",
+                image=config.images.langfuse_worker,
+                cpu=512,
+                memory_mib=1024,
+                port=LANGFUSE_WORKER_PORT,
+                desired_count=worker_count,
+                health_check_path="/api/health",
+                environment={**environment, "PORT": str(LANGFUSE_WORKER_PORT)},
+                secrets=container_secrets,
+                use_spot=worker_count >= 2,
+                container_health_check=http_health_check(
+                    f"http://127.0.0.1:{LANGFUSE_WORKER_PORT}/api/health", start_period=Duration.seconds(120)
+                ),
+            ),
+            task_role=task_role,
+        )

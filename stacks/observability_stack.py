@@ -1,0 +1,77 @@
+"""ObservabilityStack: ClickHouse, Langfuse web and Langfuse worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from aws_cdk import Stack
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.clickhouse_service import ClickHouseService
+from constructs_lib.langfuse_service import LangfuseServices, langfuse_environment
+from constructs_lib.secret_access import SecretAccess
+from stacks.data_stack import DataStackOutputs
+from stacks.network_stack import NetworkStackOutputs
+from stacks.platform_stack import PlatformStackOutputs
+
+
+@dataclass(frozen=True)
+class ObservabilityStackOutputs:
+    langfuse_target_group: elbv2.IApplicationTargetGroup
+
+
+class ObservabilityStack(Stack):
+    """Langfuse (tracing for every LiteLLM call) and its ClickHouse, on the Platform layer's cluster and listener.
+
+    Non-obvious defaults:
+    - Langfuse and ClickHouse have their own security groups (Network layer): ClickHouse admits Langfuse only.
+    - The Platform layer's execution role and Langfuse task role are used as they are (imported, immutable):
+      their policies are complete there, and this stack never writes into another stack's IAM.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        network: NetworkStackOutputs,
+        data: DataStackOutputs,
+        platform: PlatformStackOutputs,
+        **kwargs,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
+        execution_role = iam.Role.from_role_arn(self, "ExecutionRole", platform.execution_role.role_arn, mutable=False)
+        langfuse_role = iam.Role.from_role_arn(self, "LangfuseTaskRole", platform.langfuse_task_role.role_arn, mutable=False)
+        base = replace(platform.runtime, execution_role=execution_role)
+
+        self.clickhouse = ClickHouseService(
+            self,
+            "ClickHouse",
+            config=config,
+            runtime=replace(base, security_group=network.security_groups.clickhouse),
+            file_system=data.file_system,
+            secrets=secrets,
+        )
+        self.langfuse = LangfuseServices(
+            self,
+            "Langfuse",
+            config=config,
+            runtime=replace(base, security_group=network.security_groups.langfuse),
+            listener=platform.listener,
+            task_role=langfuse_role,
+            secrets=secrets,
+            environment=langfuse_environment(
+                config,
+                network.namespace.namespace_name,
+                data.redis.endpoint,
+                data.redis.port,
+                data.buckets.langfuse_events,
+                data.buckets.langfuse_media,
+            ),
+        )
+        self.outputs = ObservabilityStackOutputs(langfuse_target_group=self.langfuse.web.target_group)

@@ -1,0 +1,252 @@
+"""ObservabilityStack, for both Stages: the seed's assertions (3 task definitions, 3 services, target group 3000)
+plus ClickHouse's single-server deployment and EFS access point, and Langfuse's complete configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.test_platform_services import SECRET_LIKE_NAME, SECRET_LIKE_VALUE
+
+LANGFUSE_SECRETS = {
+    # name -> (Data-layer secret construct id, JSON field)
+    "DATABASE_URL": ("LangfuseDatabaseSecret", "url"),
+    "CLICKHOUSE_PASSWORD": ("ClickHousePasswordSecret", None),
+    "REDIS_AUTH": ("RedisAuthTokenSecret", None),
+    "NEXTAUTH_SECRET": ("LangfuseAuthSecret", "nextauth_secret"),
+    "SALT": ("LangfuseAuthSecret", "salt"),
+    "ENCRYPTION_KEY": ("LangfuseAuthSecret", "encryption_key"),
+    "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": ("LangfuseApiKeysSecret", "public_key"),
+    "LANGFUSE_INIT_PROJECT_SECRET_KEY": ("LangfuseApiKeysSecret", "secret_key"),
+}
+
+
+@pytest.fixture
+def observability(assembly, stage):
+    return assembly.stack(stage, "Observability")
+
+
+def _task(template, path: str) -> dict:
+    return template.resources[template.logical_id(f"/Observability/{path}/TaskDefinition/Resource")]["Properties"]
+
+
+def _service(template, path: str) -> dict:
+    return template.resources[template.logical_id(f"/Observability/{path}/Service/Service")]["Properties"]
+
+
+def _container(template, path: str) -> dict:
+    (container,) = _task(template, path)["ContainerDefinitions"]
+    return container
+
+
+def _environment(container: dict) -> dict:
+    return {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+
+
+def _secret_sources(container: dict) -> dict[str, tuple[str, str | None]]:
+    found = {}
+    for secret in container.get("Secrets", []):
+        value = secret["ValueFrom"]
+        ref, field = (value["Fn::Join"][1][0], value["Fn::Join"][1][1].split(":")[1]) if "Fn::Join" in value else (value, None)
+        output = ref["Fn::GetStackOutput"]
+        assert output["StackName"].endswith("-Data")
+        found[secret["Name"]] = (output["OutputName"].removeprefix("PublishOutputRef"), field)
+    return found
+
+
+# --- the seed's ObservabilityStack assertions ----------------------------------------------------------------
+
+
+def test_three_task_definitions_and_three_services(observability):
+    assert len(observability.of_type("AWS::ECS::TaskDefinition")) == 3
+    assert len(observability.of_type("AWS::ECS::Service")) == 3
+
+
+def test_langfuse_target_group_on_3000(observability):
+    group = observability.one("AWS::ElasticLoadBalancingV2::TargetGroup")
+    assert (group["Port"], group["Protocol"], group["TargetType"]) == (3000, "HTTP", "ip")
+    assert group["HealthCheckPath"] == "/api/public/health"
+
+
+def test_the_whole_app_has_four_target_groups(assembly, stage):
+    counts = {layer: len(assembly.stack(stage, layer).of_type("AWS::ElasticLoadBalancingV2::TargetGroup"))
+              for layer in ("Network", "Data", "Platform", "Observability")}
+    assert counts == {"Network": 0, "Data": 0, "Platform": 3, "Observability": 1}
+
+
+# --- ClickHouse ------------------------------------------------------------------------------------------------
+
+
+def test_clickhouse_is_one_server_never_two(observability, env_config):
+    service = _service(observability, "ClickHouse/Service")
+    assert service["DesiredCount"] == 1
+    assert service["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0
+    assert service["DeploymentConfiguration"]["MaximumPercent"] == 100
+    assert service["CapacityProviderStrategy"] == [{"CapacityProvider": "FARGATE", "Weight": 1}]
+    assert "LoadBalancers" not in service or service["LoadBalancers"] == []
+    assert "ClickHouseSecurityGroup" in json.dumps(service["NetworkConfiguration"])
+
+
+def test_clickhouse_container(observability, env_config):
+    task = _task(observability, "ClickHouse/Service")
+    assert (task["Cpu"], task["Memory"]) == ("1024", "4096")
+    container = _container(observability, "ClickHouse/Service")
+    assert container["Image"] == env_config.images.clickhouse
+    assert [p["ContainerPort"] for p in container["PortMappings"]] == [8123, 9000]
+    assert _environment(container) == {
+        "CLICKHOUSE_DB": "langfuse",
+        "CLICKHOUSE_USER": "langfuse",
+        "CLICKHOUSE_DEFAULT_ACCESS_MANAGEMENT": "0",
+        "CLICKHOUSE_DO_NOT_CHOWN": "1",
+    }
+    sources = _secret_sources(container)
+    assert list(sources) == ["CLICKHOUSE_PASSWORD"]
+    assert sources["CLICKHOUSE_PASSWORD"][0].startswith("ClickHousePasswordSecret")
+    health = container["HealthCheck"]
+    assert "http://localhost:8123/ping" in health["Command"][1]
+    assert container["Ulimits"] == [{"HardLimit": 262144, "Name": "nofile", "SoftLimit": 262144}]
+    # Logs go to CloudWatch, the only mount is the data directory.
+    assert container["LogConfiguration"]["LogDriver"] == "awslogs"
+    assert [m["ContainerPath"] for m in container["MountPoints"]] == ["/var/lib/clickhouse"]
+
+
+def test_clickhouse_data_on_efs_as_uid_101(observability):
+    access_point = observability.one("AWS::EFS::AccessPoint")
+    assert access_point["PosixUser"] == {"Uid": "101", "Gid": "101"}
+    assert access_point["RootDirectory"] == {
+        "Path": "/clickhouse", "CreationInfo": {"OwnerUid": "101", "OwnerGid": "101", "Permissions": "750"}}
+    (volume,) = _task(observability, "ClickHouse/Service")["Volumes"]
+    efs = volume["EFSVolumeConfiguration"]
+    assert efs["TransitEncryption"] == "ENABLED"
+    assert efs["AuthorizationConfig"]["IAM"] == "ENABLED"
+    assert efs["AuthorizationConfig"]["AccessPointId"] == {
+        "Ref": observability.logical_id("/Observability/ClickHouse/DataAccessPoint/Resource")}
+
+
+def test_clickhouse_cloud_map_name(observability, env_config):
+    names = sorted(p["Name"] for p in observability.props("AWS::ServiceDiscovery::Service"))
+    assert names == ["clickhouse", "langfuse-web", "langfuse-worker"]
+
+
+# --- Langfuse --------------------------------------------------------------------------------------------------
+
+
+def test_langfuse_rule_priority_300(observability, env_config):
+    rule = observability.one("AWS::ElasticLoadBalancingV2::ListenerRule")
+    assert rule["Priority"] == 300
+    assert rule["Conditions"] == [{"Field": "host-header", "HostHeaderConfig": {"Values": [f"langfuse.{env_config.domain}"]}}]
+    assert [a["Type"] for a in rule["Actions"]] == ["forward"]  # Langfuse's public API: no ALB sign-in
+    assert rule["Actions"][0]["TargetGroupArn"] == {
+        "Ref": observability.logical_id("/Observability/Langfuse/Web/TargetGroup/Resource")}
+    assert rule["ListenerArn"]["Fn::GetStackOutput"]["StackName"].endswith("-Platform")
+
+
+@pytest.mark.parametrize(("path", "image_key", "port", "cpu", "memory"), [
+    ("Langfuse/Web", "langfuse", 3000, "1024", "2048"),
+    ("Langfuse/Worker", "langfuse_worker", 3030, "512", "1024"),
+])
+def test_langfuse_containers(observability, env_config, path, image_key, port, cpu, memory):
+    task = _task(observability, path)
+    assert (task["Cpu"], task["Memory"]) == (cpu, memory)
+    assert "LangfuseTaskRole" in json.dumps(task["TaskRoleArn"])
+    container = _container(observability, path)
+    assert container["Image"] == getattr(env_config.images, image_key)
+    assert [p["ContainerPort"] for p in container["PortMappings"]] == [port]
+    environment = _environment(container)
+    namespace = f"coder-{env_config.name.value}.local"
+    expected = {
+        "NODE_ENV": "production",
+        "HOSTNAME": "0.0.0.0",
+        "PORT": str(port),
+        "NEXTAUTH_URL": f"https://langfuse.{env_config.domain}",
+        "TELEMETRY_ENABLED": "false",
+        "CLICKHOUSE_URL": f"http://clickhouse.{namespace}:8123",
+        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://clickhouse.{namespace}:9000",
+        "CLICKHOUSE_USER": "langfuse",
+        "CLICKHOUSE_DB": "langfuse",
+        "CLICKHOUSE_CLUSTER_ENABLED": "false",
+        "REDIS_TLS_ENABLED": "true",
+        "LANGFUSE_S3_EVENT_UPLOAD_REGION": env_config.region,
+        "LANGFUSE_S3_EVENT_UPLOAD_PREFIX": "events/",
+        "LANGFUSE_S3_MEDIA_UPLOAD_REGION": env_config.region,
+        "LANGFUSE_S3_MEDIA_UPLOAD_PREFIX": "media/",
+        "LANGFUSE_INIT_ORG_ID": "coder",
+        "LANGFUSE_INIT_ORG_NAME": "coder",
+        "LANGFUSE_INIT_PROJECT_ID": "coder-gateway",
+        "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
+    }
+    references = {name: environment.pop(name) for name in (
+        "REDIS_HOST", "REDIS_PORT", "LANGFUSE_S3_EVENT_UPLOAD_BUCKET", "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET")}
+    assert environment == expected
+    assert "RedisPrimaryEndPointAddress" in json.dumps(references["REDIS_HOST"])
+    assert "RedisPrimaryEndPointPort" in json.dumps(references["REDIS_PORT"])
+    assert "LangfuseEventsBucket" in json.dumps(references["LANGFUSE_S3_EVENT_UPLOAD_BUCKET"])
+    assert "LangfuseMediaBucket" in json.dumps(references["LANGFUSE_S3_MEDIA_UPLOAD_BUCKET"])
+    sources = _secret_sources(container)
+    assert set(sources) == set(LANGFUSE_SECRETS)
+    for name, (construct_id, field) in LANGFUSE_SECRETS.items():
+        assert sources[name][0].startswith(construct_id.removesuffix("Secret")), (name, sources[name])
+        assert sources[name][1] == field, name
+
+
+def test_litellm_traces_land_in_the_initialised_project(assembly, stage, observability):
+    """LiteLLM's callback keys are the keys Langfuse initialises its project with: the same secret and fields."""
+    platform = assembly.stack(stage, "Platform")
+    task = platform.resources[platform.logical_id("/Platform/LiteLLM/Service/TaskDefinition/Resource")]["Properties"]
+    litellm = _secret_sources(task["ContainerDefinitions"][0])
+    langfuse = _secret_sources(_container(observability, "Langfuse/Web"))
+    assert litellm["LANGFUSE_PUBLIC_KEY"] == langfuse["LANGFUSE_INIT_PROJECT_PUBLIC_KEY"]
+    assert litellm["LANGFUSE_SECRET_KEY"] == langfuse["LANGFUSE_INIT_PROJECT_SECRET_KEY"]
+
+
+def test_langfuse_health_checks_and_capacity(observability, env_config):
+    web, worker = _service(observability, "Langfuse/Web"), _service(observability, "Langfuse/Worker")
+    assert web["HealthCheckGracePeriodSeconds"] == 300  # migrations run at start
+    assert "HealthCheckGracePeriodSeconds" not in worker and worker.get("LoadBalancers", []) == []
+    assert "http://127.0.0.1:3030/api/health" in _container(observability, "Langfuse/Worker")["HealthCheck"]["Command"][1]
+    counts = {"web": env_config.services.langfuse_web_desired_count, "worker": env_config.services.langfuse_worker_desired_count}
+    for name, service in (("web", web), ("worker", worker)):
+        assert service["DesiredCount"] == counts[name]
+        providers = [s["CapacityProvider"] for s in service["CapacityProviderStrategy"]]
+        # Spot only with two or more tasks, and one regular task kept as the base.
+        assert providers == (["FARGATE", "FARGATE_SPOT"] if counts[name] >= 2 else ["FARGATE"])
+        if counts[name] >= 2:
+            assert service["CapacityProviderStrategy"][0]["Base"] == 1
+        assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+        assert service["EnableExecuteCommand"] is True
+        assert "LangfuseSecurityGroup" in json.dumps(service["NetworkConfiguration"])
+
+
+def test_no_credential_in_any_container_environment_or_template(observability):
+    for task in observability.props("AWS::ECS::TaskDefinition"):
+        for container in task["ContainerDefinitions"]:
+            for variable in container.get("Environment", []):
+                assert not SECRET_LIKE_NAME.search(variable["Name"]), variable["Name"]
+    text = json.dumps(observability.body)
+    assert not SECRET_LIKE_VALUE.search(text)
+    assert not re.search(r"\b[0-9a-f]{64}\b", text)  # no ENCRYPTION_KEY-shaped value
+
+
+def test_this_stack_writes_no_iam_of_another_stack(observability, assembly, stage):
+    """The execution and Langfuse roles are used as they are: only ClickHouse's own role has a policy here."""
+    (policy,) = observability.props("AWS::IAM::Policy")
+    assert policy["Roles"] == [{"Ref": observability.logical_id("/Observability/ClickHouse/TaskRole/Resource")}]
+    platform = assembly.stack(stage, "Platform")
+    assert "Observability" not in json.dumps(platform.body)
+
+
+def test_langfuse_role_can_use_ecs_exec(assembly, stage):
+    platform = assembly.stack(stage, "Platform")
+    role = platform.resources[platform.logical_id("/Platform/LangfuseTaskRole/Resource")]["Properties"]
+    assert role["ManagedPolicyArns"] == [{"Ref": platform.logical_id("/Platform/EcsExecPolicy/Resource")}]
+
+
+def test_clickhouse_task_role_mounts_only_its_access_point(observability):
+    (policy,) = observability.props("AWS::IAM::Policy")
+    mount, exec_channels = policy["PolicyDocument"]["Statement"]
+    assert mount["Action"] == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    condition = mount["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+    assert condition["Fn::Join"][1][1] == {"Ref": observability.logical_id("/Observability/ClickHouse/DataAccessPoint/Resource")}
+    assert all(a.startswith("ssmmessages:") for a in exec_channels["Action"])
