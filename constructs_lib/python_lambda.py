@@ -41,9 +41,9 @@ def dependencies_dir(name: str) -> Path | None:
 
 @jsii.implements(ILocalBundling)
 class _CopyPackage:
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._dependencies = dependencies_dir(name)  # fail at construction, with the message above
+    def __init__(self, modules: list[Path], dependencies: Path | None) -> None:
+        self._modules = modules
+        self._dependencies = dependencies
 
     def try_bundle(self, output_dir: str, _options: object = None) -> bool:
         out = Path(output_dir)
@@ -51,10 +51,20 @@ class _CopyPackage:
             shutil.copytree(
                 self._dependencies, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(INSTALLED_MARKER, "__pycache__")
             )
-        for source in (SHARED_DIR, LAMBDAS_DIR / self._name):
-            for module in sorted(source.glob("*.py")):
-                shutil.copy2(module, out / module.name)
+        for module in self._modules:
+            shutil.copy2(module, out / module.name)
         return True
+
+
+def _asset(source_dir: Path, bundler: _CopyPackage) -> lambda_.Code:
+    return lambda_.Code.from_asset(
+        str(source_dir),
+        asset_hash_type=AssetHashType.OUTPUT,
+        bundling=BundlingOptions(
+            image=DockerImage.from_registry("local-bundling-only"),  # never used: local bundling always succeeds
+            local=bundler,
+        ),
+    )
 
 
 def python_code(name: str) -> lambda_.Code:
@@ -62,11 +72,12 @@ def python_code(name: str) -> lambda_.Code:
     handler_dir = LAMBDAS_DIR / name
     if not (handler_dir / "index.py").exists():
         raise FileNotFoundError(f"no Lambda handler at {handler_dir}/index.py")
-    return lambda_.Code.from_asset(
-        str(handler_dir),
-        asset_hash_type=AssetHashType.OUTPUT,
-        bundling=BundlingOptions(
-            image=DockerImage.from_registry("local-bundling-only"),  # never used: local bundling always succeeds
-            local=_CopyPackage(name),
-        ),
-    )
+    modules = sorted(SHARED_DIR.glob("*.py")) + sorted(handler_dir.glob("*.py"))
+    return _asset(handler_dir, _CopyPackage(modules, dependencies_dir(name)))
+
+
+def python_module_code(module: Path) -> lambda_.Code:
+    """The asset of one stdlib-only module of this repository used as a handler (e.g. pipeline/smoke.py)."""
+    if not module.is_file():
+        raise FileNotFoundError(module)
+    return _asset(module.parent, _CopyPackage([module], None))

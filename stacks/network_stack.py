@@ -57,6 +57,7 @@ class SecurityGroups:
     db_bootstrap: ec2.ISecurityGroup  # the Lambda that creates app logins and databases
     langfuse: ec2.ISecurityGroup  # Langfuse web and worker
     clickhouse: ec2.ISecurityGroup  # reachable from Langfuse only
+    smoke_probe: ec2.ISecurityGroup  # the smoke-test Lambda: HTTPS to the ALB, nothing else
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,13 @@ class NetworkStack(Stack):
         db_bootstrap = self._group("DbBootstrapSecurityGroup", "Database bootstrap Lambda: PostgreSQL and Secrets Manager")
         langfuse = self._group("LangfuseSecurityGroup", "Langfuse web and worker")
         clickhouse = self._group("ClickHouseSecurityGroup", "ClickHouse (Langfuse trace store), reachable from Langfuse only")
+        smoke_probe = self._group("SmokeProbeSecurityGroup", "Smoke-test probe Lambda: HTTPS to the internal ALB only")
         anywhere = ec2.Peer.any_ipv4()
 
         alb.add_ingress_rule(ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
         # ALB authenticate-oidc calls the identity provider's token and user-info endpoints.
         alb.add_egress_rule(anywhere, ec2.Port.tcp(443), "OIDC identity provider (ALB authenticate-oidc)")
+        alb.connections.allow_from(smoke_probe, ec2.Port.tcp(443), "HTTPS from the smoke-test probe")
         for name, port in SERVICE_PORTS.items():
             services.connections.allow_from(alb, ec2.Port.tcp(port), f"{name} from the ALB")
         services.connections.allow_internally(ec2.Port.all_traffic(), "Service-to-service traffic")
@@ -218,5 +221,5 @@ class NetworkStack(Stack):
 
         return SecurityGroups(
             alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs,
-            db_bootstrap=db_bootstrap, langfuse=langfuse, clickhouse=clickhouse,
+            db_bootstrap=db_bootstrap, langfuse=langfuse, clickhouse=clickhouse, smoke_probe=smoke_probe,
         )

@@ -1,4 +1,4 @@
-"""ObservabilityStack: ClickHouse, Langfuse web and Langfuse worker."""
+"""ObservabilityStack: ClickHouse, Langfuse web and Langfuse worker, and the Stage's smoke-test probe."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from config.model import EnvironmentConfig
 from constructs_lib.clickhouse_service import ClickHouseService
 from constructs_lib.langfuse_service import LangfuseServices, langfuse_environment
 from constructs_lib.secret_access import SecretAccess
+from constructs_lib.smoke_probe import SmokeOutputs, SmokeProbe
 from stacks.data_stack import DataStackOutputs
 from stacks.network_stack import NetworkStackOutputs
 from stacks.platform_stack import PlatformStackOutputs
@@ -21,6 +22,7 @@ from stacks.platform_stack import PlatformStackOutputs
 @dataclass(frozen=True)
 class ObservabilityStackOutputs:
     langfuse_target_group: elbv2.IApplicationTargetGroup
+    smoke: SmokeOutputs  # CfnOutputs for the pipeline's smoke-test step
 
 
 class ObservabilityStack(Stack):
@@ -41,6 +43,8 @@ class ObservabilityStack(Stack):
         network: NetworkStackOutputs,
         data: DataStackOutputs,
         platform: PlatformStackOutputs,
+        pipeline_account: str,
+        pipeline_stack_name: str,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -74,4 +78,19 @@ class ObservabilityStack(Stack):
                 data.buckets.langfuse_media,
             ),
         )
-        self.outputs = ObservabilityStackOutputs(langfuse_target_group=self.langfuse.web.target_group)
+        # The last layer: every target group exists, so the smoke-test probe lives here.
+        self.smoke_probe = SmokeProbe(
+            self,
+            "SmokeProbe",
+            config=config,
+            pipeline_account=pipeline_account,
+            pipeline_stack_name=pipeline_stack_name,
+            vpc=network.vpc,
+            subnets=network.app_subnets,
+            security_group=network.security_groups.smoke_probe,
+            load_balancer=platform.load_balancer,
+            target_groups=[*platform.target_groups.values(), self.langfuse.web.target_group],
+        )
+        self.outputs = ObservabilityStackOutputs(
+            langfuse_target_group=self.langfuse.web.target_group, smoke=self.smoke_probe.outputs
+        )

@@ -19,7 +19,16 @@ class PlatformStage(Stage):
     templates differ only in their configured values. Stack names come out as `<StageId>-Network`, ...
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: EnvironmentConfig, **kwargs) -> None:
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        pipeline_account: str,
+        pipeline_stack_name: str,
+        **kwargs,
+    ) -> None:
         super().__init__(
             scope, construct_id, env=Environment(account=config.account, region=config.region), **kwargs
         )
@@ -51,7 +60,9 @@ class PlatformStage(Stage):
             network=self.network.outputs,
             data=self.data.outputs,
             platform=self.platform.outputs,
-            description=f"{config.qualifier}: Langfuse web and worker, ClickHouse",
+            pipeline_account=pipeline_account,
+            pipeline_stack_name=pipeline_stack_name,
+            description=f"{config.qualifier}: Langfuse web and worker, ClickHouse, smoke-test probe",
         )
         self.observability.add_stack_dependency(self.platform)
         for key, value in config.tags.items():

@@ -16,6 +16,7 @@ SECURITY_GROUPS = {
     "db_bootstrap": "DbBootstrapSecurityGroup",
     "langfuse": "LangfuseSecurityGroup",
     "clickhouse": "ClickHouseSecurityGroup",
+    "smoke_probe": "SmokeProbeSecurityGroup",
     "endpoints": "VpcEndpoints",
 }
 
@@ -134,8 +135,8 @@ def test_interface_endpoints(network, env_config):
 
 def test_security_group_count(network):
     # The seed's six, one shared by the interface endpoints, one for the database bootstrap Lambda, and Langfuse
-    # and ClickHouse apart from the other services so that ClickHouse admits Langfuse only.
-    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 10
+    # and ClickHouse apart from the other services so that ClickHouse admits Langfuse only, and the smoke probe.
+    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 11
 
 
 def test_ingress_matrix(network, env_config):
@@ -146,6 +147,7 @@ def test_ingress_matrix(network, env_config):
     expected = from_alb | {
         ("langfuse", "tcp", 3000, 3000, "alb"),
         ("langfuse", "tcp", 3000, 3000, "services"),
+        ("alb", "tcp", 443, 443, "smoke_probe"),
         ("clickhouse", "tcp", 8123, 8123, "langfuse"),
         ("clickhouse", "tcp", 9000, 9000, "langfuse"),
         ("efs", "tcp", 2049, 2049, "clickhouse"),
@@ -179,6 +181,7 @@ def test_egress_matrix(network, env_config):
         ("langfuse", "tcp", 6379, 6379, "redis"),
         ("clickhouse", "tcp", 443, 443, anywhere),
         ("clickhouse", "tcp", 2049, 2049, "efs"),
+        ("smoke_probe", "tcp", 443, 443, "alb"),  # and nothing else
         ("alb", "tcp", 443, 443, anywhere),  # authenticate-oidc to the identity provider
         ("alb", "tcp", 13337, 13337, "workspaces"),
         ("services", "-1", None, None, "services"),

@@ -397,7 +397,7 @@ def test_a_pinned_client_secret_version_reaches_the_admin_rule(app_config, tmp_p
     staging = app_config.staging
     config = replace(staging, oidc=replace(staging.oidc, client_secret_version=version))
     app = App(outdir=str(tmp_path))
-    stage = PlatformStage(app, "Staging", config=config)
+    stage = PlatformStage(app, "Staging", config=config, pipeline_account="111111111111", pipeline_stack_name="CoderPipeline")
     template = stage.synth().get_stack_by_name(stage.platform.stack_name).template
     (rule,) = [r["Properties"] for r in template["Resources"].values()
                if r["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule" and r["Properties"]["Priority"] == 200]

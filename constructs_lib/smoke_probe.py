@@ -1,0 +1,135 @@
+"""The smoke-test probe inside a Stage: `pipeline/smoke.py` as a Lambda in the app subnets, and the role the
+pipeline account assumes to run it and to read target health."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from config.model import EnvironmentConfig
+from constructs_lib.python_lambda import ROOT, python_module_code
+
+SMOKE_MODULE = ROOT / "pipeline" / "smoke.py"
+PROBE_TIMEOUT = Duration.minutes(5)
+MAX_DEADLINE_SECONDS = 270  # the checks' own deadline, inside the function's timeout
+
+
+def smoke_checks(config: EnvironmentConfig) -> list[str]:
+    """What "the platform answers" means, one check per service, through the ALB with each service's host name.
+
+    The admin UI sits behind ALB sign-in: its check passes on the redirect to the identity provider's
+    authorization endpoint (proving rule, certificate and OIDC configuration) and fails on a 2xx, which would
+    mean the admin UI is open without sign-in. The Key Provisioner's own health is proven by its target health.
+    """
+    domain = config.domain
+    idp_host = urlsplit(config.oidc.authorization_endpoint).hostname
+    return [
+        f"coder=coder.{domain}/api/v2/buildinfo",
+        f"litellm=ai.{domain}/health/readiness",
+        f"key-provisioner=admin.{domain}/@redirect:{idp_host}",
+        f"langfuse=langfuse.{domain}/api/public/health",
+    ]
+
+
+@dataclass(frozen=True)
+class SmokeOutputs:
+    function_name: CfnOutput
+    role_arn: CfnOutput
+    checks: CfnOutput
+    target_groups: CfnOutput
+
+
+class SmokeProbe(Construct):
+    """Defaults:
+    - The function runs `pipeline/smoke.py` (same code as the CLI) in the private app subnets with its own
+      security group, which may only open HTTPS to the ALB. It calls the ALB by its DNS name with each service's
+      SNI and Host, verifying certificates against the system's CAs (the ALB presents the ACM certificate).
+    - The role `<project>-<env>-smoke-tests` trusts only roles of the pipeline stack in the pipeline account and may
+      only invoke this function and read target health.
+    - CfnOutputs carry what the pipeline's post-step needs (function, role, checks, target groups).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: EnvironmentConfig,
+        pipeline_account: str,
+        pipeline_stack_name: str,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        security_group: ec2.ISecurityGroup,
+        load_balancer: elbv2.IApplicationLoadBalancer,
+        target_groups: Sequence[elbv2.IApplicationTargetGroup],
+    ) -> None:
+        super().__init__(scope, construct_id)
+        checks = smoke_checks(config)
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=lambda_.Runtime.PYTHON_3_13,
+            handler="smoke.lambda_handler",
+            code=python_module_code(SMOKE_MODULE),
+            timeout=PROBE_TIMEOUT,
+            memory_size=256,
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[security_group],
+            allow_public_subnet=False,
+            log_group=logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR, removal_policy=RemovalPolicy.RETAIN),
+            environment={
+                "SMOKE_CONNECT": f"{load_balancer.load_balancer_dns_name}:443",
+                "SMOKE_CHECKS": " ".join(checks),
+                "SMOKE_MAX_DEADLINE": str(MAX_DEADLINE_SECONDS),
+            },
+            description="Smoke tests: calls every service through the internal ALB with its own host name and TLS",
+        )
+
+        stack = Stack.of(self)
+        self.role = iam.Role(
+            self,
+            "Role",
+            role_name=f"{config.qualifier}-smoke-tests",
+            description=f"{config.qualifier}: the pipeline's smoke tests (invoke the probe, read target health)",
+            assumed_by=iam.AccountPrincipal(pipeline_account).with_conditions(
+                {"ArnLike": {"aws:PrincipalArn": f"arn:{stack.partition}:iam::{pipeline_account}:role/{pipeline_stack_name}-*"}}
+            ),
+            max_session_duration=Duration.hours(1),
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(sid="InvokeProbe", actions=["lambda:InvokeFunction"], resources=[self.function.function_arn])
+        )
+        self.role.add_to_policy(
+            iam.PolicyStatement(
+                sid="ReadTargetHealth",
+                actions=["elasticloadbalancing:DescribeTargetHealth"],
+                resources=["*"],  # Describe* actions of Elastic Load Balancing support no resource-level permissions
+            )
+        )
+
+        self.outputs = SmokeOutputs(
+            function_name=CfnOutput(self, "FunctionName", value=self.function.function_name,
+                                    description="Smoke-test probe Lambda"),
+            role_arn=CfnOutput(self, "RoleArn", value=self.role.role_arn,
+                               description="Role the pipeline assumes for smoke tests"),
+            checks=CfnOutput(self, "Checks", value=" ".join(checks), description="NAME=HOST/PATH checks"),
+            target_groups=CfnOutput(
+                self, "TargetGroups", value=" ".join(tg.target_group_arn for tg in target_groups),
+                description="Target groups whose targets must all be healthy",
+            ),
+        )
+
+
+def smoke_role_arn(config: EnvironmentConfig, partition: str = "aws") -> str:
+    """The smoke-test role's ARN, known before deployment (the pipeline's CodeBuild role may assume exactly it)."""
+    return f"arn:{partition}:iam::{config.account}:role/{config.qualifier}-smoke-tests"
