@@ -15,7 +15,8 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 # Third-party packages of Lambda handlers (pinned, hashed, pure Python), copied into their assets at synth.
 LAMBDA_DEPS := $(patsubst constructs_lib/lambdas/%/requirements.txt,build/lambda-deps/%/.installed,$(wildcard constructs_lib/lambdas/*/requirements.txt))
-LAMBDA_PYTHON := 3.13
+# The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
+LAMBDA_PYTHON := 3.14
 
 .PHONY: help setup test-deps synth test lint cfn-lint clean
 
@@ -35,7 +36,7 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-build/lambda-deps/%/.installed: constructs_lib/lambdas/%/requirements.txt $(PY_STAMP)
+build/lambda-deps/%/.installed: constructs_lib/lambdas/%/requirements.txt $(PY_STAMP) Makefile
 	rm -rf $(@D)
 	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps --no-compile --require-hashes --only-binary=:all: \
 	  --implementation cp --python-version $(LAMBDA_PYTHON) --platform manylinux2014_x86_64 --target $(@D) -r $<
@@ -48,15 +49,16 @@ test-deps: ## Install the PostgreSQL server the tests start (Debian package, onl
 	echo "Installing PostgreSQL server (apt-get)"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 
-synth: setup ## Synthesize the whole app (pipeline + both Stages) into cdk.out, offline, and print a summary
+synth: setup ## Synthesize the whole app into cdk.out, offline; fails on any open cdk-nag finding
 	@rm -rf $(OUT); mkdir -p build
 	@start=$$(date +%s%N); \
-	if ! cdk synth --quiet --ignore-errors --output $(OUT) -c config=$(CONFIG) > build/synth.log 2>&1; then \
-	  grep -v '^\s*$$' build/synth.log >&2; exit 1; \
+	if ! cdk synth --quiet --output $(OUT) -c config=$(CONFIG) > build/synth.log 2>&1; then \
+	  grep -v '^\s*$$' build/synth.log >&2; \
+	  if [ -f $(OUT)/manifest.json ]; then python -m pipeline.synth_summary $(OUT) >&2 || true; fi; exit 1; \
 	fi; \
 	elapsed_ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
 	echo "Synthesized $(OUT) in $$((elapsed_ms / 1000)).$$(( (elapsed_ms % 1000) / 100 )) s (full CDK output: build/synth.log)"
-	@python -m pipeline.synth_summary $(OUT) --report-only
+	@python -m pipeline.synth_summary $(OUT)
 
 test: setup test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
 	ruff check .

@@ -6,17 +6,23 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import CustomResource, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from constructs_lib.python_lambda import LAMBDAS_DIR, SHARED_DIR, python_code
+from constructs_lib.python_lambda import (
+    LAMBDAS_DIR,
+    RUNTIME,
+    SHARED_DIR,
+    acknowledge_function,
+    encrypted_log_group,
+    python_code,
+)
 
 
 def handler_version() -> str:
@@ -52,17 +58,16 @@ class AppDatabases(Construct):
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
         encryption_key: kms.IKey,
+        logs_key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         app_secret_arns = {app: secret.secret_arn for app, secret in sorted(app_secrets.items())}
-        log_group = logs.LogGroup(
-            self, "Logs", retention=logs.RetentionDays.ONE_YEAR, removal_policy=RemovalPolicy.RETAIN
-        )
+        log_group = encrypted_log_group(self, "Logs", logs_key)
         self.function = lambda_.Function(
             self,
             "Function",
-            runtime=lambda_.Runtime.PYTHON_3_13,
+            runtime=RUNTIME,
             handler="index.handler",
             code=python_code("db_bootstrap"),
             timeout=Duration.minutes(5),
@@ -78,6 +83,7 @@ class AppDatabases(Construct):
             },
             description="Creates or repairs one PostgreSQL database and login per app; writes each app's connection URL",
         )
+        acknowledge_function(self.function, invoked_by="CloudFormation (custom resource) or an operator", in_vpc=True)
         master_secret.grant_read(self.function)
         for secret in app_secrets.values():
             secret.grant_read(self.function)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aws_cdk import ArnFormat, Duration, Stack
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.bucket_access import READ_WRITE, grant_objects
+from constructs_lib.compliance import acknowledge
 from constructs_lib.fargate_service import (
     ECS_TASKS,
     EfsMount,
@@ -39,8 +40,9 @@ class CoderWorkspaceAccess:
     cluster_name: str
     passable_roles: tuple[iam.IRole, ...]  # the only roles workspace task definitions may carry
     file_system: efs.IFileSystem
-    terraform_state: s3.IBucket
-    lock_table: dynamodb.ITable
+    terraform_state_bucket: str  # name
+    lock_table_name: str
+    data_key: kms.IKey  # encrypts the state bucket
     listener: elbv2.IApplicationListener  # workspace direct access adds rules here (feature flag)
 
 
@@ -214,7 +216,49 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
                 sid="DescribeLoadBalancing", actions=["elasticloadbalancing:Describe*"], resources=["*"]
             ),
         ]
+    statements.append(
+        iam.PolicyStatement(
+            sid="TerraformLocks",
+            actions=["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable"],
+            resources=[arn("dynamodb", "table", access.lock_table_name)],
+        )
+    )
     for statement in statements:
         role.add_to_policy(statement)
-    access.terraform_state.grant_read_write(role)
-    access.lock_table.grant_read_write_data(role)
+    grant_objects(
+        role,
+        [access.terraform_state_bucket],
+        READ_WRITE,
+        access.data_key,
+        sid="TerraformState",
+        reason="Terraform keeps one state object per workspace in this bucket, named by Coder at run time.",
+    )
+    _acknowledge_provisioning(role, config, access, arn)
+
+
+def _acknowledge_provisioning(role: iam.Role, config: EnvironmentConfig, access: CoderWorkspaceAccess, arn) -> None:
+    """Why each wildcard of Coder's provisioning permissions is bounded (see the statements above)."""
+    reasons = {
+        "Resource::*": "Only actions without resource-level permissions (task definitions, ec2/elb Describe*) or "
+        "ones bounded by a condition (the cluster for tasks, ecs:CreateAction for tags) use Resource *.",
+        "Action::ec2:Describe*": "Terraform reads subnets, security groups and network interfaces; read-only.",
+        f"Resource::{arn('ecs', 'service', f'{access.cluster_name}/*')}": "Workspaces are ECS services that Coder "
+        "creates and deletes by name, in this environment's cluster only.",
+        f"Resource::{arn('elasticfilesystem', 'access-point', '*')}": "Access-point ids are made at run time; "
+        "changing or deleting one requires the coder_provisioned tag.",
+        f"Resource::{arn('ssm', 'parameter', f'{config.qualifier}/*')}": "The SSM bridge parameters of this "
+        "environment, read-only.",
+        f"Resource::{arn('logs', 'log-group', f'/{config.qualifier}/workspaces*', ArnFormat.COLON_RESOURCE_NAME)}":
+        "Terraform creates one log group per workspace under this environment's workspaces prefix.",
+    }
+    if config.features.enable_workspace_direct_access:
+        reasons.update({
+            "Action::elasticloadbalancing:Describe*": "Terraform reads the listener, rules and target groups it "
+            "manages; read-only.",
+            f"Resource::{arn('elasticloadbalancing', 'targetgroup', 'ws-*/*')}": "Target groups that direct access "
+            "makes for workspaces, named ws-*.",
+            f"Resource::{arn('elasticloadbalancing', 'listener-rule', 'app/*')}": "Rule ids are made at run time; "
+            "rules are created on this environment's listener only and changed or deleted only with the "
+            "coder_provisioned tag.",
+        })
+    acknowledge(role, {f"AwsSolutions-IAM5[{finding}]": reason for finding, reason in reasons.items()})

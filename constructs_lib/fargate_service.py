@@ -6,16 +6,19 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aws_cdk import Duration, RemovalPolicy, SecretValue, Stack
+from aws_cdk import Duration, SecretValue, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_logs as logs
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
+
+from constructs_lib.compliance import acknowledge
+from constructs_lib.python_lambda import encrypted_log_group
 
 # Names that carry credentials must come from Secrets Manager (`secrets=`), never from `environment=`.
 # <account>.dkr.ecr.<region>.amazonaws.com/<repository>(:<tag>|@<digest>)
@@ -26,7 +29,6 @@ ECR_IMAGE = re.compile(
 SECRET_LIKE_NAME = re.compile(
     r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|PUBLIC_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL|_AUTH$"
 )
-LOG_RETENTION = logs.RetentionDays.ONE_YEAR
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 
 
@@ -63,6 +65,7 @@ class ServiceRuntime:
     execution_role: iam.IRole
     namespace: servicediscovery.INamespace
     family_prefix: str  # `{project}-{env}`: task definition families are `<prefix>-<service>`
+    logs_key: kms.IKey  # encrypts the services' log groups
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class FargateService(Construct):
     host-based listener rules.
 
     Defaults:
-    - Logs go to a log group kept one year (RETAIN: nothing lost when the service is replaced).
+    - Logs go to a log group kept one year, encrypted with the logs key (RETAIN: nothing lost on replacement).
     - Capacity: regular Fargate; Fargate Spot is mixed in (one regular task kept as base) only for a stateless
       service asking for it with at least two tasks.
     - Environment values are plain configuration: a name that looks like a credential is refused there.
@@ -165,7 +168,7 @@ class FargateService(Construct):
                 cpu_architecture=ecs.CpuArchitecture.X86_64,
             ),
         )
-        self.log_group = logs.LogGroup(self, "Logs", retention=LOG_RETENTION, removal_policy=RemovalPolicy.RETAIN)
+        self.log_group = encrypted_log_group(self, "Logs", runtime.logs_key)
         self.container = self.task_definition.add_container(
             spec.name,
             image=_image(self, spec.image),
@@ -184,6 +187,13 @@ class FargateService(Construct):
             logging=ecs.LogDriver.aws_logs(stream_prefix=spec.name, log_group=self.log_group),
             health_check=spec.container_health_check,
             essential=True,
+        )
+        acknowledge(
+            self.task_definition,
+            {
+                "AwsSolutions-ECS2": "The environment holds plain configuration only (host names, ports, flags); "
+                "credentials come from Secrets Manager, and names that look like credentials are refused here.",
+            },
         )
         for index, mount in enumerate(spec.efs_mounts):
             volume = f"{spec.name}-efs-{index}"
@@ -239,6 +249,16 @@ class FargateService(Construct):
             enable_ecs_managed_tags=True,
         )
 
+        # ECS Exec: CDK grants the ssmmessages channel actions, which have no resource-level permissions.
+        exec_policy = task_role.node.try_find_child("DefaultPolicy") if isinstance(task_role, iam.Role) else None
+        if exec_policy is not None:
+            acknowledge(
+                exec_policy,
+                {
+                    "AwsSolutions-IAM5[Resource::*]": "ECS Exec's ssmmessages channel actions support no resource-level "
+                    "permissions; sessions still need ecs:ExecuteCommand on this cluster, which no task role has.",
+                },
+            )
         self.target_group: elbv2.ApplicationTargetGroup | None = None
         self.rules: list[elbv2.ApplicationListenerRule] = []
         if listener is not None:

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from aws_cdk import CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from constructs_lib.python_lambda import python_code
+from constructs_lib.python_lambda import RUNTIME, acknowledge_function, encrypted_log_group, python_code
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,7 @@ class FormattedSecret(Construct):
         description: str,
         fields: dict[str, GeneratedField],
         encryption_key: kms.IKey,
+        logs_key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         self.secret = secretsmanager.Secret(
@@ -54,7 +54,7 @@ class FormattedSecret(Construct):
             encryption_key=encryption_key,
             removal_policy=RemovalPolicy.RETAIN,
         )
-        provider = _initializer_function(Stack.of(self))
+        provider = _initializer_function(Stack.of(self), logs_key)
         self.secret.grant_read(provider)
         self.secret.grant_write(provider)
         self.initializer = CustomResource(
@@ -71,21 +71,16 @@ class FormattedSecret(Construct):
         self.initializer.node.add_dependency(provider)
 
 
-def _initializer_function(stack: Stack) -> lambda_.Function:
+def _initializer_function(stack: Stack, logs_key: kms.IKey) -> lambda_.Function:
     """One handler per stack, shared by every FormattedSecret in it."""
     existing = stack.node.try_find_child("SecretFieldsInitializer")
     if existing is not None:
         return existing  # type: ignore[return-value]
-    log_group = logs.LogGroup(
-        stack,
-        "SecretFieldsInitializerLogs",
-        retention=logs.RetentionDays.ONE_YEAR,
-        removal_policy=RemovalPolicy.RETAIN,
-    )
-    return lambda_.Function(
+    log_group = encrypted_log_group(stack, "SecretFieldsInitializerLogs", logs_key)
+    function = lambda_.Function(
         stack,
         "SecretFieldsInitializer",
-        runtime=lambda_.Runtime.PYTHON_3_13,
+        runtime=RUNTIME,
         handler="index.handler",
         code=python_code("secret_fields"),
         timeout=Duration.minutes(1),
@@ -93,3 +88,11 @@ def _initializer_function(stack: Stack) -> lambda_.Function:
         log_group=log_group,
         description="Fills formatted secret fields (LiteLLM and Langfuse keys) once, at deploy time",
     )
+    acknowledge_function(
+        function,
+        invoked_by="CloudFormation (custom resource)",
+        in_vpc=False,
+        why_outside_vpc="It talks only to Secrets Manager and to CloudFormation's pre-signed response URL, both "
+        "AWS public endpoints over TLS; it reaches nothing inside the VPC.",
+    )
+    return function

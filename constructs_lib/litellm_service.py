@@ -12,6 +12,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.compliance import acknowledge
 from constructs_lib.fargate_service import FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec, task_role
 from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config
 from constructs_lib.secret_access import SecretAccess
@@ -62,6 +63,15 @@ class LiteLLMService(Construct):
                     actions=["bedrock:InvokeModel", "bedrock:InvokeModelWithResponseStream"],
                     resources=bedrock_resources,
                 )
+            )
+            acknowledge(
+                self.task_role,
+                {
+                    f"AwsSolutions-IAM5[Resource::{arn}]": "A cross-region inference profile routes each call to the "
+                    "same foundation model in one of the profile's regions; the model id is fixed, the region is not."
+                    for arn in bedrock_resources
+                    if ":bedrock:*:" in arn
+                },
             )
         secrets.grant_read(self.task_role, "litellm/master-key", "litellm/anthropic-api-key")
 

@@ -12,14 +12,26 @@ import shutil
 from pathlib import Path
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling, RemovalPolicy
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMBDAS_DIR = Path(__file__).resolve().parent / "lambdas"
 SHARED_DIR = LAMBDAS_DIR / "shared"
 DEPENDENCIES_DIR = ROOT / "build" / "lambda-deps"
 INSTALLED_MARKER = ".installed"
+RUNTIME = lambda_.Runtime.PYTHON_3_14  # also LAMBDA_PYTHON in the Makefile (the packages' target version)
+LOG_RETENTION = logs.RetentionDays.ONE_YEAR
+
+
+def encrypted_log_group(scope: Construct, construct_id: str, key: kms.IKey) -> logs.LogGroup:
+    """A log group kept one year, encrypted with the environment's logs key, retained with the stack's data."""
+    return logs.LogGroup(
+        scope, construct_id, retention=LOG_RETENTION, encryption_key=key, removal_policy=RemovalPolicy.RETAIN
+    )
 
 
 class LambdaDependenciesMissing(RuntimeError):
@@ -81,3 +93,29 @@ def python_module_code(module: Path) -> lambda_.Code:
     if not module.is_file():
         raise FileNotFoundError(module)
     return _asset(module.parent, _CopyPackage([module], None))
+
+
+BASIC_EXECUTION = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]"
+VPC_EXECUTION = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]"
+
+
+def acknowledge_function(function: lambda_.Function, *, invoked_by: str, in_vpc: bool, why_outside_vpc: str = "") -> None:
+    """What every Lambda of this project shares: CDK's AWS-managed execution policies, no DLQ and no reserved
+    concurrency for functions that a deploy or the pipeline invokes synchronously, a handful of times."""
+    from constructs_lib.compliance import acknowledge
+
+    reasons = {
+        BASIC_EXECUTION: "The AWS-maintained policy that lets the function write its own CloudWatch Logs; the "
+        "function's own permissions are in its scoped inline policy.",
+        "LambdaDLQ": f"Invoked synchronously by {invoked_by}, which sees and reports every failure: no event is "
+        "queued, so there is nothing for a dead-letter queue to keep.",
+        "LambdaConcurrency": f"Invoked only by {invoked_by}, a few times per deployment; reserving concurrency "
+        "would take capacity from the account (and fails in new accounts with the minimum quota).",
+    }
+    if in_vpc:
+        reasons[VPC_EXECUTION] = (
+            "The AWS-maintained policy that lets Lambda manage the function's network interfaces in the VPC."
+        )
+    else:
+        reasons["LambdaInsideVPC"] = why_outside_vpc
+    acknowledge(function, reasons)

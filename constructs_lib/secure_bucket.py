@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
@@ -11,7 +12,9 @@ class SecureBucket(Construct):
     """S3 bucket for platform data.
 
     Defaults (none can be turned off by a caller):
-    - SSE-S3 encryption with an S3 bucket key, all public access blocked, object ownership enforced (no ACLs).
+    - SSE-KMS with the given key (SSE-S3 without one: log buckets, whose delivery services need it), always with an
+      S3 bucket key; all public access blocked; object ownership enforced (no ACLs).
+    - S3 server access logs to `access_logs` (bucket name, prefix) when given: `<prefix><bucket name>/`.
     - TLS 1.2+ only: a bucket policy denies plain-HTTP requests and older TLS.
     - RETAIN on stack deletion and on replacement: the data outlives the stack.
     - Versioned buckets expire non-current versions only when ``noncurrent_version_expiration`` is given;
@@ -27,6 +30,8 @@ class SecureBucket(Construct):
         versioned: bool,
         noncurrent_version_expiration: Duration | None = None,
         expiration: Duration | None = None,
+        encryption_key: kms.IKey | None = None,
+        access_logs: tuple[str, str] | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         lifecycle_rules = [s3.LifecycleRule(id="AbortIncompleteUploads", abort_incomplete_multipart_upload_after=Duration.days(7))]
@@ -40,7 +45,8 @@ class SecureBucket(Construct):
             self,
             "Bucket",
             bucket_name=bucket_name,
-            encryption=s3.BucketEncryption.S3_MANAGED,
+            encryption=s3.BucketEncryption.KMS if encryption_key else s3.BucketEncryption.S3_MANAGED,
+            encryption_key=encryption_key,
             bucket_key_enabled=True,
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
@@ -50,3 +56,10 @@ class SecureBucket(Construct):
             lifecycle_rules=lifecycle_rules,
             removal_policy=RemovalPolicy.RETAIN,
         )
+        if access_logs is not None:
+            # Set on the L1 resource: the log bucket lives in another stack, which grants the logging service.
+            target_bucket, prefix = access_logs
+            cfn_bucket: s3.CfnBucket = self.bucket.node.default_child  # type: ignore[assignment]
+            cfn_bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+                destination_bucket_name=target_bucket, log_file_prefix=f"{prefix}{bucket_name}/"
+            )

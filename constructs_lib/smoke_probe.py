@@ -7,16 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from aws_cdk import CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import CfnOutput, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.python_lambda import ROOT, python_module_code
+from constructs_lib.compliance import acknowledge
+from constructs_lib.python_lambda import ROOT, RUNTIME, acknowledge_function, encrypted_log_group, python_module_code
 
 SMOKE_MODULE = ROOT / "pipeline" / "smoke.py"
 PROBE_TIMEOUT = Duration.minutes(5)
@@ -71,13 +72,14 @@ class SmokeProbe(Construct):
         security_group: ec2.ISecurityGroup,
         load_balancer: elbv2.IApplicationLoadBalancer,
         target_groups: Sequence[elbv2.IApplicationTargetGroup],
+        logs_key: kms.IKey,
     ) -> None:
         super().__init__(scope, construct_id)
         checks = smoke_checks(config)
         self.function = lambda_.Function(
             self,
             "Function",
-            runtime=lambda_.Runtime.PYTHON_3_13,
+            runtime=RUNTIME,
             handler="smoke.lambda_handler",
             code=python_module_code(SMOKE_MODULE),
             timeout=PROBE_TIMEOUT,
@@ -86,7 +88,7 @@ class SmokeProbe(Construct):
             vpc_subnets=subnets,
             security_groups=[security_group],
             allow_public_subnet=False,
-            log_group=logs.LogGroup(self, "Logs", retention=logs.RetentionDays.ONE_YEAR, removal_policy=RemovalPolicy.RETAIN),
+            log_group=encrypted_log_group(self, "Logs", logs_key),
             environment={
                 "SMOKE_CONNECT": f"{load_balancer.load_balancer_dns_name}:443",
                 "SMOKE_CHECKS": " ".join(checks),
@@ -95,6 +97,7 @@ class SmokeProbe(Construct):
             description="Smoke tests: calls every service through the internal ALB with its own host name and TLS",
         )
 
+        acknowledge_function(self.function, invoked_by="the pipeline's smoke-test step", in_vpc=True)
         stack = Stack.of(self)
         self.role = iam.Role(
             self,
@@ -108,6 +111,13 @@ class SmokeProbe(Construct):
         )
         self.role.add_to_policy(
             iam.PolicyStatement(sid="InvokeProbe", actions=["lambda:InvokeFunction"], resources=[self.function.function_arn])
+        )
+        acknowledge(
+            self.role,
+            {
+                "AwsSolutions-IAM5[Resource::*]": "elasticloadbalancing:DescribeTargetHealth supports no resource-level "
+                "permissions; it only reads health states.",
+            },
         )
         self.role.add_to_policy(
             iam.PolicyStatement(

@@ -2,8 +2,8 @@
 
     python -m pipeline.synth_summary cdk.out [--report-only]
 
-Exit status: 1 when the assembly holds an error that is not a compliance finding (for example an annotation
-error such as a context lookup that needs credentials); compliance findings fail too unless --report-only.
+Exit status: 1 when the assembly holds an open compliance finding (unless --report-only) or another error (for
+example an annotation error such as a context lookup that needs credentials). `make synth` runs it blocking.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.compliance import read_acknowledgments, stage_names
+
 COMPLIANCE_PACKS = ("AwsSolutions", "NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
-ACKNOWLEDGED_RULES_KEY = "aws:cdk:acknowledged-rules"
 
 
 @dataclass(frozen=True)
@@ -63,23 +64,8 @@ def read_findings(assembly_dir: Path) -> list[Finding]:
 
 
 def count_acknowledgments(assembly_dir: Path) -> Counter:
-    """Acknowledged rules per pack, read from every stack's metadata."""
-    counts: Counter = Counter()
-    for metadata_file in assembly_dir.rglob("*.metadata.json"):
-        for entries in json.loads(metadata_file.read_text()).values():
-            for entry in entries:
-                if entry.get("type") == ACKNOWLEDGED_RULES_KEY:
-                    for rule in entry.get("data", []):
-                        rule_id = rule.get("id", "") if isinstance(rule, dict) else str(rule)
-                        counts[_pack_of(rule_id)] += 1
-    return counts
-
-
-def _pack_of(rule_id: str) -> str:
-    for pack in COMPLIANCE_PACKS:
-        if rule_id.startswith(pack):
-            return pack
-    return rule_id.split("::", 1)[0] if "::" in rule_id else "other"
+    """Acknowledged rules per pack, read from every stack's metadata (the compliance report's reader)."""
+    return Counter(entry.pack for entry in read_acknowledgments(assembly_dir, stage_names(assembly_dir)))
 
 
 def render(stacks: list[StackSummary], findings: list[Finding], acknowledged: Counter, report_only: bool) -> str:

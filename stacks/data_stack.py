@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aws_cdk import CfnDeletionPolicy, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_backup as backup
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_elasticache as elasticache
+from aws_cdk import aws_events as events
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
@@ -19,14 +21,54 @@ from constructs import Construct
 
 from config.model import EnvironmentConfig
 from constructs_lib.app_databases import AppDatabases
+from constructs_lib.compliance import acknowledge
 from constructs_lib.formatted_secret import FormattedSecret, GeneratedField
 from constructs_lib.secure_bucket import SecureBucket
-from stacks.network_stack import POSTGRES_PORT, REDIS_PORT, NetworkStackOutputs
+from stacks.network_stack import POSTGRES_PORT, REDIS_PORT, S3_ACCESS_LOGS_PREFIX, NetworkStackOutputs
 
 POSTGRES_MASTER_USER = "postgres"
 REDIS_ENGINE_VERSION = "7.1"
 # One database and one login per application (made by AppDatabases at deploy time).
 APP_DATABASES = ("coder", "litellm", "langfuse")
+POSTGRES_LOG_EXPORTS = ("postgresql", "upgrade")
+BACKUP_RETENTION = Duration.days(35)
+# Bucket name suffixes (names are `{project}-{env}-<suffix>-<account>-<region>`, EnvironmentConfig.global_name).
+BUCKET_SUFFIXES = {
+    "terraform_state": "terraform-state",
+    "backups": "backups",
+    "artifacts": "artifacts",
+    "langfuse_events": "langfuse-events",
+    "langfuse_media": "langfuse-media",
+}
+LOCK_TABLE_SUFFIX = "terraform-locks"
+
+_APP_LOGIN = (
+    "{app} reads its connection URL once, when a task starts: automatic rotation would cut running tasks off "
+    "the database. Passwords change on purpose: new password in the secret, AppDatabases re-run, restart (README)."
+)
+_OPERATOR = "OPERATOR-SUPPLIED: {what} is issued and rotated by its owner outside AWS, then put here (README)."
+# Why each secret other than the RDS master login (rotated every 30 days) does not rotate automatically.
+ROTATION_REASONS = {
+    "coder/database": _APP_LOGIN.format(app="Coder"),
+    "litellm/database": _APP_LOGIN.format(app="LiteLLM"),
+    "langfuse/database": _APP_LOGIN.format(app="Langfuse"),
+    "coder/oidc": _OPERATOR.format(what="the Azure AD client secret"),
+    "litellm/anthropic-api-key": _OPERATOR.format(what="the Anthropic API key"),
+    "custom-llm/api-key": _OPERATOR.format(what="the corporate LLM gateway's API key"),
+    "authentik/secret-key": "Authentik signs sessions and tokens with it: a change logs every user out and "
+    "invalidates issued tokens, so it changes by hand in a maintenance window.",
+    "key-provisioner/secret": "Shared by the Key Provisioner and its callers, read at start: a change needs a "
+    "coordinated restart, done by hand.",
+    "langfuse/clickhouse": "ClickHouse creates its langfuse user with this password only when its data directory is "
+    "empty: an automatic rotation would lock Langfuse out of its traces.",
+    "redis/auth-token": "The ElastiCache AUTH token changes only through ModifyReplicationGroup (ROTATE, then SET) "
+    "with consumers restarted in between: a planned, manual operation.",
+    "litellm/master-key": "salt_key encrypts the credentials LiteLLM stores and must never change; master_key is the "
+    "gateway's admin key, rotated by hand with the Key Provisioner.",
+    "langfuse/api-keys": "The Langfuse project keys the LiteLLM callback uses: made once by Langfuse's headless "
+    "initialisation, rotated in Langfuse's UI and then here.",
+    "langfuse/auth": "A new SALT or ENCRYPTION_KEY makes every stored Langfuse API key and encrypted value unreadable.",
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +129,7 @@ class DataStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, termination_protection=config.is_production, **kwargs)
         self._config = config
+        self._network = network
         self.data_key = kms.Key(
             self,
             "DataKey",
@@ -108,14 +151,15 @@ class DataStack(Stack):
             subnets=network.app_subnets,
             security_group=network.security_groups.db_bootstrap,
             encryption_key=self.data_key,
+            logs_key=network.logs_key,
         )
         redis_outputs = self._redis(network, secrets["redis/auth-token"])
         file_system = self._file_system(network)
-        buckets = self._buckets()
+        buckets = self._buckets(network)
         lock_table = dynamodb.Table(
             self,
             "TerraformLockTable",
-            table_name=f"{config.qualifier}-terraform-locks",
+            table_name=f"{config.qualifier}-{LOCK_TABLE_SUFFIX}",
             partition_key=dynamodb.Attribute(name="LockID", type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
@@ -124,6 +168,7 @@ class DataStack(Stack):
             removal_policy=RemovalPolicy.RETAIN,
         )
 
+        self._backup_plan(database, file_system, lock_table)
         self.outputs = DataStackOutputs(
             database=database,
             redis=redis_outputs,
@@ -158,9 +203,23 @@ class DataStack(Stack):
             description=f"{config.qualifier} PostgreSQL 16: TLS required",
             parameters={"rds.force_ssl": "1"},
         )
+        identifier = f"{config.qualifier}-postgres"
+        # The log groups RDS exports to, made here first: encrypted with the logs key and kept one year.
+        export_log_groups = [
+            logs.LogGroup(
+                self,
+                f"PostgresLogs{kind.capitalize()}",
+                log_group_name=f"/aws/rds/instance/{identifier}/{kind}",
+                retention=logs.RetentionDays.ONE_YEAR,
+                encryption_key=network.logs_key,
+                removal_policy=RemovalPolicy.RETAIN,
+            )
+            for kind in POSTGRES_LOG_EXPORTS
+        ]
         instance = rds.DatabaseInstance(
             self,
             "Postgres",
+            instance_identifier=identifier,
             engine=engine,
             instance_type=ec2.InstanceType(config.database.instance_class),
             vpc=network.vpc,
@@ -181,12 +240,43 @@ class DataStack(Stack):
             deletion_protection=config.database.deletion_protection,
             enable_performance_insights=True,
             performance_insight_encryption_key=self.data_key,
-            cloudwatch_logs_exports=["postgresql", "upgrade"],
-            cloudwatch_logs_retention=logs.RetentionDays.ONE_YEAR,
+            cloudwatch_logs_exports=list(POSTGRES_LOG_EXPORTS),
+            monitoring_interval=Duration.seconds(60),  # enhanced monitoring (OS metrics)
             auto_minor_version_upgrade=True,
             copy_tags_to_snapshot=True,
             publicly_accessible=False,
             removal_policy=RemovalPolicy.SNAPSHOT,
+        )
+        for log_group in export_log_groups:
+            instance.node.add_dependency(log_group)
+        # The master login is used only by AppDatabases at deploy time, which reads it fresh: it can rotate.
+        master_secret.add_rotation_schedule(
+            "Rotation",
+            automatically_after=Duration.days(30),
+            hosted_rotation=secretsmanager.HostedRotation.postgre_sql_single_user(
+                function_name=f"{config.qualifier}-postgres-master-rotation",
+                vpc=network.vpc,
+                vpc_subnets=network.app_subnets,
+                security_groups=[network.security_groups.db_bootstrap],
+            ),
+        )
+        reasons = {
+            "AwsSolutions-RDS11": "PostgreSQL keeps its standard port: Coder's Terraform, LiteLLM and Langfuse expect "
+            "5432; only the platform's security groups may reach it, inside private data subnets.",
+        }
+        if not config.database.multi_az:
+            multi_az = (
+                f"{config.name.value} is a single-AZ copy of production to keep its cost down (config "
+                "database.multi_az = false); production runs Multi-AZ."
+            )
+            reasons.update({"AwsSolutions-RDS3": multi_az, "RDSMultiAZSupport": multi_az})
+        acknowledge(instance, reasons)
+        acknowledge(
+            instance.node.find_child("MonitoringRole"),
+            {
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole]":
+                "The AWS-maintained role policy that lets RDS publish OS metrics to CloudWatch Logs, nothing else.",
+            },
         )
         return DatabaseOutputs(
             instance=instance,
@@ -194,6 +284,50 @@ class DataStack(Stack):
             endpoint=instance.db_instance_endpoint_address,
             port=instance.db_instance_endpoint_port,
         )
+
+    def _backup_plan(
+        self, database: DatabaseOutputs, file_system: efs.IFileSystem, lock_table: dynamodb.ITable
+    ) -> backup.BackupPlan:
+        """AWS Backup of the database, the file system and the lock table: daily, kept 35 days, in a vault
+        encrypted with the data key (on top of RDS's own automated backups)."""
+        vault = backup.BackupVault(
+            self,
+            "BackupVault",
+            backup_vault_name=f"{self._config.qualifier}-backups",
+            encryption_key=self.data_key,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        plan = backup.BackupPlan(
+            self,
+            "BackupPlan",
+            backup_plan_name=f"{self._config.qualifier}-daily",
+            backup_vault=vault,
+            backup_plan_rules=[
+                backup.BackupPlanRule(
+                    rule_name="Daily",
+                    schedule_expression=events.Schedule.cron(hour="5", minute="0"),
+                    delete_after=BACKUP_RETENTION,
+                )
+            ],
+        )
+        selection = plan.add_selection(
+            "Stateful",
+            resources=[
+                backup.BackupResource.from_rds_database_instance(database.instance),
+                backup.BackupResource.from_efs_file_system(file_system),
+                backup.BackupResource.from_dynamo_db_table(lock_table),
+            ],
+        )
+        policies = ("AWSBackupServiceRolePolicyForBackup", "AWSBackupServiceRolePolicyForRestores")
+        acknowledge(
+            selection,
+            {
+                f"AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/{name}]": "The "
+                "AWS-maintained policy AWS Backup needs to snapshot and restore the selected resources."
+                for name in policies
+            },
+        )
+        return plan
 
     def _generated_secret(
         self, construct_id: str, short_name: str, description: str, **generate: object
@@ -309,7 +443,11 @@ class DataStack(Stack):
                 description=description,
                 fields=fields,
                 encryption_key=self.data_key,
+                logs_key=self._network.logs_key,
             ).secret
+        for name, secret in secrets.items():
+            reason = ROTATION_REASONS[name]
+            acknowledge(secret, {"AwsSolutions-SMG4": reason, "SecretsManagerRotationEnabled": reason})
         return secrets
 
     def _redis(self, network: NetworkStackOutputs, auth_token: secretsmanager.ISecret) -> RedisOutputs:
@@ -352,6 +490,16 @@ class DataStack(Stack):
             snapshot_retention_limit=config.redis.snapshot_retention_days,
             auto_minor_version_upgrade=True,
         )
+        acknowledge(
+            group,
+            {
+                "AwsSolutions-AEC5": "Redis keeps its standard port: only the platform's security groups reach it, "
+                "inside private data subnets, with TLS and an AUTH token.",
+                "ElastiCacheRedisClusterAutomaticBackup": "Redis holds LiteLLM's cache and Langfuse's in-flight queues, "
+                f"not a system of record: {config.redis.snapshot_retention_days} day(s) of snapshots (config) restore "
+                "a recent state; durable data is in PostgreSQL, ClickHouse and S3.",
+            },
+        )
         group.cfn_options.deletion_policy = CfnDeletionPolicy.SNAPSHOT
         group.cfn_options.update_replace_policy = CfnDeletionPolicy.SNAPSHOT
         return RedisOutputs(
@@ -372,25 +520,39 @@ class DataStack(Stack):
             performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
             throughput_mode=efs.ThroughputMode.BURSTING,
             lifecycle_policy=efs.LifecyclePolicy.AFTER_30_DAYS,
-            enable_automatic_backups=True,
+            enable_automatic_backups=False,  # the stack's AWS Backup plan covers it
             removal_policy=RemovalPolicy.RETAIN,
         )
 
-    def _buckets(self) -> Buckets:
+    def _buckets(self, network: NetworkStackOutputs) -> Buckets:
         def bucket(construct_id: str, suffix: str, versioned: bool, noncurrent_days: int | None = None) -> s3.IBucket:
-            return SecureBucket(
+            made = SecureBucket(
                 self,
                 construct_id,
                 bucket_name=self._config.global_name(suffix),
                 versioned=versioned,
                 noncurrent_version_expiration=Duration.days(noncurrent_days) if noncurrent_days else None,
-            ).bucket
+                encryption_key=self.data_key,
+                access_logs=(network.access_logs_bucket.bucket_name, S3_ACCESS_LOGS_PREFIX),
+            )
+            reasons = {
+                "S3BucketReplicationEnabled": "Single-region platform by design: S3 keeps objects durable in the "
+                "region; cross-region disaster recovery is not part of this deployment.",
+            }
+            if not versioned:
+                reasons["S3BucketVersioningEnabled"] = (
+                    "Langfuse's event and media objects are deleted on purpose (retention and deletion requests); "
+                    "versioning would keep deleted trace data."
+                )
+            acknowledge(made, reasons)
+            return made.bucket
 
+        suffix = BUCKET_SUFFIXES
         return Buckets(
-            terraform_state=bucket("TerraformStateBucket", "terraform-state", versioned=True),
-            backups=bucket("BackupsBucket", "backups", versioned=True, noncurrent_days=90),
-            artifacts=bucket("ArtifactsBucket", "artifacts", versioned=True),
-            langfuse_events=bucket("LangfuseEventsBucket", "langfuse-events", versioned=False),
-            langfuse_media=bucket("LangfuseMediaBucket", "langfuse-media", versioned=False),
+            terraform_state=bucket("TerraformStateBucket", suffix["terraform_state"], versioned=True),
+            backups=bucket("BackupsBucket", suffix["backups"], versioned=True, noncurrent_days=90),
+            artifacts=bucket("ArtifactsBucket", suffix["artifacts"], versioned=True),
+            langfuse_events=bucket("LangfuseEventsBucket", suffix["langfuse_events"], versioned=False),
+            langfuse_media=bucket("LangfuseMediaBucket", suffix["langfuse_media"], versioned=False),
         )
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Duration, Stack
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.compliance import acknowledge
 from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
-from constructs_lib.secure_bucket import SecureBucket
+from constructs_lib.log_bucket import log_bucket
 
-ACCESS_LOG_RETENTION_DAYS = 365
+S3_ACCESS_LOGS_PREFIX = "s3-access/"  # S3 server access logs of every platform bucket: s3-access/<bucket>/
+FLOW_LOGS_PREFIX = "vpc-flow-logs/"
 
 PUBLIC_SUBNETS = "Public"
 APP_SUBNETS = "PrivateApp"
@@ -68,7 +72,8 @@ class NetworkStackOutputs:
     public_subnets: ec2.SubnetSelection
     app_subnets: ec2.SubnetSelection
     data_subnets: ec2.SubnetSelection
-    access_logs_bucket: s3.IBucket  # ALB access logs (SSE-S3: the only encryption ALB log delivery supports)
+    access_logs_bucket: s3.IBucket  # ALB, S3 server access and VPC flow logs (SSE-S3: what log delivery supports)
+    logs_key: kms.IKey  # encrypts every CloudWatch Logs log group of the environment
 
 
 class NetworkStack(Stack):
@@ -144,13 +149,20 @@ class NetworkStack(Stack):
             description=f"Service discovery for {config.qualifier}",
         )
 
-        access_logs = SecureBucket(
-            self,
-            "AccessLogsBucket",
-            bucket_name=config.global_name("access-logs"),
-            versioned=False,
-            expiration=Duration.days(ACCESS_LOG_RETENTION_DAYS),
-        ).bucket
+        access_logs = self._access_logs_bucket(config)
+        self.vpc.add_flow_log(
+            "FlowLogs",
+            destination=ec2.FlowLogDestination.to_s3(access_logs, FLOW_LOGS_PREFIX),
+            traffic_type=ec2.FlowLogTrafficType.ALL,
+        )
+        acknowledge(
+            self.vpc,
+            {
+                "VPCNoUnrestrictedRouteToIGW": "Only the public subnets route to the internet gateway, for the NAT "
+                "gateway; they run no workload and assign no public IPs. Every service runs in private subnets.",
+            },
+        )
+        logs_key = self._logs_key(config)
 
         self.outputs = NetworkStackOutputs(
             vpc=self.vpc,
@@ -160,7 +172,38 @@ class NetworkStack(Stack):
             app_subnets=app_subnets,
             data_subnets=ec2.SubnetSelection(subnet_group_name=DATA_SUBNETS),
             access_logs_bucket=access_logs,
+            logs_key=logs_key,
         )
+
+    def _access_logs_bucket(self, config: EnvironmentConfig) -> s3.IBucket:
+        # Also the target of the Data layer's S3 server access logs (they name this bucket in their logging).
+        return log_bucket(
+            self, "AccessLogsBucket", bucket_name=config.global_name("access-logs"), s3_access_prefix=S3_ACCESS_LOGS_PREFIX
+        )
+
+    def _logs_key(self, config: EnvironmentConfig) -> kms.Key:
+        key = kms.Key(
+            self,
+            "LogsKey",
+            alias=f"alias/{config.qualifier}-logs",
+            description=f"Encrypts {config.qualifier} CloudWatch Logs log groups",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchLogsOfThisAccount",
+                principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+                actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                resources=["*"],
+                conditions={
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn": f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:*"
+                    }
+                },
+            )
+        )
+        return key
 
     @property
     def availability_zones(self) -> list[str]:
@@ -191,7 +234,9 @@ class NetworkStack(Stack):
         alb.connections.allow_from(smoke_probe, ec2.Port.tcp(443), "HTTPS from the smoke-test probe")
         for name, port in SERVICE_PORTS.items():
             services.connections.allow_from(alb, ec2.Port.tcp(port), f"{name} from the ALB")
-        services.connections.allow_internally(ec2.Port.all_traffic(), "Service-to-service traffic")
+        services.connections.allow_internally(
+            ec2.Port.tcp(SERVICE_PORTS["LiteLLM"]), "Key Provisioner to LiteLLM (service to service)"
+        )
         services.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: AWS APIs, identity provider, LLM APIs")
 
         workspaces.connections.allow_from(alb, ec2.Port.tcp(WORKSPACE_AGENT_PORT), "Workspace apps from the ALB")

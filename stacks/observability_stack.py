@@ -90,6 +90,7 @@ class ObservabilityStack(Stack):
             security_group=network.security_groups.smoke_probe,
             load_balancer=platform.load_balancer,
             target_groups=[*platform.target_groups.values(), self.langfuse.web.target_group],
+            logs_key=network.logs_key,
         )
         self.outputs = ObservabilityStackOutputs(
             langfuse_target_group=self.langfuse.web.target_group, smoke=self.smoke_probe.outputs

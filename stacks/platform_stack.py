@@ -15,12 +15,14 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.bucket_access import READ, READ_WRITE, grant_objects
 from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
+from constructs_lib.compliance import acknowledge
 from constructs_lib.fargate_service import ServiceRuntime, task_role
 from constructs_lib.key_provisioner_service import KeyProvisionerService
 from constructs_lib.litellm_service import LiteLLMService
 from constructs_lib.secret_access import SecretAccess
-from stacks.data_stack import DataStackOutputs
+from stacks.data_stack import BUCKET_SUFFIXES, LOCK_TABLE_SUFFIX, DataStackOutputs
 from stacks.network_stack import NetworkStackOutputs
 
 ALB_IDLE_TIMEOUT = Duration.seconds(300)  # Coder's WebSockets (DERP keepalive 60 s) must outlive idle periods
@@ -104,6 +106,16 @@ class PlatformStack(Stack):
             deletion_protection=config.is_production,
         )
         load_balancer.log_access_logs(network.access_logs_bucket, prefix="alb")
+        reasons = {
+            "ALBWAFEnabled": "Internal load balancer, reachable only from inside the VPC. AWS managed WAF rules would "
+            "block legitimate traffic here (LLM request bodies above 8 KB, Coder's WebSockets); every service "
+            "authenticates its callers (Coder sessions, LiteLLM keys, Langfuse keys, ALB sign-in for admin).",
+        }
+        if not config.is_production:
+            reasons["ELBDeletionProtectionEnabled"] = (
+                "Staging is rebuilt at will; production's load balancer has deletion protection."
+            )
+        acknowledge(load_balancer, reasons)
         listener = load_balancer.add_listener(
             "Https",
             port=443,
@@ -134,12 +146,27 @@ class PlatformStack(Stack):
                 )
             ],
         )
+        acknowledge(
+            ecs_exec_policy,
+            {
+                "AwsSolutions-IAM5[Resource::*]": "The ssmmessages channel actions of ECS Exec support no resource-level "
+                "permissions; opening a session still needs ecs:ExecuteCommand on the task.",
+            },
+        )
         workspace_role, aem_workspace_role = self._workspace_roles(data)
         workspace_execution_role = task_role(
             self,
             "WorkspaceExecutionRole",
             f"{config.qualifier}: workspace tasks: pull images and write logs (no secrets)",
             [EXECUTION_POLICY],
+        )
+        acknowledge(
+            workspace_execution_role,
+            {
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonECSTaskExecutionRolePolicy]": "The AWS-maintained execution policy: pull images and write "
+                "container logs, nothing else; this role reads no secret.",
+            },
         )
         secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
         runtime = ServiceRuntime(
@@ -150,6 +177,7 @@ class PlatformStack(Stack):
             execution_role=execution_role,
             namespace=network.namespace,
             family_prefix=config.qualifier,
+            logs_key=network.logs_key,
         )
         coder = CoderService(
             self,
@@ -160,11 +188,12 @@ class PlatformStack(Stack):
             secrets=secrets,
             workspaces=CoderWorkspaceAccess(
                 cluster_arn=cluster.cluster_arn,
-                cluster_name=cluster.cluster_name,
+                cluster_name=config.qualifier,  # the name, so that policies read as what they allow
                 passable_roles=(workspace_role, aem_workspace_role, workspace_execution_role),
                 file_system=data.file_system,
-                terraform_state=data.buckets.terraform_state,
-                lock_table=data.lock_table,
+                terraform_state_bucket=config.global_name(BUCKET_SUFFIXES["terraform_state"]),
+                lock_table_name=f"{config.qualifier}-{LOCK_TABLE_SUFFIX}",
+                data_key=data.data_key,
                 listener=listener,
             ),
         )
@@ -213,6 +242,18 @@ class PlatformStack(Stack):
                 resources=[self._secret_arn_pattern()],
             )
         )
+        acknowledge(
+            role,
+            {
+                f"AwsSolutions-IAM5[Resource::{self._secret_arn_pattern()}]": "ECS injects the platform services' "
+                "secrets at task start; all of them, and only they, are under this environment's prefix.",
+                "AwsSolutions-IAM5[Resource::*]": "ecr:GetAuthorizationToken (the registry login) has no resource; "
+                "image pulls themselves are limited to the Key Provisioner's repository.",
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonECSTaskExecutionRolePolicy]": "The AWS-maintained execution policy: pull images and write "
+                "container logs, nothing else.",
+            },
+        )
         role.add_to_policy(
             iam.PolicyStatement(
                 sid="DecryptSecretsViaSecretsManager",
@@ -245,7 +286,26 @@ class PlatformStack(Stack):
             f"{self._config.qualifier}: AEM workspaces (CloudWatch Logs, read the artifacts bucket)",
         )
         aem.add_to_policy(write_logs)
-        data.buckets.artifacts.grant_read(aem)
+        grant_objects(
+            aem,
+            [self._config.global_name(BUCKET_SUFFIXES["artifacts"])],
+            READ,
+            data.data_key,
+            sid="ReadArtifacts",
+            reason="AEM workspaces install any of the build artifacts kept in the artifacts bucket; read only.",
+        )
+        workspace_logs = (
+            "Workspace tasks write to log groups that Coder's templates name per workspace, all under "
+            f"/{self._config.qualifier}/workspaces; nothing else."
+        )
+        for role in (workspace, aem):
+            acknowledge(
+                role,
+                {
+                    f"AwsSolutions-IAM5[Resource::{log_group_arn}]": workspace_logs,
+                    f"AwsSolutions-IAM5[Resource::{log_group_arn}:log-stream:*]": workspace_logs,
+                },
+            )
         return workspace, aem
 
     def _langfuse_task_role(self, data: DataStackOutputs, ecs_exec_policy: iam.IManagedPolicy) -> iam.Role:
@@ -255,20 +315,14 @@ class PlatformStack(Stack):
         )
         # The Observability layer uses this role as it is (immutable there): ECS Exec must be granted here.
         role.add_managed_policy(ecs_exec_policy)
-        buckets = (data.buckets.langfuse_events, data.buckets.langfuse_media)
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="LangfuseObjects",
-                actions=["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
-                resources=[bucket.arn_for_objects("*") for bucket in buckets],
-            )
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="LangfuseListBuckets",
-                actions=["s3:ListBucket"],
-                resources=[bucket.bucket_arn for bucket in buckets],
-            )
+        grant_objects(
+            role,
+            [self._config.global_name(BUCKET_SUFFIXES[name]) for name in ("langfuse_events", "langfuse_media")],
+            READ_WRITE,
+            data.data_key,
+            sid="Langfuse",
+            reason="Langfuse writes every ingested event and media file under its own keys in these two buckets, "
+            "reads them back and deletes them on retention or deletion requests.",
         )
         return role
 

@@ -6,6 +6,7 @@ from aws_cdk import Environment, Stage, Tags
 from constructs import Construct
 
 from config.model import EnvironmentConfig
+from constructs_lib.compliance import acknowledge
 from stacks.data_stack import DataStack
 from stacks.network_stack import NetworkStack
 from stacks.observability_stack import ObservabilityStack
@@ -65,5 +66,12 @@ class PlatformStage(Stage):
             description=f"{config.qualifier}: Langfuse web and worker, ClickHouse, smoke-test probe",
         )
         self.observability.add_stack_dependency(self.platform)
+        acknowledge(
+            self,
+            {
+                "IAMNoInlinePolicy": "Each role's permissions are a policy attached to that role alone (CDK's "
+                "DefaultPolicy), written for that role and removed with it; no policy is shared between roles.",
+            },
+        )
         for key, value in config.tags.items():
             Tags.of(self).add(key, value)

@@ -28,9 +28,9 @@ def tool_env() -> dict[str, str]:
 
 
 def cdk_synth(outdir: Path) -> None:
-    """Run the pinned CDK CLI exactly as `make synth` does (compliance findings reported, not blocking)."""
+    """Run the pinned CDK CLI exactly as `make synth` does (an open compliance finding fails it)."""
     result = subprocess.run(
-        ["cdk", "synth", "--quiet", "--ignore-errors", "--output", str(outdir)],
+        ["cdk", "synth", "--quiet", "--output", str(outdir)],
         cwd=ROOT,
         env=tool_env(),
         capture_output=True,

@@ -1,10 +1,14 @@
-"""Whole-app properties: offline synth, compliance packs reach every stack, no environment name in construct ids."""
+"""Whole-app properties: offline synth, compliance packs reach every stack and block, no environment name in ids."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from pipeline.synth_summary import COMPLIANCE_PACKS, read_findings
+from tests.assembly import ROOT
+from tests.conftest import tool_env
 
 
 def test_synth_needs_no_lookups(assembly):
@@ -17,11 +21,31 @@ def test_only_compliance_packs_report(assembly):
     assert plugins <= set(COMPLIANCE_PACKS), plugins
 
 
-def test_packs_reach_the_pipeline_and_both_stages(assembly):
-    findings = read_findings(assembly.directory)
+def test_an_unacknowledged_finding_fails_synth_and_every_pack_sees_every_stage(tmp_path):
+    """Blocking, and reach: a bucket planted in the pipeline stack and in a stack of each Stage makes the real CDK
+    CLI fail, naming the resource, with findings from all four packs for all three places."""
+    outdir = tmp_path / "cdk.out"
+    result = subprocess.run(
+        ["cdk", "synth", "--quiet", "--app", f"{sys.executable} tests/apps/planted_finding.py", "--output", str(outdir)],
+        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0, "synth passed with unacknowledged findings"
+    output = result.stdout + result.stderr
+    assert "CoderPipeline/Staging/Network/PlantedBucket/Resource" in output
+    planted = {f.construct_path for f in read_findings(outdir) if "PlantedBucket" in f.construct_path}
+    assert planted == {
+        "CoderPipeline/PlantedBucket/Resource",
+        "CoderPipeline/Staging/Network/PlantedBucket/Resource",
+        "CoderPipeline/Production/Data/PlantedBucket/Resource",
+    }
     for pack in COMPLIANCE_PACKS:
-        roots = {f.construct_path.split("/")[1] for f in findings if f.pack == pack}
-        assert roots == {"Pipeline", "Staging", "Production"}, (pack, roots)
+        assert {f.construct_path for f in read_findings(outdir) if f.pack == pack} == planted, pack
+    # The findings are the planted bucket's only: everything else of the app stays acknowledged.
+    assert all("PlantedBucket" in f.construct_path for f in read_findings(outdir))
+
+
+def test_the_shipped_app_has_no_open_finding(assembly):
+    assert read_findings(assembly.directory) == []
 
 
 def test_no_environment_name_in_construct_ids(assembly):

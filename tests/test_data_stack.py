@@ -142,10 +142,20 @@ def test_five_buckets_named_per_environment(data, env_config):
     assert all(len(name) <= 63 for name in buckets)
 
 
-def test_bucket_security(data):
+def test_bucket_security(data, assembly, stage):
+    """SSE-KMS with the data key (the seed had SSE-S3: Terraform state and Langfuse traces hold sensitive data),
+    S3 server access logs into the Network layer's log bucket under s3-access/<bucket>/."""
+    data_key = data.logical_id("/Data/DataKey/Resource")
     for bucket in data.props("AWS::S3::Bucket"):
         rule = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
-        assert rule == {"BucketKeyEnabled": True, "ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+        assert rule == {
+            "BucketKeyEnabled": True,
+            "ServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": [data_key, "Arn"]}},
+        }
+        logging = bucket["LoggingConfiguration"]
+        assert logging["LogFilePrefix"] == f"s3-access/{bucket['BucketName']}/"
+        target = logging["DestinationBucketName"]["Fn::GetStackOutput"]
+        assert target["StackName"] == f"{stage}-Network" and "AccessLogsBucket" in target["OutputName"]
         assert bucket["PublicAccessBlockConfiguration"] == {
             "BlockPublicAcls": True,
             "BlockPublicPolicy": True,
@@ -270,7 +280,7 @@ def test_app_databases_custom_resource(data):
 
 def test_app_databases_function_runs_in_the_vpc_with_its_own_group(data, assembly, stage):
     function = data.resources[data.logical_id("/Data/AppDatabases/Function/Resource")]["Properties"]
-    assert function["Runtime"] == "python3.13" and function["Handler"] == "index.handler"
+    assert function["Runtime"] == "python3.14" and function["Handler"] == "index.handler"
     vpc = function["VpcConfig"]
     assert "DbBootstrapSecurityGroup" in json.dumps(vpc["SecurityGroupIds"])
     assert len(vpc["SubnetIds"]) == 2 and all("PrivateAppSubnet" in json.dumps(s) for s in vpc["SubnetIds"])

@@ -154,7 +154,7 @@ def test_ingress_matrix(network, env_config):
         ("rds", "tcp", 5432, 5432, "langfuse"),
         ("redis", "tcp", 6379, 6379, "langfuse"),
         ("alb", "tcp", 443, 443, vpc),
-        ("services", "-1", None, None, "services"),
+        ("services", "tcp", 4000, 4000, "services"),  # Key Provisioner -> LiteLLM (seed: all traffic)
         ("services", "tcp", 4000, 4000, "workspaces"),  # the workspaces' LiteLLM egress, as ingress on services
         ("workspaces", "tcp", 13337, 13337, "alb"),
         ("rds", "tcp", 5432, 5432, "services"),
@@ -184,7 +184,7 @@ def test_egress_matrix(network, env_config):
         ("smoke_probe", "tcp", 443, 443, "alb"),  # and nothing else
         ("alb", "tcp", 443, 443, anywhere),  # authenticate-oidc to the identity provider
         ("alb", "tcp", 13337, 13337, "workspaces"),
-        ("services", "-1", None, None, "services"),
+        ("services", "tcp", 4000, 4000, "services"),
         ("services", "tcp", 443, 443, anywhere),
         ("services", "tcp", 5432, 5432, "rds"),
         ("services", "tcp", 6379, 6379, "redis"),

@@ -97,11 +97,17 @@ def test_production_waits_for_manual_approval(stages):
 
 
 def test_artifacts_encrypted_with_a_rotated_cross_account_key(pipeline):
-    (key,) = pipeline.props("AWS::KMS::Key")
-    assert key["EnableKeyRotation"] is True
-    (bucket,) = pipeline.props("AWS::S3::Bucket")
+    keys = pipeline.props("AWS::KMS::Key")
+    assert len(keys) == 2 and all(k["EnableKeyRotation"] is True for k in keys)  # artifacts, notifications
+    bucket = pipeline.resources[pipeline.logical_id("/Pipeline/Pipeline/ArtifactsBucket/Resource")]["Properties"]
     rule = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert rule["SSEAlgorithm"] == "aws:kms"
+    assert rule["KMSMasterKeyID"] == {
+        "Fn::GetAtt": [pipeline.logical_id("/Pipeline/Pipeline/ArtifactsBucketEncryptionKey/Resource"), "Arn"]}
+    # Server access logs go to the pipeline's own log bucket.
+    assert bucket["LoggingConfiguration"]["LogFilePrefix"] == "artifacts/"
+    assert bucket["LoggingConfiguration"]["DestinationBucketName"] == {
+        "Ref": pipeline.logical_id("/AccessLogsBucket/Bucket/Resource")}
     pipeline_props = pipeline.one("AWS::CodePipeline::Pipeline")
     assert pipeline_props["ArtifactStore"]["EncryptionKey"]["Type"] == "KMS"
 
@@ -115,3 +121,78 @@ def test_stages_target_the_configured_accounts(assembly, app_config):
                 a["environment"] for a in manifest["artifacts"].values() if a["type"] == "aws:cloudformation:stack"
             }
             assert environments == {f"aws://{env.account}/{env.region}"}
+
+
+# --- compliance gate and notifications ---------------------------------------------------------------------------
+
+
+def _project_spec(pipeline, action):
+    project = pipeline.resources[action["Configuration"]["ProjectName"]["Ref"]]["Properties"]
+    return project, json.loads(project["Source"]["BuildSpec"])
+
+
+@pytest.mark.parametrize("stage_name", ["Staging", "Production"])
+def test_compliance_step_runs_before_the_stage_deploys(pipeline, stages, stage_name):
+    actions = stages[stage_name]
+    (step,) = [a for a in actions if a["Name"] == f"Compliance{stage_name}"]
+    deploys = [a for a in actions if a["ActionTypeId"]["Category"] == "Deploy"]
+    assert step["RunOrder"] < min(a["RunOrder"] for a in deploys)
+    # It reads the synth output (cdk.out) next to the repository's code.
+    assert len(step["InputArtifacts"]) == 2
+    project, spec = _project_spec(pipeline, step)
+    assert project["Name"] == f"coder-compliance-{stage_name.lower()}"
+    assert spec["phases"]["build"]["commands"] == [
+        f"python -m pipeline.compliance --assembly cdk.out --stage {stage_name} --junit reports/compliance.xml"
+        " --markdown reports/compliance.md --json reports/compliance.json"
+    ]
+    assert spec["reports"]["compliance"] == {"base-directory": "reports", "files": ["compliance.xml"], "file-format": "JUNITXML"}
+    assert spec["artifacts"]["base-directory"] == "reports"  # the Markdown report is the step's artifact
+
+
+def test_approval_notifies_and_links_to_productions_report(pipeline, stages, app_config):
+    production = stages["Production"]
+    (approval,) = [a for a in production if a["ActionTypeId"]["Category"] == "Approval"]
+    (compliance,) = [a for a in production if a["Name"] == "ComplianceProduction"]
+    assert compliance["RunOrder"] < approval["RunOrder"]  # the report exists when the reviewer opens it
+    config = approval["Configuration"]
+    assert config["NotificationArn"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}
+    region, account = app_config.pipeline.region, app_config.pipeline.account
+    assert config["ExternalEntityLink"] == (
+        f"https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/testReports/reportGroups/"
+        f"coder-compliance-production-compliance?region={region}"
+    )
+
+
+def test_notifications_topic_is_encrypted_and_https_only(pipeline, app_config):
+    topic = pipeline.resources[pipeline.logical_id("/Notifications/Resource")]["Properties"]
+    assert topic["TopicName"] == "coder-pipeline-notifications"
+    assert topic["KmsMasterKeyId"] == {"Fn::GetAtt": [pipeline.logical_id("/NotificationsKey/Resource"), "Arn"]}
+    (policy,) = pipeline.props("AWS::SNS::TopicPolicy")
+    statements = policy["PolicyDocument"]["Statement"]
+    assert {"Bool": {"aws:SecureTransport": "false"}} in [s.get("Condition") for s in statements if s["Effect"] == "Deny"]
+    subscriptions = pipeline.props("AWS::SNS::Subscription")
+    email = app_config.pipeline.notification_email
+    assert [s["Endpoint"] for s in subscriptions] == ([email] if email else [])
+
+
+def test_pipeline_failures_notify_the_topic(pipeline):
+    (rule,) = pipeline.props("AWS::CodeStarNotifications::NotificationRule")
+    assert rule["EventTypeIds"] == ["codepipeline-pipeline-pipeline-execution-failed"]
+    assert rule["Targets"] == [{"TargetAddress": {"Ref": pipeline.logical_id("/Notifications/Resource")}, "TargetType": "SNS"}]
+    assert rule["Resource"]["Fn::Join"][1][1] == {"Ref": pipeline.logical_id("/Pipeline/Pipeline/Resource")}
+
+
+def test_configured_email_subscribes_to_the_topic(app_config, tmp_path):
+    from dataclasses import replace
+
+    from aws_cdk import App
+
+    from pipeline.pipeline_stack import PipelineStack
+    from tests.assembly import ROOT
+
+    config = replace(app_config, pipeline=replace(app_config.pipeline, notification_email="platform-oncall@example.com"))
+    app = App(outdir=str(tmp_path), context=json.loads((ROOT / "cdk.json").read_text())["context"])
+    stack = PipelineStack(app, "CoderPipeline", config=config, cli_version=pinned_cli_version())
+    template = app.synth().get_stack_by_name(stack.stack_name).template
+    (subscription,) = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::SNS::Subscription"]
+    assert (subscription["Protocol"], subscription["Endpoint"]) == ("email", "platform-oncall@example.com")

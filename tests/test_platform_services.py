@@ -9,6 +9,7 @@ import re
 import pytest
 
 from constructs_lib.litellm_config import load_litellm_config
+from tests.assembly import ROOT
 
 SECRET_LIKE_VALUE = re.compile(r"(sk-|pk-lf-|sk-lf-)[A-Za-z0-9]{16,}|-----BEGIN|AKIA[0-9A-Z]{16}")
 SECRET_LIKE_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL")
@@ -305,8 +306,7 @@ def test_coder_task_role(platform, env_config):
 
     assert sids["TaskDefinitions"]["Action"] == [
         "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"]
-    assert sids["WorkspaceServices"]["Resource"] == {
-        "Fn::Join": ["", [f"arn:aws:ecs:{region}:{account}:service/", {"Ref": cluster}, "/*"]]}
+    assert sids["WorkspaceServices"]["Resource"] == f"arn:aws:ecs:{region}:{account}:service/coder-{env}/*"
     assert sids["WorkspaceTasks"]["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [cluster, "Arn"]}}}
     assert sids["TagOnCreate"]["Condition"] == {
         "StringEquals": {"ecs:CreateAction": ["CreateService", "RegisterTaskDefinition", "RunTask"]}}
@@ -325,10 +325,14 @@ def test_coder_task_role(platform, env_config):
     assert sids["WorkspaceAccessPointLifecycle"]["Condition"] == {
         "StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}}
     # Terraform state and locks: this environment's bucket and table only.
-    state = [s for s in statements if "TerraformStateBucket" in json.dumps(s.get("Resource"))]
-    assert state and all("s3:PutObject" in s["Action"] or "s3:GetObject*" in s["Action"] for s in state)
-    locks = [s for s in statements if "TerraformLockTable" in json.dumps(s.get("Resource"))]
-    assert locks and "dynamodb:PutItem" in locks[0]["Action"]
+    state_bucket = f"arn:aws:s3:::coder-{env}-terraform-state-{account}-{region}"
+    assert sids["TerraformStateObjects"]["Action"] == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    assert sids["TerraformStateObjects"]["Resource"] == f"{state_bucket}/*"
+    assert sids["TerraformStateList"]["Resource"] == state_bucket
+    assert sids["TerraformStateKey"]["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert sids["TerraformLocks"]["Resource"] == f"arn:aws:dynamodb:{region}:{account}:table/coder-{env}-terraform-locks"
+    assert sids["TerraformLocks"]["Action"] == [
+        "dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem"]
     if env_config.features.enable_workspace_direct_access:
         assert sids["DirectAccessTargetGroups"]["Resource"] == f"arn:aws:elasticloadbalancing:{region}:{account}:targetgroup/ws-*/*"
         assert sids["DirectAccessRuleLifecycle"]["Condition"] == {
@@ -374,14 +378,17 @@ def test_key_provisioner_task_role_reads_its_two_secrets(platform):
         "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"]]  # ECS Exec
 
 
-def test_langfuse_task_role_uses_only_its_two_buckets(platform):
+def test_langfuse_task_role_uses_only_its_two_buckets(platform, env_config):
     sids = _by_sid(_statements(platform, "LangfuseTaskRole"))
-    assert set(sids) == {"LangfuseObjects", "LangfuseListBuckets"}
+    assert set(sids) == {"LangfuseObjects", "LangfuseList", "LangfuseKey"}
+    buckets = [f"arn:aws:s3:::coder-{env_config.name.value}-{name}-{env_config.account}-{env_config.region}"
+               for name in ("langfuse-events", "langfuse-media")]
     assert sids["LangfuseObjects"]["Action"] == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
-    assert sids["LangfuseListBuckets"]["Action"] == "s3:ListBucket"
-    resources = json.dumps([sids["LangfuseObjects"]["Resource"], sids["LangfuseListBuckets"]["Resource"]])
-    assert resources.count("LangfuseEventsBucket") == 2 and resources.count("LangfuseMediaBucket") == 2
-    assert "Artifacts" not in resources and "TerraformState" not in resources
+    assert sids["LangfuseObjects"]["Resource"] == [f"{b}/*" for b in buckets]
+    assert (sids["LangfuseList"]["Action"], sids["LangfuseList"]["Resource"]) == ("s3:ListBucket", buckets)
+    key = sids["LangfuseKey"]
+    assert key["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"] and "DataKey" in json.dumps(key["Resource"])
+    assert key["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{env_config.region}.amazonaws.com"}}
 
 
 def test_a_pinned_client_secret_version_reaches_the_admin_rule(app_config, tmp_path):
@@ -396,7 +403,8 @@ def test_a_pinned_client_secret_version_reaches_the_admin_rule(app_config, tmp_p
     version = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
     staging = app_config.staging
     config = replace(staging, oidc=replace(staging.oidc, client_secret_version=version))
-    app = App(outdir=str(tmp_path))
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]  # the feature flags of the real synth
+    app = App(outdir=str(tmp_path), context=context)
     stage = PlatformStage(app, "Staging", config=config, pipeline_account="111111111111", pipeline_stack_name="CoderPipeline")
     template = stage.synth().get_stack_by_name(stage.platform.stack_name).template
     (rule,) = [r["Properties"] for r in template["Resources"].values()

@@ -65,8 +65,13 @@ def test_access_logs_bucket_accepts_alb_delivery(assembly, stage, env_config):
     assert buckets == {f"coder-{env_config.name.value}-access-logs-{env_config.account}-{env_config.region}"}
     (policy,) = network.props("AWS::S3::BucketPolicy")
     writers = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow" and "s3:PutObject" in s["Action"]]
-    assert writers, "no statement lets the load balancer write its logs"
-    assert all("/alb/AWSLogs/" in json.dumps(s["Resource"]) for s in writers)
+    # Each log writer may put objects under its own prefix only: ALB, S3 server access logs, VPC flow logs.
+    account = env_config.account
+    prefixes = {s["Resource"]["Fn::Join"][1][1] for s in writers}
+    assert prefixes == {f"/alb/AWSLogs/{account}/*", "/s3-access/*", f"/vpc-flow-logs/AWSLogs/{account}/*"}
+    (s3_logging,) = [s for s in writers if s.get("Sid") == "S3ServerAccessLogs"]
+    assert s3_logging["Principal"] == {"Service": "logging.s3.amazonaws.com"}
+    assert s3_logging["Condition"] == {"StringEquals": {"aws:SourceAccount": account}}
 
 
 def test_execution_role_reads_only_this_environments_secrets(platform, env_config):
@@ -121,10 +126,15 @@ def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_con
     (workspace,) = statements("WorkspaceTaskRole")
     assert workspace["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
     assert workspace["Resource"] == [log_group, f"{log_group}:log-stream:*"]
-    aem = statements("AemWorkspaceTaskRole")
-    assert aem[0] == workspace
-    assert aem[1]["Action"] == ["s3:GetBucket*", "s3:GetObject*", "s3:List*"]
-    assert "ArtifactsBucket" in json.dumps(aem[1]["Resource"])
+    aem = {s.get("Sid"): s for s in statements("AemWorkspaceTaskRole")}
+    assert aem["WriteWorkspaceLogs"] == workspace
+    bucket = f"arn:aws:s3:::coder-{env_config.name.value}-artifacts-{env_config.account}-{env_config.region}"
+    assert (aem["ReadArtifactsObjects"]["Action"], aem["ReadArtifactsObjects"]["Resource"]) == ("s3:GetObject", f"{bucket}/*")
+    assert (aem["ReadArtifactsList"]["Action"], aem["ReadArtifactsList"]["Resource"]) == ("s3:ListBucket", bucket)
+    key = aem["ReadArtifactsKey"]
+    assert key["Action"] == "kms:Decrypt" and "DataKey" in json.dumps(key["Resource"])
+    assert key["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{env_config.region}.amazonaws.com"}}
+    assert set(aem) == {"WriteWorkspaceLogs", "ReadArtifactsObjects", "ReadArtifactsList", "ReadArtifactsKey"}
 
 
 def test_ecs_exec_policy(platform):

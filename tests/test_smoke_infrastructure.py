@@ -29,7 +29,7 @@ def _stage_actions(pipeline, stage: str) -> list[dict]:
 def test_probe_function_runs_the_smoke_module_in_the_app_subnets(observability, env_config):
     function = observability.resources[observability.logical_id("/Observability/SmokeProbe/Function/Resource")]
     props = function["Properties"]
-    assert (props["Runtime"], props["Handler"], props["Timeout"]) == ("python3.13", "smoke.lambda_handler", 300)
+    assert (props["Runtime"], props["Handler"], props["Timeout"]) == ("python3.14", "smoke.lambda_handler", 300)
     vpc = props["VpcConfig"]
     assert "SmokeProbeSecurityGroup" in json.dumps(vpc["SecurityGroupIds"])
     assert len(vpc["SubnetIds"]) == 2 and all("PrivateAppSubnet" in json.dumps(s) for s in vpc["SubnetIds"])
@@ -107,13 +107,14 @@ def test_post_step_runs_after_the_four_stacks(pipeline, stage_name):
 
 
 def test_staging_smoke_tests_stop_promotion(pipeline):
-    """Production's first action is the approval; it comes after the whole Staging stage, smoke tests included."""
+    """The approval comes after the whole Staging stage (smoke tests included) and before any production deploy."""
     (props,) = pipeline.props("AWS::CodePipeline::Pipeline")
     names = [s["Name"] for s in props["Stages"]]
     assert names.index("Staging") < names.index("Production")
     production = _stage_actions(pipeline, "Production")
     (approval,) = [a for a in production if a["ActionTypeId"]["Category"] == "Approval"]
-    assert approval["RunOrder"] == min(a["RunOrder"] for a in production)
+    deploys = [a for a in production if a["ActionTypeId"]["Category"] == "Deploy"]
+    assert approval["RunOrder"] < min(a["RunOrder"] for a in deploys)
 
 
 @pytest.mark.parametrize(("stage_name", "config_name"), [("Staging", "staging"), ("Production", "production")])

@@ -24,7 +24,7 @@ def write_assembly(root, violations):
     (stage / "Net.template.json").write_text(json.dumps({"Resources": {
         "A": {"Type": "AWS::EC2::VPC"}, "B": {"Type": "AWS::EC2::Subnet"}, "C": {"Type": "AWS::EC2::Subnet"}}}))
     (stage / "Net.metadata.json").write_text(json.dumps({"/App/Staging/Network/Vpc": [
-        {"type": "aws:cdk:acknowledged-rules", "data": [{"id": "AwsSolutions::AwsSolutions-VPC7", "reason": "r"}]}]}))
+        {"type": "aws:cdk:acknowledged-rules", "data": {"Annotation::AwsSolutions-VPC7": "flow logs go to S3"}}]}))
     (root / "validation-report.json").write_text(json.dumps({"pluginReports": [
         {"pluginName": plugin, "violations": [{"ruleName": rule, "violatingConstructs": [{"constructPath": path}]}]}
         for plugin, rule, path in violations
