@@ -145,3 +145,12 @@ def test_pack_and_path_helpers():
     assert compliance.pack_of("AwsSolutions-IAM5[Resource::*]") == "AwsSolutions"
     assert compliance.split_path("CoderPipeline/Staging/Network/Vpc/Resource", {"Staging"}) == ("Staging", "Network", "Vpc/Resource")
     assert compliance.split_path("/CoderPipeline/Pipeline/Role", {"Staging"}) == ("Pipeline", "CoderPipeline", "Pipeline/Role")
+
+
+def test_pipeline_step_modules_need_nothing_but_the_standard_library():
+    """The compliance and smoke steps run in CodeBuild before anything is installed (smoke installs boto3 only
+    for its AWS modes): both modules must import on a bare interpreter, without the venv's packages."""
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import pipeline.compliance, pipeline.smoke; print('ok')"
+    result = subprocess.run([str(bare), "-I", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
