@@ -17,6 +17,7 @@ STATEFUL_TYPES = (
     "AWS::DynamoDB::Table",
     "AWS::KMS::Key",
     "AWS::SecretsManager::Secret",
+    "AWS::Backup::BackupVault",  # holds the recovery points
 )
 SEED_SECRETS = (
     "coder/database",
