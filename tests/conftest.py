@@ -15,7 +15,8 @@ from moto import mock_aws
 
 from config.loader import load_config
 from tests.assembly import ROOT, Assembly
-from tests.cfn_server import ResponseRecorder, self_signed_certificate
+from tests.certificates import LocalCA
+from tests.cfn_server import ResponseRecorder
 from tests.postgres_server import PostgresServer
 
 STAGES = ("Staging", "Production")
@@ -66,13 +67,14 @@ def env_config(app_config, stage):
 @pytest.fixture
 def response_url(tmp_path, monkeypatch):
     ResponseRecorder.received = []
-    cert_file, key_file = self_signed_certificate(tmp_path)
+    ca = LocalCA(tmp_path / "ca")
+    cert_file, key_file = ca.issue("127.0.0.1")
     server = HTTPServer(("127.0.0.1", 0), ResponseRecorder)
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(cert_file, key_file)
     server.socket = tls.wrap_socket(server.socket, server_side=True)
-    # The handler verifies the server certificate against the default trust store: make it trust this one only.
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    # The handler verifies the server certificate against the default trust store: make it trust this CA only.
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"https://127.0.0.1:{server.server_port}/response?signed=1"

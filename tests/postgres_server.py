@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pg8000.native import Connection
 
-from tests.cfn_server import self_signed_certificate
+from tests.certificates import LocalCA
 
 ADMIN = "rds_admin"  # the stand-in for RDS's master user
 SUPERUSER = "test_superuser"  # only the tests' own assertions use it
@@ -66,7 +66,7 @@ class PostgresServer:
         directory = Path(tempfile.mkdtemp(prefix="pg-test-"))
         data, cert_dir = directory / "data", directory / "tls"
         cert_dir.mkdir()
-        cert_file, key_file = self_signed_certificate(cert_dir)
+        cert_file, key_file = LocalCA(cert_dir).issue("127.0.0.1")
         superuser_password, admin_password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         (directory / "pwfile").write_text(superuser_password + "\n")
         if run_as:

@@ -13,7 +13,8 @@ import pytest
 
 from pipeline import smoke
 from tests.assembly import ROOT
-from tests.tls_servers import FakeAlb, LocalCA, SilentServer, closed_port, fixed, healthy_after
+from tests.certificates import LocalCA
+from tests.tls_servers import FakeAlb, SilentServer, closed_port, fixed, healthy_after
 
 DOMAIN = "coder.example.test"
 CHECKS = [
