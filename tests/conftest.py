@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
+import sys
 import threading
+from dataclasses import dataclass
 from http.server import HTTPServer
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from config.loader import load_config
+from config.loader import DEFAULT_CONFIG_PATH, load_config
 from tests.assembly import ROOT, Assembly
 from tests.certificates import LocalCA
 from tests.cfn_server import ResponseRecorder
@@ -47,6 +49,37 @@ def assembly(tmp_path_factory) -> Assembly:
     outdir = tmp_path_factory.mktemp("cdk") / "cdk.out"
     cdk_synth(outdir)
     return Assembly.load(outdir)
+
+
+VARIANT_EMAIL = "platform-oncall@example.com"
+VARIANT_SECRET_VERSION = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
+
+
+@dataclass
+class VariantSynth:
+    result: subprocess.CompletedProcess
+    assembly: Assembly
+
+
+@pytest.fixture(scope="session")
+def variant(tmp_path_factory) -> VariantSynth:
+    """The session's only other synth: the real CLI on tests/apps/planted_finding.py (the app plus unacknowledged
+    buckets, which must fail synth) with a config variant (a notification e-mail, a pinned OIDC secret version in
+    staging). The app writes its whole assembly before the CLI refuses it, so the variant's templates are readable."""
+    directory = tmp_path_factory.mktemp("variant")
+    base = DEFAULT_CONFIG_PATH.read_text()
+    text = base.replace('notification_email = ""', f'notification_email = "{VARIANT_EMAIL}"', 1).replace(
+        'client_secret_version = ""', f'client_secret_version = "{VARIANT_SECRET_VERSION}"', 1
+    )
+    assert text.count(VARIANT_EMAIL) == 1 and text.count(VARIANT_SECRET_VERSION) == 1
+    (directory / "variant.toml").write_text(text)
+    outdir = directory / "cdk.out"
+    result = subprocess.run(
+        ["cdk", "synth", "--quiet", "--app", f"{sys.executable} tests/apps/planted_finding.py",
+         "-c", f"config={directory / 'variant.toml'}", "--output", str(outdir)],
+        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
+    )
+    return VariantSynth(result, Assembly.load(outdir))
 
 
 @pytest.fixture(scope="session")

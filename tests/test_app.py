@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from pipeline.synth_summary import COMPLIANCE_PACKS, read_findings
-from tests.assembly import ROOT
-from tests.conftest import tool_env
 
 
 def test_synth_needs_no_lookups(assembly):
@@ -21,27 +17,22 @@ def test_only_compliance_packs_report(assembly):
     assert plugins <= set(COMPLIANCE_PACKS), plugins
 
 
-def test_an_unacknowledged_finding_fails_synth_and_every_pack_sees_every_stage(tmp_path):
+def test_an_unacknowledged_finding_fails_synth_and_every_pack_sees_every_stage(variant):
     """Blocking, and reach: a bucket planted in the pipeline stack and in a stack of each Stage makes the real CDK
     CLI fail, naming the resource, with findings from all four packs for all three places."""
-    outdir = tmp_path / "cdk.out"
-    result = subprocess.run(
-        ["cdk", "synth", "--quiet", "--app", f"{sys.executable} tests/apps/planted_finding.py", "--output", str(outdir)],
-        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode != 0, "synth passed with unacknowledged findings"
-    output = result.stdout + result.stderr
-    assert "CoderPipeline/Staging/Network/PlantedBucket/Resource" in output
-    planted = {f.construct_path for f in read_findings(outdir) if "PlantedBucket" in f.construct_path}
+    assert variant.result.returncode != 0, "synth passed with unacknowledged findings"
+    assert "CoderPipeline/Staging/Network/PlantedBucket/Resource" in variant.result.stdout + variant.result.stderr
+    findings = read_findings(variant.assembly.directory)
+    planted = {f.construct_path for f in findings if "PlantedBucket" in f.construct_path}
     assert planted == {
         "CoderPipeline/PlantedBucket/Resource",
         "CoderPipeline/Staging/Network/PlantedBucket/Resource",
         "CoderPipeline/Production/Data/PlantedBucket/Resource",
     }
     for pack in COMPLIANCE_PACKS:
-        assert {f.construct_path for f in read_findings(outdir) if f.pack == pack} == planted, pack
-    # The findings are the planted bucket's only: everything else of the app stays acknowledged.
-    assert all("PlantedBucket" in f.construct_path for f in read_findings(outdir))
+        assert {f.construct_path for f in findings if f.pack == pack} == planted, pack
+    # The findings are the planted buckets' only: everything else of the app stays acknowledged.
+    assert all("PlantedBucket" in f.construct_path for f in findings)
 
 
 def test_the_shipped_app_has_no_open_finding(assembly):

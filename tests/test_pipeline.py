@@ -7,6 +7,7 @@ import json
 import pytest
 
 from app import pinned_cli_version
+from tests.conftest import VARIANT_EMAIL
 
 
 @pytest.fixture(scope="module")
@@ -182,17 +183,8 @@ def test_pipeline_failures_notify_the_topic(pipeline):
     assert rule["Resource"]["Fn::Join"][1][1] == {"Ref": pipeline.logical_id("/Pipeline/Pipeline/Resource")}
 
 
-def test_configured_email_subscribes_to_the_topic(app_config, tmp_path):
-    from dataclasses import replace
-
-    from aws_cdk import App
-
-    from pipeline.pipeline_stack import PipelineStack
-    from tests.assembly import ROOT
-
-    config = replace(app_config, pipeline=replace(app_config.pipeline, notification_email="platform-oncall@example.com"))
-    app = App(outdir=str(tmp_path), context=json.loads((ROOT / "cdk.json").read_text())["context"])
-    stack = PipelineStack(app, "CoderPipeline", config=config, cli_version=pinned_cli_version())
-    template = app.synth().get_stack_by_name(stack.stack_name).template
-    (subscription,) = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::SNS::Subscription"]
-    assert (subscription["Protocol"], subscription["Endpoint"]) == ("email", "platform-oncall@example.com")
+def test_configured_email_subscribes_to_the_topic(variant):
+    pipeline = variant.assembly.templates["CoderPipeline"]
+    (subscription,) = pipeline.props("AWS::SNS::Subscription")
+    assert (subscription["Protocol"], subscription["Endpoint"]) == ("email", VARIANT_EMAIL)
+    assert subscription["TopicArn"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from constructs_lib.litellm_config import load_litellm_config
-from tests.assembly import ROOT
+from tests.conftest import VARIANT_SECRET_VERSION
 
 SECRET_LIKE_VALUE = re.compile(r"(sk-|pk-lf-|sk-lf-)[A-Za-z0-9]{16,}|-----BEGIN|AKIA[0-9A-Z]{16}")
 SECRET_LIKE_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL")
@@ -391,23 +391,11 @@ def test_langfuse_task_role_uses_only_its_two_buckets(platform, env_config):
     assert key["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{env_config.region}.amazonaws.com"}}
 
 
-def test_a_pinned_client_secret_version_reaches_the_admin_rule(app_config, tmp_path):
+def test_a_pinned_client_secret_version_reaches_the_admin_rule(variant):
     """After rotating the Azure AD client secret, pinning its VersionId in the config changes the rule, so the
-    ALB picks the new secret up on the next deploy."""
-    from dataclasses import replace
-
-    from aws_cdk import App
-
-    from stages.platform_stage import PlatformStage
-
-    version = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
-    staging = app_config.staging
-    config = replace(staging, oidc=replace(staging.oidc, client_secret_version=version))
-    context = json.loads((ROOT / "cdk.json").read_text())["context"]  # the feature flags of the real synth
-    app = App(outdir=str(tmp_path), context=context)
-    stage = PlatformStage(app, "Staging", config=config, pipeline_account="111111111111", pipeline_stack_name="CoderPipeline")
-    template = stage.synth().get_stack_by_name(stage.platform.stack_name).template
-    (rule,) = [r["Properties"] for r in template["Resources"].values()
-               if r["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule" and r["Properties"]["Priority"] == 200]
-    secret = rule["Actions"][0]["AuthenticateOidcConfig"]["ClientSecret"]["Fn::Join"][1]
-    assert secret[-1] == f":SecretString:client_secret::{version}}}}}"
+    ALB picks the new secret up on the next deploy (the variant config pins it in staging only)."""
+    for stage, pinned in (("Staging", True), ("Production", False)):
+        platform = variant.assembly.stack(stage, "Platform")
+        (rule,) = [p for p in platform.props("AWS::ElasticLoadBalancingV2::ListenerRule") if p["Priority"] == 200]
+        suffix = rule["Actions"][0]["AuthenticateOidcConfig"]["ClientSecret"]["Fn::Join"][1][-1]
+        assert suffix == f":SecretString:client_secret::{VARIANT_SECRET_VERSION if pinned else ''}}}}}"
