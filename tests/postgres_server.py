@@ -56,7 +56,8 @@ class PostgresServer:
     port: int
     admin_password: str
     superuser_password: str
-    _run_as: str | None
+    bindir: Path
+    run_as: str | None  # the system user the server runs as (initdb refuses root)
 
     @classmethod
     def start(cls) -> PostgresServer:
@@ -74,7 +75,7 @@ class PostgresServer:
             for path in (directory, cert_dir, cert_file, key_file, directory / "pwfile"):
                 os.chown(path, user.pw_uid, user.pw_gid)
         key_file.chmod(0o600)
-        server = cls(directory, _free_port(), admin_password, superuser_password, run_as)
+        server = cls(directory, _free_port(), admin_password, superuser_password, bindir, run_as)
         server._run(
             bindir / "initdb", "-D", data, "-U", SUPERUSER, "--pwfile", directory / "pwfile",
             "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-instructions",
@@ -89,12 +90,11 @@ class PostgresServer:
         server._run(bindir / "pg_ctl", "-D", data, "-o", options, "-l", directory / "server.log", "-w", "start")
         with server.connect(SUPERUSER, server.superuser_password) as su:
             su.run(f"CREATE ROLE {ADMIN} WITH LOGIN CREATEDB CREATEROLE PASSWORD '{admin_password}'")
-        server._bindir = bindir
         return server
 
     def _run(self, *command) -> None:
         result = subprocess.run(
-            [str(part) for part in command], capture_output=True, text=True, user=self._run_as, timeout=120, check=False
+            [str(part) for part in command], capture_output=True, text=True, user=self.run_as, timeout=120, check=False
         )
         if result.returncode != 0:
             log = self.directory / "server.log"
@@ -117,6 +117,6 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run(self._bindir / "pg_ctl", "-D", self.directory / "data", "-m", "immediate", "-w", "stop")
+            self._run(self.bindir / "pg_ctl", "-D", self.directory / "data", "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)

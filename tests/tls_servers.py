@@ -99,7 +99,8 @@ def healthy_after(seconds: float, path: str) -> Responder:
     first: list[float] = []
 
     def respond(request_path: str) -> tuple[int, dict[str, str]]:
-        first.append(time.monotonic()) if not first else None
+        if not first:
+            first.append(time.monotonic())
         if request_path != path:
             return 404, {}
         return (200, {}) if time.monotonic() - first[0] >= seconds else (503, {})
