@@ -129,9 +129,7 @@ def _reason(error: BaseException) -> str:
         return f"DNS lookup failed: {error.strerror}"
     if isinstance(error, ConnectionResetError):
         return "connection reset"
-    if isinstance(error, (http.client.HTTPException, OSError)):
-        return f"{type(error).__name__}: {error}"
-    return f"{type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {error}"  # e.g. http.client's BadStatusLine from a server that is not HTTP
 
 
 def attempt(check: Check, address: tuple[str, int], context: ssl.SSLContext, timeout: float) -> tuple[bool, int | None, str]:
