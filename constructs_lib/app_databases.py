@@ -10,19 +10,11 @@ from aws_cdk import CustomResource, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from constructs_lib.python_lambda import (
-    LAMBDAS_DIR,
-    RUNTIME,
-    SHARED_DIR,
-    acknowledge_function,
-    encrypted_log_group,
-    python_code,
-)
+from constructs_lib.python_lambda import LAMBDAS_DIR, SHARED_DIR, FunctionNetwork, python_code, python_function
 
 
 def handler_version() -> str:
@@ -63,27 +55,22 @@ class AppDatabases(Construct):
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
         app_secret_arns = {app: secret.secret_arn for app, secret in sorted(app_secrets.items())}
-        log_group = encrypted_log_group(self, "Logs", logs_key)
-        self.function = lambda_.Function(
+        self.function = python_function(
             self,
             "Function",
-            runtime=RUNTIME,
-            handler="index.handler",
             code=python_code("db_bootstrap"),
+            handler="index.handler",
             timeout=Duration.minutes(5),
-            memory_size=256,
-            vpc=vpc,
-            vpc_subnets=subnets,
-            security_groups=[security_group],
-            allow_public_subnet=False,
-            log_group=log_group,
+            description="Creates or repairs one PostgreSQL database and login per app; writes each app's connection URL",
+            logs_key=logs_key,
+            log_group_id="Logs",
+            invoked_by="CloudFormation (custom resource) or an operator",
+            network=FunctionNetwork(vpc, subnets, security_group),
             environment={
                 "MASTER_SECRET_ARN": master_secret.secret_arn,
                 "APP_SECRET_ARNS": stack.to_json_string(app_secret_arns),
             },
-            description="Creates or repairs one PostgreSQL database and login per app; writes each app's connection URL",
         )
-        acknowledge_function(self.function, invoked_by="CloudFormation (custom resource) or an operator", in_vpc=True)
         master_secret.grant_read(self.function)
         for secret in app_secrets.values():
             secret.grant_read(self.function)

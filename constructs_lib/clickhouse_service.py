@@ -66,7 +66,6 @@ class ClickHouseService(Construct):
                 port=CLICKHOUSE_HTTP_PORT,
                 extra_ports=(CLICKHOUSE_NATIVE_PORT,),
                 desired_count=1,
-                health_check_path="/ping",
                 environment={
                     "CLICKHOUSE_DB": CLICKHOUSE_DATABASE,
                     "CLICKHOUSE_USER": CLICKHOUSE_USER,

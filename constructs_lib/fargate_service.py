@@ -114,7 +114,6 @@ class ServiceSpec:
     memory_mib: int
     port: int  # the port the target group (if any) forwards to; its name is the service name
     desired_count: int
-    health_check_path: str  # HTTP path the target group (or, without ALB, nothing) probes
     environment: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, ecs.Secret] = field(default_factory=dict)
     command: Sequence[str] | None = None
@@ -124,6 +123,7 @@ class ServiceSpec:
     max_healthy_percent: int = 200
     health_check_grace: Duration = Duration.seconds(120)
     container_health_check: ecs.HealthCheck | None = None
+    health_check_path: str | None = None  # what the target group probes; required with a listener
     efs_mounts: tuple[EfsMount, ...] = ()
     extra_ports: tuple[int, ...] = ()  # more container ports (ClickHouse's native protocol next to HTTP)
     ulimit_nofile: int | None = None
@@ -340,7 +340,9 @@ def _validate(spec: ServiceSpec, listener: Listener | None) -> None:
         problems.append("Fargate Spot is only for stateless services running at least 2 tasks")
     if listener is not None and not listener.routes:
         problems.append("a listener without routes")
-    if listener is not None and not spec.health_check_path.startswith("/"):
-        problems.append(f"health check path {spec.health_check_path!r} must start with /")
+    if listener is not None and not (spec.health_check_path or "").startswith("/"):
+        problems.append(f"health check path {spec.health_check_path!r} must start with / (a routed service needs one)")
+    if listener is None and spec.health_check_path is not None:
+        problems.append("a health check path without a listener: use container_health_check")
     if problems:
         raise ValueError(f"service {spec.name}: " + "; ".join(problems))

@@ -10,7 +10,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from constructs_lib.python_lambda import RUNTIME, acknowledge_function, encrypted_log_group, python_code
+from constructs_lib.python_lambda import python_code, python_function
 
 
 @dataclass(frozen=True)
@@ -76,23 +76,16 @@ def _initializer_function(stack: Stack, logs_key: kms.IKey) -> lambda_.Function:
     existing = stack.node.try_find_child("SecretFieldsInitializer")
     if existing is not None:
         return existing  # type: ignore[return-value]
-    log_group = encrypted_log_group(stack, "SecretFieldsInitializerLogs", logs_key)
-    function = lambda_.Function(
+    return python_function(
         stack,
         "SecretFieldsInitializer",
-        runtime=RUNTIME,
-        handler="index.handler",
         code=python_code("secret_fields"),
+        handler="index.handler",
         timeout=Duration.minutes(1),
-        memory_size=256,
-        log_group=log_group,
         description="Fills formatted secret fields (LiteLLM and Langfuse keys) once, at deploy time",
-    )
-    acknowledge_function(
-        function,
+        logs_key=logs_key,
+        log_group_id="SecretFieldsInitializerLogs",
         invoked_by="CloudFormation (custom resource)",
-        in_vpc=False,
         why_outside_vpc="It talks only to Secrets Manager and to CloudFormation's pre-signed response URL, both "
         "AWS public endpoints over TLS; it reaches nothing inside the VPC.",
     )
-    return function

@@ -136,7 +136,6 @@ class LangfuseServices(Construct):
                 memory_mib=1024,
                 port=LANGFUSE_WORKER_PORT,
                 desired_count=worker_count,
-                health_check_path="/api/health",
                 environment={**environment, "PORT": str(LANGFUSE_WORKER_PORT)},
                 secrets=container_secrets,
                 use_spot=worker_count >= 2,

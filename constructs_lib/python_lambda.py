@@ -9,14 +9,18 @@ copies files; it never runs pip or Docker.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling, RemovalPolicy
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, Duration, ILocalBundling, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
+
+from constructs_lib.compliance import acknowledge
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMBDAS_DIR = Path(__file__).resolve().parent / "lambdas"
@@ -99,11 +103,48 @@ BASIC_EXECUTION = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:polic
 VPC_EXECUTION = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]"
 
 
-def acknowledge_function(function: lambda_.Function, *, invoked_by: str, in_vpc: bool, why_outside_vpc: str = "") -> None:
-    """What every Lambda of this project shares: CDK's AWS-managed execution policies, no DLQ and no reserved
-    concurrency for functions that a deploy or the pipeline invokes synchronously, a handful of times."""
-    from constructs_lib.compliance import acknowledge
+@dataclass(frozen=True)
+class FunctionNetwork:
+    vpc: ec2.IVpc
+    subnets: ec2.SubnetSelection
+    security_group: ec2.ISecurityGroup
 
+
+def python_function(
+    scope: Construct,
+    construct_id: str,
+    *,
+    code: lambda_.Code,
+    handler: str,
+    timeout: Duration,
+    description: str,
+    logs_key: kms.IKey,
+    log_group_id: str,
+    invoked_by: str,
+    network: FunctionNetwork | None = None,
+    why_outside_vpc: str = "",
+    environment: dict[str, str] | None = None,
+) -> lambda_.Function:
+    """A Lambda of this project: the Python runtime of RUNTIME, an encrypted log group kept a year (`log_group_id`,
+    beside the function), private subnets only when `network` is given, and the acknowledgments every such
+    function shares: CDK's AWS-managed execution policies, no DLQ and no reserved concurrency for a function that a
+    deploy or the pipeline invokes synchronously, a handful of times."""
+    function = lambda_.Function(
+        scope,
+        construct_id,
+        runtime=RUNTIME,
+        handler=handler,
+        code=code,
+        timeout=timeout,
+        memory_size=256,
+        vpc=network.vpc if network else None,
+        vpc_subnets=network.subnets if network else None,
+        security_groups=[network.security_group] if network else None,
+        allow_public_subnet=False if network else None,
+        log_group=encrypted_log_group(scope, log_group_id, logs_key),
+        environment=environment,
+        description=description,
+    )
     reasons = {
         BASIC_EXECUTION: "The AWS-maintained policy that lets the function write its own CloudWatch Logs; the "
         "function's own permissions are in its scoped inline policy.",
@@ -112,10 +153,11 @@ def acknowledge_function(function: lambda_.Function, *, invoked_by: str, in_vpc:
         "LambdaConcurrency": f"Invoked only by {invoked_by}, a few times per deployment; reserving concurrency "
         "would take capacity from the account (and fails in new accounts with the minimum quota).",
     }
-    if in_vpc:
+    if network:
         reasons[VPC_EXECUTION] = (
             "The AWS-maintained policy that lets Lambda manage the function's network interfaces in the VPC."
         )
     else:
         reasons["LambdaInsideVPC"] = why_outside_vpc
     acknowledge(function, reasons)
+    return function

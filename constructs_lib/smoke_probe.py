@@ -12,12 +12,11 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
 
 from config.model import EnvironmentConfig
 from constructs_lib.compliance import acknowledge
-from constructs_lib.python_lambda import ROOT, RUNTIME, acknowledge_function, encrypted_log_group, python_module_code
+from constructs_lib.python_lambda import ROOT, FunctionNetwork, python_function, python_module_code
 
 SMOKE_MODULE = ROOT / "pipeline" / "smoke.py"
 PROBE_TIMEOUT = Duration.minutes(5)
@@ -76,28 +75,23 @@ class SmokeProbe(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         checks = smoke_checks(config)
-        self.function = lambda_.Function(
+        self.function = python_function(
             self,
             "Function",
-            runtime=RUNTIME,
-            handler="smoke.lambda_handler",
             code=python_module_code(SMOKE_MODULE),
+            handler="smoke.lambda_handler",
             timeout=PROBE_TIMEOUT,
-            memory_size=256,
-            vpc=vpc,
-            vpc_subnets=subnets,
-            security_groups=[security_group],
-            allow_public_subnet=False,
-            log_group=encrypted_log_group(self, "Logs", logs_key),
+            description="Smoke tests: calls every service through the internal ALB with its own host name and TLS",
+            logs_key=logs_key,
+            log_group_id="Logs",
+            invoked_by="the pipeline's smoke-test step",
+            network=FunctionNetwork(vpc, subnets, security_group),
             environment={
                 "SMOKE_CONNECT": f"{load_balancer.load_balancer_dns_name}:443",
                 "SMOKE_CHECKS": " ".join(checks),
                 "SMOKE_MAX_DEADLINE": str(MAX_DEADLINE_SECONDS),
             },
-            description="Smoke tests: calls every service through the internal ALB with its own host name and TLS",
         )
-
-        acknowledge_function(self.function, invoked_by="the pipeline's smoke-test step", in_vpc=True)
         stack = Stack.of(self)
         self.role = iam.Role(
             self,

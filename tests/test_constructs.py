@@ -6,14 +6,13 @@ import pytest
 from aws_cdk import App, Stack
 
 from constructs_lib import python_lambda
-from constructs_lib.fargate_service import ServiceSpec, _validate
+from constructs_lib.fargate_service import HostRoute, Listener, ServiceSpec, _validate
 from constructs_lib.litellm_config import LiteLLMConfigError, load_litellm_config
 from constructs_lib.litellm_service import bedrock_model_arns
 
 
 def spec(**overrides) -> ServiceSpec:
-    values = dict(name="svc", image="repo/image:1.0", cpu=256, memory_mib=512, port=8080, desired_count=1,
-                  health_check_path="/health")
+    values = dict(name="svc", image="repo/image:1.0", cpu=256, memory_mib=512, port=8080, desired_count=1)
     values.update(overrides)
     return ServiceSpec(**values)
 
@@ -27,11 +26,19 @@ def spec(**overrides) -> ServiceSpec:
         ({"use_spot": True, "desired_count": 1}, "Fargate Spot is only for stateless services running at least 2"),
         ({"use_spot": True, "desired_count": 2, "stateless": False}, "Fargate Spot is only for stateless"),
         ({"name": "Bad_Name"}, "must be a lower-case DNS label"),
+        ({"health_check_path": "/health"}, "a health check path without a listener"),
     ],
 )
 def test_service_spec_refusals(overrides, message):
     with pytest.raises(ValueError, match=message):
         _validate(spec(**overrides), None)
+
+
+def test_a_routed_service_needs_a_health_check_path():
+    listener = Listener(listener=None, routes=(HostRoute(100, ("a.example.com",)),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must start with / \\(a routed service needs one\\)"):
+        _validate(spec(health_check_path=None), listener)
+    _validate(spec(health_check_path="/health"), listener)
 
 
 def test_service_spec_accepts_plain_configuration_and_spot_for_two_stateless_tasks():
