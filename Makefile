@@ -18,7 +18,7 @@ LAMBDA_DEPS := $(patsubst constructs_lib/lambdas/%/requirements.txt,build/lambda
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
 
-.PHONY: help setup test-deps synth test lint cfn-lint clean
+.PHONY: help setup test-deps synth test lint schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ synth: setup ## Synthesize the whole app into cdk.out, offline; fails on any ope
 test: setup test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
 	ruff check .
 	python -m pytest
+
+schema: setup ## Regenerate config/environments.schema.json from the config model (config/model.py)
+	python -m config.schema
 
 lint: setup ## ruff on the Python code
 	ruff check .

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from aws_cdk import App, Validations
-from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks, NIST80053R5Checks, PCIDSS321Checks
 
 from config.loader import ConfigError, load_config
+from constructs_lib.compliance import compliance_plugins
 from pipeline.pipeline_stack import PipelineStack
 
 ROOT = Path(__file__).resolve().parent
@@ -25,12 +25,10 @@ def pinned_cli_version() -> str:
 def build_app(app: App) -> PipelineStack:
     config = load_config(app.node.try_get_context("config"))
     stack = PipelineStack(
-        app, f"{config.project.capitalize()}Pipeline", config=config, cli_version=pinned_cli_version()
+        app, f"{config.project.name.capitalize()}Pipeline", config=config, cli_version=pinned_cli_version()
     )
     # Registered once at the App: cdk-nag v3 plugins reach the pipeline stack and every Stage's stacks.
-    Validations.of(app).add_plugins(
-        AwsSolutionsChecks(app), NIST80053R5Checks(app), HIPAASecurityChecks(app), PCIDSS321Checks(app)
-    )
+    Validations.of(app).add_plugins(*compliance_plugins(app))
     return stack
 
 

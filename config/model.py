@@ -1,125 +1,392 @@
-"""Typed, frozen configuration model.
+"""The configuration model: every field's type, constraints and allowed values, declared once (pydantic v2).
 
-Every value a stack needs comes from here; stacks and constructs never read files, the environment or AWS.
-Instances are built only by ``config.loader.load_config``, which validates every field first.
+The model is the contract of `config/environments.toml`: `config.loader` validates a file against it and turns every
+problem into one line (`env.section.field = value: problem. Allowed: ...`); `python -m config.schema` writes the JSON
+Schema editors use to check the file as it is typed. Instances are frozen. Stacks and constructs read only this model,
+never files, the environment or AWS.
+
+A field's `description` is the "Allowed: ..." text of its error messages. A rule that spans fields is a model
+validator that reports `Problem`s, each naming the field it is about.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Annotated, Any, NamedTuple
 
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic_core import PydanticCustomError
 
-class EnvironmentName(StrEnum):
-    """The two deployment environments. The pipeline account is not one of them."""
+PRODUCTION = "production"
+# Secrets keep the seed's `prod/...` names in production; every other environment uses its own name as prefix.
+PRODUCTION_SECRET_PREFIX = "prod"  # noqa: S105 - a name prefix, not a password
+# Environment names that would collide with the pipeline's own stages or constructs once capitalised.
+RESERVED_ENVIRONMENT_NAMES = ("pipeline", "source", "build", "assets", "notifications")
 
-    STAGING = "staging"
-    PRODUCTION = "production"
-
-
-# Secrets keep the seed's `prod/...` names for production; staging gets its own prefix so that both
-# environments can share one account without a name clash.
-SECRET_PREFIXES: Mapping[EnvironmentName, str] = MappingProxyType(
-    {EnvironmentName.STAGING: "staging", EnvironmentName.PRODUCTION: "prod"}
+ACCOUNT = r"^\d{12}$"
+REGION = r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$"
+PROJECT = r"^[a-z][a-z0-9]{1,14}$"
+ENVIRONMENT = r"^[a-z][a-z0-9]{1,14}$"
+LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HOSTED_ZONE = r"^$|^Z[A-Z0-9]{1,31}$"
+REPOSITORY = r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"
+BRANCH = r"^(?!/)(?!.*//)(?!.*\.\.)[A-Za-z0-9._/-]+(?<!/)$"
+CONNECTION_ARN = re.compile(
+    r"^arn:aws[a-z-]*:(codeconnections|codestar-connections):(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
+    r"connection/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 )
+EMAIL = r"^$|^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$"
+DB_INSTANCE_CLASS = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
+CACHE_NODE_TYPE = r"^cache\.[a-z][a-z0-9-]*\.[a-z0-9]+$"
+TAG_KEY = re.compile(r"^(?!aws:)[\w .:/=+@-]{1,128}$")
+GUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+# registry[:port]/path[:tag][@sha256:digest], the Docker reference grammar reduced to what we accept
+IMAGE = re.compile(
+    r"^(?P<name>(?:[a-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+# <account>.dkr.ecr.<region>.amazonaws.com/<repository>(:<tag>|@<digest>): the one rule for ECR image references.
+ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
+    r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+)|@(?P<digest>sha256:[0-9a-f]{64}))$"
+)
+VPC_PREFIXES = (16, 24)
+SUBNET_PREFIXES = (16, 28)
+MAX_BUCKET_NAME = 63
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+class Bucket(StrEnum):
+    """The environment's S3 buckets, by purpose; the value is the name's suffix (`EnvironmentConfig.bucket_name`)."""
+
+    TERRAFORM_STATE = "terraform-state"
+    BACKUPS = "backups"
+    ARTIFACTS = "artifacts"
+    LANGFUSE_EVENTS = "langfuse-events"
+    LANGFUSE_MEDIA = "langfuse-media"
+    ACCESS_LOGS = "access-logs"
+
+
+LONGEST_BUCKET_SUFFIX = max((b.value for b in Bucket), key=len)
+
+
+# --- field types --------------------------------------------------------------------------------------------------
+
+
+def problem(message: str) -> PydanticCustomError:
+    return PydanticCustomError("config", message)
+
+
+def _checked(base: Any, allowed: str, check: Callable[[Any], str | None], **schema: Any) -> Any:
+    """A field type: `base`, then `check` (returns what is wrong, or None); `allowed` is its description."""
+
+    def validate(value: Any) -> Any:
+        wrong = check(value)
+        if wrong:
+            raise problem(wrong)
+        return value
+
+    return Annotated[base, AfterValidator(validate), Field(description=allowed, json_schema_extra=schema or None)]
+
+
+def text(pattern: str, wrong: str, allowed: str, *, schema_pattern: bool = True) -> Any:
+    """A string matching `pattern` (also written into the JSON Schema unless the regex uses look-around)."""
+    regex = re.compile(pattern)
+    return _checked(
+        StrictStr, allowed, lambda v: None if regex.match(v) else wrong, **({"pattern": pattern} if schema_pattern else {})
+    )
+
+
+def integer(minimum: int, maximum: int, allowed: str) -> Any:
+    return Annotated[StrictInt, Field(ge=minimum, le=maximum, description=allowed)]
+
+
+def flag(allowed: str = "true or false") -> Any:
+    return Annotated[StrictBool, Field(description=allowed)]
+
+
+def _domain(value: str) -> str | None:
+    labels = value.split(".")
+    if len(value) > 253 or len(labels) < 2 or not all(LABEL.match(label) for label in labels):
+        return "not a valid lower-case DNS name"
+    if labels[-1].isdigit():
+        return "the top-level label cannot be numeric"
+    return None
+
+
+def _https_url(value: str) -> str | None:
+    match = re.match(r"^https://(?P<host>[^/:?#\s]+)(:\d+)?(?P<rest>[/?#]\S*)?$", value)
+    if not match:
+        return "not an https URL"
+    if _domain(match.group("host")):
+        return f"host {match.group('host')!r} is not a valid DNS name"
+    if "{" in value or "}" in value:
+        return "contains a template placeholder"
+    return None
+
+
+def _image(value: str) -> str | None:
+    match = IMAGE.match(value)
+    if not match:
+        return "not a valid image reference"
+    tag, digest = match.group("tag"), match.group("digest")
+    if not tag and not digest:
+        return "the image is not pinned (no tag and no digest)"
+    if tag and "latest" in tag.lower():
+        return f"tag {tag!r} moves over time"
+    return None
+
+
+def _ecr_image(value: str) -> str | None:
+    return _image(value) or (None if ECR_IMAGE.match(value) else "not an ECR image URI")
+
+
+def _cidr(prefixes: tuple[int, int]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        try:
+            network = ipaddress.IPv4Network(value, strict=True)
+        except ValueError:
+            return "not an IPv4 network in CIDR notation (host bits must be zero)"
+        if not prefixes[0] <= network.prefixlen <= prefixes[1]:
+            return f"prefix /{network.prefixlen} is out of range"
+        return None
+
+    return check
+
+
+def _unique(items: tuple[Any, ...]) -> tuple[Any, ...]:
+    if len(set(items)) != len(items):
+        raise problem("items must be unique")
+    return items
+
+
+def _tags(value: dict[str, str]) -> Mapping[str, str]:
+    for key, tag_value in value.items():
+        if not TAG_KEY.match(key):
+            raise problem(f"tag key {key!r} is not allowed")
+        if len(tag_value) > 256:
+            raise problem(f"tag {key!r} needs a string value of at most 256 characters")
+    return MappingProxyType(dict(value))
+
+
+Account = text(ACCOUNT, "not a 12-digit AWS account id", "a 12-digit AWS account id")
+Region = text(REGION, "not an AWS region name", "an AWS region such as us-west-2")
+Domain = _checked(StrictStr, "a lower-case DNS name such as coder.example.com", _domain)
+HttpsUrl = _checked(StrictStr, "an https URL with a real host (no {placeholders})", _https_url)
+Image = _checked(StrictStr, "an image pinned by an exact version tag or an @sha256 digest (no latest)", _image)
+SubnetCidrs = Annotated[
+    tuple[_checked(StrictStr, "an IPv4 CIDR", _cidr(SUBNET_PREFIXES)), ...],
+    Field(
+        min_length=1,
+        description=f"one IPv4 CIDR per availability zone, /{SUBNET_PREFIXES[0]} to /{SUBNET_PREFIXES[1]}, inside vpc_cidr",
+    ),
+    AfterValidator(_unique),
+]
+
+
+class Problem(NamedTuple):
+    """A broken rule that spans fields: where (relative to the model that checks it), the value, what is wrong."""
+
+    loc: tuple[str | int, ...]
+    value: Any
+    problem: str
+    allowed: str
+
+
+def report(problems: list[Problem]) -> None:
+    if problems:
+        raise PydanticCustomError("config_rules", "{count} problem(s)", {"count": len(problems), "problems": problems})
+
+
+class Section(BaseModel):
+    """A TOML table: frozen, unknown keys refused, no silent type coercion."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- sections -----------------------------------------------------------------------------------------------------
+
+
+class ProjectConfig(Section):
+    name: text(PROJECT, "not a short lower-case name", "2 to 15 lower-case letters and digits, starting with a letter")
+
+
+class PipelineConfig(Section):
     """The tools account that hosts CodePipeline, and where its source comes from."""
 
-    account: str
-    region: str
-    repository: str  # "owner/name" as the CodeConnections provider knows it
-    branch: str
-    connection_arn: str
-    notification_email: str | None  # approvals and failures; None = topic without subscription
+    account: Account
+    region: Region
+    repository: text(REPOSITORY, "not in owner/name form", "the source repository as owner/name")
+    branch: text(BRANCH, "not a valid git branch name", "a git branch name such as main", schema_pattern=False)
+    connection_arn: text(
+        CONNECTION_ARN.pattern,
+        "not a CodeConnections connection ARN",
+        "arn:aws:codeconnections:<region>:<account>:connection/<uuid>",
+    )
+    notification_email: text(EMAIL, "not an e-mail address", 'an e-mail address, or "" for no subscription') = ""
+
+    @model_validator(mode="after")
+    def _connection_in_pipeline_account(self) -> PipelineConfig:
+        match = CONNECTION_ARN.match(self.connection_arn)
+        if match and match.group("account") != self.account:
+            report([Problem(("connection_arn",), self.connection_arn,
+                            f"the connection belongs to account {match.group('account')}, not the pipeline account",
+                            f"a connection in account {self.account}")])
+        return self
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
-    vpc_cidr: str
-    availability_zones: tuple[str, ...]
-    public_subnet_cidrs: tuple[str, ...]
-    app_subnet_cidrs: tuple[str, ...]
-    data_subnet_cidrs: tuple[str, ...]
-    nat_gateways: int
+class NetworkConfig(Section):
+    vpc_cidr: _checked(
+        StrictStr, f"an IPv4 CIDR from /{VPC_PREFIXES[0]} to /{VPC_PREFIXES[1]}", _cidr(VPC_PREFIXES)
+    )
+    availability_zones: Annotated[
+        tuple[StrictStr, ...],
+        Field(min_length=2, description="two or more distinct availability zone names of the region, e.g. us-west-2a"),
+        AfterValidator(_unique),
+    ]
+    public_subnet_cidrs: SubnetCidrs
+    app_subnet_cidrs: SubnetCidrs
+    data_subnet_cidrs: SubnetCidrs
+    nat_gateways: integer(1, 16, "an integer from 1 to the number of AZs")
+
+    @property
+    def tiers(self) -> dict[str, tuple[str, ...]]:
+        return {
+            "public_subnet_cidrs": self.public_subnet_cidrs,
+            "app_subnet_cidrs": self.app_subnet_cidrs,
+            "data_subnet_cidrs": self.data_subnet_cidrs,
+        }
+
+    @model_validator(mode="after")
+    def _address_plan(self) -> NetworkConfig:
+        problems = []
+        vpc = ipaddress.IPv4Network(self.vpc_cidr)
+        seen: list[tuple[str, ipaddress.IPv4Network]] = []
+        for tier, cidrs in self.tiers.items():
+            if len(cidrs) != len(self.availability_zones):
+                problems.append(Problem((tier,), list(cidrs),
+                                        f"{len(cidrs)} subnet(s) for {len(self.availability_zones)} availability zones",
+                                        "one per AZ"))
+            for cidr in cidrs:
+                subnet = ipaddress.IPv4Network(cidr)
+                if not subnet.subnet_of(vpc):
+                    problems.append(Problem((tier,), cidr, f"outside the VPC {self.vpc_cidr}", f"a subnet of {self.vpc_cidr}"))
+                for other_tier, other in seen:
+                    if subnet.overlaps(other):
+                        problems.append(Problem((tier,), cidr, f"overlaps {other} in {other_tier}", "non-overlapping subnets"))
+                seen.append((tier, subnet))
+        if self.nat_gateways > len(self.availability_zones):
+            problems.append(Problem(("nat_gateways",), self.nat_gateways, "more NAT gateways than AZs",
+                                    f"1 to {len(self.availability_zones)}"))
+        report(problems)
+        return self
 
 
-@dataclass(frozen=True)
-class DatabaseConfig:
-    instance_class: str  # without the "db." prefix, e.g. "r6g.large"
-    allocated_storage_gb: int
-    max_allocated_storage_gb: int
-    backup_retention_days: int
-    multi_az: bool
-    deletion_protection: bool
+class DatabaseConfig(Section):
+    instance_class: _checked(
+        StrictStr,
+        'an RDS instance class without "db.", e.g. r6g.large',
+        lambda v: "write the class without the db. prefix" if v.startswith("db.")
+        else (None if re.match(DB_INSTANCE_CLASS, v) else "not an instance class"),
+    )
+    allocated_storage_gb: integer(20, 65536, "an integer from 20 to 65536 (GiB)")
+    max_allocated_storage_gb: integer(20, 65536, "an integer from 20 to 65536 (GiB)")
+    backup_retention_days: integer(1, 35, "an integer from 1 to 35 (days)")
+    multi_az: flag()
+    deletion_protection: flag()
+
+    @model_validator(mode="after")
+    def _storage_ceiling(self) -> DatabaseConfig:
+        if self.max_allocated_storage_gb < self.allocated_storage_gb:
+            report([Problem(("max_allocated_storage_gb",), self.max_allocated_storage_gb,
+                            "smaller than allocated_storage_gb", f">= {self.allocated_storage_gb}")])
+        return self
 
 
-@dataclass(frozen=True)
-class RedisConfig:
-    node_type: str  # e.g. "cache.r6g.large"
-    snapshot_retention_days: int
+class RedisConfig(Section):
+    node_type: text(CACHE_NODE_TYPE, "not an ElastiCache node type", "a node type such as cache.r6g.large")
+    snapshot_retention_days: integer(1, 35, "an integer from 1 to 35 (days)")
 
 
-@dataclass(frozen=True)
-class ImagesConfig:
+class ImagesConfig(Section):
     """Container images, each pinned by an exact tag or a digest (never `latest`)."""
 
-    coder: str
-    litellm: str
-    key_provisioner: str  # an ECR image URI: the image is built outside this project
-    langfuse: str
-    langfuse_worker: str
-    clickhouse: str
+    coder: Image
+    litellm: Image
+    key_provisioner: _checked(
+        StrictStr,
+        "an ECR image URI (<account>.dkr.ecr.<region>.amazonaws.com/name:tag) pinned by tag or digest",
+        _ecr_image,
+    )  # the image is built outside this project
+    langfuse: Image
+    langfuse_worker: Image
+    clickhouse: Image
 
 
-@dataclass(frozen=True)
-class ServicesConfig:
+DesiredCount = integer(1, 100, "an integer from 1 to 100")
+
+
+class ServicesConfig(Section):
     """Desired task counts per service."""
 
-    coder_desired_count: int
-    litellm_desired_count: int
-    key_provisioner_desired_count: int
-    langfuse_web_desired_count: int
-    langfuse_worker_desired_count: int
+    coder_desired_count: _checked(
+        StrictInt, "1", lambda v: None if v == 1 else "Coder runs single-replica"
+    )  # several replicas need Coder's licensed high-availability feature
+    litellm_desired_count: DesiredCount
+    key_provisioner_desired_count: DesiredCount
+    langfuse_web_desired_count: DesiredCount
+    langfuse_worker_desired_count: DesiredCount
 
 
-@dataclass(frozen=True)
-class OidcConfig:
+class OidcConfig(Section):
     """Azure AD (Entra ID) app registration used by Coder and by the ALB in front of the admin UI.
 
     The client id is public (it appears in every login redirect); the client secret lives only in Secrets Manager.
     """
 
-    client_id: str
-    issuer_url: str
-    authorization_endpoint: str
-    token_endpoint: str
-    user_info_endpoint: str
-    # The version of `<prefix>/coder/oidc` the ALB uses (None: the current one when the rule was last changed).
-    client_secret_version: str | None = None
+    client_id: text(GUID, "not an application (client) id", "a lower-case GUID, as Azure AD shows it")
+    issuer_url: HttpsUrl
+    authorization_endpoint: HttpsUrl
+    token_endpoint: HttpsUrl
+    user_info_endpoint: HttpsUrl
+    # The version of `<prefix>/coder/oidc` the ALB uses ("": the current one when the rule last changed).
+    client_secret_version: text(
+        r"^$|" + GUID, "not a Secrets Manager version id", '"" or the VersionId that put-secret-value printed'
+    ) = ""
 
 
-@dataclass(frozen=True)
-class FeaturesConfig:
-    enable_docker_workspaces: bool
-    enable_workspace_direct_access: bool
+class FeaturesConfig(Section):
+    enable_docker_workspaces: flag()
+    enable_workspace_direct_access: flag()
 
 
-@dataclass(frozen=True)
-class EnvironmentConfig:
-    """One deployment environment (staging or production): everything its Stage needs."""
+class EnvironmentConfig(Section):
+    """One deployment environment: everything its Stage needs, and the rules its physical names follow."""
 
-    name: EnvironmentName
-    project: str
-    account: str
-    region: str
-    domain: str
-    hosted_zone_id: str | None
-    custom_llm_api_base: str
+    name: text(
+        ENVIRONMENT,
+        "not a short lower-case name",
+        "2 to 15 lower-case letters and digits, starting with a letter (e.g. dev, staging, production)",
+    )
+    requires_approval: flag("true (a person approves in the pipeline before this environment deploys) or false") = False
+    account: Account
+    region: Region
+    domain: Domain
+    hosted_zone_id: text(
+        HOSTED_ZONE,
+        "not a Route 53 hosted zone id",
+        'a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ, or "" for no DNS validation',
+    ) = ""
+    custom_llm_api_base: _checked(StrictStr, "an https URL", _https_url)
+    tags: Annotated[
+        dict[StrictStr, StrictStr],
+        Field(description="a table of string tags (keys not starting with aws:)"),
+        AfterValidator(_tags),
+    ] = Field(default_factory=dict)
     network: NetworkConfig
     database: DatabaseConfig
     redis: RedisConfig
@@ -127,16 +394,38 @@ class EnvironmentConfig:
     services: ServicesConfig
     oidc: OidcConfig
     features: FeaturesConfig
-    tags: Mapping[str, str]
+
+    _project: str = PrivateAttr(default="")  # set by AppConfig: the project every name starts with
+
+    @model_validator(mode="after")
+    def _zones_in_region(self) -> EnvironmentConfig:
+        zone = re.compile(rf"^{re.escape(self.region)}[a-z]$")
+        report([
+            Problem(("network", "availability_zones", index), az, f"not an availability zone in {self.region}",
+                    f"availability zone names of {self.region}, e.g. {self.region}a")
+            for index, az in enumerate(self.network.availability_zones) if not zone.match(az)
+        ])
+        return self
+
+    # --- derived names: the one home of every per-environment physical name -------------------------------------
+
+    @property
+    def project(self) -> str:
+        return self._project
 
     @property
     def is_production(self) -> bool:
-        return self.name is EnvironmentName.PRODUCTION
+        return self.name == PRODUCTION
+
+    @property
+    def stage_id(self) -> str:
+        """The Stage's construct id, and so the stack name prefix: `Staging` -> `Staging-Network`."""
+        return self.name.capitalize()
 
     @property
     def qualifier(self) -> str:
         """`{project}-{environment}`: the root of every per-environment physical name."""
-        return f"{self.project}-{self.name.value}"
+        return f"{self.project}-{self.name}"
 
     @property
     def namespace_name(self) -> str:
@@ -148,21 +437,92 @@ class EnvironmentConfig:
 
     @property
     def secret_prefix(self) -> str:
-        return SECRET_PREFIXES[self.name]
+        return PRODUCTION_SECRET_PREFIX if self.is_production else self.name
+
+    def secret_name(self, short_name: str) -> str:
+        """`prod/litellm/master-key`, `staging/litellm/master-key`, ..."""
+        return f"{self.secret_prefix}/{short_name}"
 
     def global_name(self, suffix: str) -> str:
-        """A name unique across accounts and regions (S3 buckets): qualifier, suffix, account, region."""
+        """A name unique across accounts and regions: qualifier, suffix, account, region."""
         return f"{self.qualifier}-{suffix}-{self.account}-{self.region}"
 
-
-@dataclass(frozen=True)
-class AppConfig:
-    project: str
-    pipeline: PipelineConfig
-    staging: EnvironmentConfig
-    production: EnvironmentConfig
+    def bucket_name(self, bucket: Bucket) -> str:
+        return self.global_name(bucket.value)
 
     @property
-    def environments(self) -> tuple[EnvironmentConfig, EnvironmentConfig]:
-        """In promotion order."""
-        return (self.staging, self.production)
+    def lock_table_name(self) -> str:
+        return f"{self.qualifier}-terraform-locks"
+
+    @property
+    def resource_tags(self) -> Mapping[str, str]:
+        """Tags on every resource of the environment: the project's own, then the configured ones."""
+        return MappingProxyType({"Project": self.project, "Environment": self.name, "ManagedBy": "cdk", **self.tags})
+
+
+class AppConfig(Section):
+    """The whole file: the project, the pipeline and the environments in promotion order."""
+
+    project: ProjectConfig
+    pipeline: PipelineConfig
+    environments: Annotated[
+        tuple[EnvironmentConfig, ...],
+        Field(min_length=1, description="one [[environments]] table per environment, in promotion order"),
+    ]
+
+    @model_validator(mode="after")
+    def _across_environments(self) -> AppConfig:
+        for environment in self.environments:
+            environment._project = self.project.name
+        problems: list[Problem] = []
+        seen: dict[str, int] = {}
+        for index, environment in enumerate(self.environments):
+            where = ("environments", index)
+            if environment.name in RESERVED_ENVIRONMENT_NAMES:
+                problems.append(Problem((*where, "name"), environment.name, "reserved for the pipeline's own stages",
+                                        f"a name other than {', '.join(RESERVED_ENVIRONMENT_NAMES)}"))
+            if environment.name in seen:
+                problems.append(Problem((*where, "name"), environment.name,
+                                        f"environment {seen[environment.name] + 1} has the same name", "unique names"))
+            seen.setdefault(environment.name, index)
+            longest = environment.global_name(LONGEST_BUCKET_SUFFIX)
+            if len(longest) > MAX_BUCKET_NAME:
+                problems.append(Problem(("project", "name"), self.project.name,
+                                        f"bucket name {longest!r} would exceed {MAX_BUCKET_NAME} characters",
+                                        "a shorter project name"))
+            for earlier in self.environments[:index]:
+                problems += _pair_problems(earlier, environment, where)
+        regions = sorted({e.region for e in self.environments})
+        if self.pipeline.region not in regions:
+            # Cross-region promotion adds CDK's replication support stacks, which this project does not build or test.
+            problems.append(Problem(("pipeline", "region"), self.pipeline.region,
+                                    "differs from every environment's region", " or ".join(regions)))
+        report(list(dict.fromkeys(problems)))
+        return self
+
+    def environment(self, name: str) -> EnvironmentConfig:
+        """The environment called `name` (case-insensitive)."""
+        for environment in self.environments:
+            if environment.name == name.lower():
+                return environment
+        raise KeyError(f"no environment {name!r} (environments: {', '.join(e.name for e in self.environments)})")
+
+
+def _pair_problems(earlier: EnvironmentConfig, later: EnvironmentConfig, where: tuple[str | int, ...]) -> list[Problem]:
+    """What two environments may not share: a domain anywhere; in one account and region, a VPC range or a
+    secret prefix (the other physical names carry the environment's name already)."""
+    problems = []
+    if later.domain == earlier.domain:
+        problems.append(Problem((*where, "domain"), later.domain, f"the same domain as {earlier.name}", "a domain of its own"))
+    if (later.account, later.region) == (earlier.account, earlier.region):
+        if ipaddress.IPv4Network(later.network.vpc_cidr).overlaps(ipaddress.IPv4Network(earlier.network.vpc_cidr)):
+            problems.append(Problem(
+                (*where, "network", "vpc_cidr"), later.network.vpc_cidr,
+                f"overlaps {earlier.name}'s VPC {earlier.network.vpc_cidr} in the same account and region",
+                "a range of its own",
+            ))
+        if later.secret_prefix == earlier.secret_prefix:
+            problems.append(Problem((*where, "name"), later.name,
+                                    f"its secrets would be named {later.secret_prefix}/... like {earlier.name}'s",
+                                    "another name"))
+    return problems

@@ -1,4 +1,5 @@
-"""The delivery pipeline: source -> synth -> self-mutation -> staging -> approval -> production."""
+"""The delivery pipeline: source -> synth -> self-mutation -> each environment in promotion order (e.g. staging ->
+approval -> production)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
-from config.model import AppConfig
+from config.model import AppConfig, EnvironmentConfig
 from constructs_lib.compliance import acknowledge, wildcard_findings
 from constructs_lib.log_bucket import log_bucket
 from constructs_lib.smoke_probe import smoke_role_arn
@@ -37,7 +38,8 @@ class PipelineStack(Stack):
     - Pipeline type V2; cross-account KMS keys (rotated) so Stages in other accounts can read artifacts.
     - The synth step runs the README's `make synth` (same set-up and the same compliance packs as a laptop).
     - The CDK CLI used by self-mutation and asset publishing is the one pinned in package.json.
-    - Production deploys only after a person approves the ManualApprovalStep.
+    - One Stage per configured environment, in promotion order; an environment with `requires_approval` deploys only
+      after a person approves its ManualApprovalStep.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig, cli_version: str, **kwargs) -> None:
@@ -45,7 +47,7 @@ class PipelineStack(Stack):
             scope,
             construct_id,
             env=Environment(account=config.pipeline.account, region=config.pipeline.region),
-            description=f"{config.project}: delivery pipeline (staging -> approval -> production)",
+            description=f"{config.project.name}: delivery pipeline ({_promotion(config)})",
             **kwargs,
         )
         source = pipelines.CodePipelineSource.connection(
@@ -70,7 +72,7 @@ class PipelineStack(Stack):
         self.pipeline = pipelines.CodePipeline(
             self,
             "Pipeline",
-            pipeline_name=f"{config.project}-platform",
+            pipeline_name=f"{config.project.name}-platform",
             synth=synth,
             pipeline_type=codepipeline.PipelineType.V2,
             cross_account_keys=True,
@@ -81,34 +83,25 @@ class PipelineStack(Stack):
             cli_version=cli_version,
         )
 
-        self._project = config.project
+        self._project = config.project.name
         self.notifications = self._notifications_topic(config)
         stage_args = {"pipeline_account": config.pipeline.account, "pipeline_stack_name": self.stack_name}
-        self.staging = PlatformStage(self, "Staging", config=config.staging, **stage_args)
-        # A finding stops the pipeline before staging; a failing smoke test stops it before the production approval.
-        self.pipeline.add_stage(
-            self.staging,
-            pre=[self._compliance_step(self.staging, source, synth)],
-            post=[self._smoke_step(self.staging, source)],
-        )
-
-        self.production = PlatformStage(self, "Production", config=config.production, **stage_args)
-        production_compliance = self._compliance_step(self.production, source, synth)
-        self.production_compliance_project = self._compliance_project_name("Production")
-        approval = pipelines.ManualApprovalStep(
-            "PromoteToProduction",
-            comment=(
-                f"Staging ({config.staging.account}) is deployed and smoke-tested. Review production's compliance "
-                f"report, then approve to deploy the same commit to production ({config.production.account})."
-            ),
-            notification_topic=self.notifications,
-            review_url=self._report_url(self.production_compliance_project),
-        )
-        # The reviewer sees production's compliance report before approving.
-        approval.add_step_dependency(production_compliance)
-        self.pipeline.add_stage(
-            self.production, pre=[production_compliance, approval], post=[self._smoke_step(self.production, source)]
-        )
+        # One Stage per environment, in promotion order. Each: its compliance report (a finding stops the pipeline
+        # before anything deploys), the approval where the environment asks for one (after the report, so that the
+        # reviewer can open it), the four stacks, then the smoke tests (a failure stops the promotion).
+        self.stages: list[PlatformStage] = []
+        previous = None
+        for environment in config.environments:
+            stage = PlatformStage(self, environment.stage_id, config=environment, **stage_args)
+            compliance = self._compliance_step(stage, source, synth)
+            pre: list[pipelines.Step] = [compliance]
+            if environment.requires_approval:
+                approval = self._approval_step(environment, previous)
+                approval.add_step_dependency(compliance)
+                pre.append(approval)
+            self.pipeline.add_stage(stage, pre=pre, post=[self._smoke_step(stage, source)])
+            self.stages.append(stage)
+            previous = environment
 
         self.pipeline.build_pipeline()
         self._pipeline_logging_and_acknowledgments(config)
@@ -116,7 +109,21 @@ class PipelineStack(Stack):
             "NotifyOnFailure",
             self.notifications,
             events=[codepipeline.PipelineNotificationEvents.PIPELINE_EXECUTION_FAILED],
-            notification_rule_name=f"{config.project}-platform-failed",
+            notification_rule_name=f"{config.project.name}-platform-failed",
+        )
+
+    def _approval_step(self, environment: EnvironmentConfig, previous: EnvironmentConfig | None) -> pipelines.ManualApprovalStep:
+        """A person approves `environment`'s deployment, told by e-mail (the notifications topic), with a link to
+        the environment's compliance report."""
+        before = f"{previous.stage_id} ({previous.account}) is deployed and smoke-tested. " if previous else ""
+        return pipelines.ManualApprovalStep(
+            f"PromoteTo{environment.stage_id}",
+            comment=(
+                f"{before}Review {environment.name}'s compliance report, then approve to deploy the same commit to "
+                f"{environment.name} ({environment.account})."
+            ),
+            notification_topic=self.notifications,
+            review_url=self._report_url(self._compliance_project_name(environment.stage_id)),
         )
 
     def _pipeline_logging_and_acknowledgments(self, config: AppConfig) -> None:
@@ -125,7 +132,7 @@ class PipelineStack(Stack):
         logs_bucket = log_bucket(
             self,
             "AccessLogsBucket",
-            bucket_name=f"{config.project}-pipeline-access-logs-{self.account}-{self.region}",
+            bucket_name=f"{config.project.name}-pipeline-access-logs-{self.account}-{self.region}",
             s3_access_prefix="artifacts/",
         )
         artifacts: s3.CfnBucket = self.pipeline.pipeline.artifact_bucket.node.default_child  # type: ignore[assignment]
@@ -164,8 +171,8 @@ class PipelineStack(Stack):
         key = kms.Key(
             self,
             "NotificationsKey",
-            alias=f"alias/{config.project}-pipeline-notifications",
-            description=f"{config.project}: encrypts the pipeline notifications topic",
+            alias=f"alias/{config.project.name}-pipeline-notifications",
+            description=f"{config.project.name}: encrypts the pipeline notifications topic",
             enable_key_rotation=True,
         )
         # CodeStar Notifications (pipeline failures) publishes to the encrypted topic.
@@ -180,8 +187,8 @@ class PipelineStack(Stack):
         topic = sns.Topic(
             self,
             "Notifications",
-            topic_name=f"{config.project}-pipeline-notifications",
-            display_name=f"{config.project} delivery pipeline",
+            topic_name=f"{config.project.name}-pipeline-notifications",
+            display_name=f"{config.project.name} delivery pipeline",
             master_key=key,
             enforce_ssl=True,
         )
@@ -264,6 +271,11 @@ _PIPELINE_WILDCARDS = (
      "CDK Pipelines' actions without resource-level permissions (cloudformation:DescribeStacks, "
      "ecr:GetAuthorizationToken, s3:ListAllMyBuckets) and the bootstrap roles' lookups."),
 )
+
+
+def _promotion(config: AppConfig) -> str:
+    """`staging -> approval -> production`: the environments in order, an approval before those that ask for one."""
+    return " -> ".join(f"approval -> {e.name}" if e.requires_approval else e.name for e in config.environments)
 
 
 def _pipeline_wildcard_reason(finding: str) -> str:

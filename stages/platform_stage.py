@@ -16,8 +16,9 @@ from stacks.platform_stack import PlatformStack
 class PlatformStage(Stage):
     """Network -> Data -> Platform -> Observability for one environment.
 
-    The Stage is the namespace: construct ids inside never name the environment, so staging and production
-    templates differ only in their configured values. Stack names come out as `<StageId>-Network`, ...
+    The Stage is the namespace (its id is the environment's `stage_id`): construct ids inside never name the
+    environment, so the environments' templates differ only in their configured values. Stack names come out as
+    `<StageId>-Network`, ...
     """
 
     def __init__(
@@ -73,5 +74,5 @@ class PlatformStage(Stage):
                 "DefaultPolicy), written for that role and removed with it; no policy is shared between roles.",
             },
         )
-        for key, value in config.tags.items():
+        for key, value in config.resource_tags.items():
             Tags.of(self).add(key, value)

@@ -21,7 +21,8 @@ from tests.certificates import LocalCA
 from tests.cfn_server import ResponseRecorder
 from tests.postgres_server import PostgresServer
 
-STAGES = ("Staging", "Production")
+# The Stages of the shipped config, in promotion order: Staging, Production.
+STAGES = tuple(environment.stage_id for environment in load_config().environments)
 
 
 def tool_env() -> dict[str, str]:
@@ -30,10 +31,10 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def cdk_synth(outdir: Path) -> None:
+def cdk_synth(outdir: Path, *args: str) -> None:
     """Run the pinned CDK CLI exactly as `make synth` does (an open compliance finding fails it)."""
     result = subprocess.run(
-        ["cdk", "synth", "--quiet", "--output", str(outdir)],
+        ["cdk", "synth", "--quiet", "--output", str(outdir), *args],
         cwd=ROOT,
         env=tool_env(),
         capture_output=True,
@@ -48,6 +49,17 @@ def cdk_synth(outdir: Path) -> None:
 def assembly(tmp_path_factory) -> Assembly:
     outdir = tmp_path_factory.mktemp("cdk") / "cdk.out"
     cdk_synth(outdir)
+    return Assembly.load(outdir)
+
+
+THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
+
+
+@pytest.fixture(scope="session")
+def three_environments(tmp_path_factory) -> Assembly:
+    """The committed three-environment example, synthesized by the real CLI as the README says."""
+    outdir = tmp_path_factory.mktemp("three") / "cdk.out"
+    cdk_synth(outdir, "-c", f"config={THREE_ENVIRONMENTS}")
     return Assembly.load(outdir)
 
 
@@ -94,7 +106,7 @@ def stage(request) -> str:
 
 @pytest.fixture
 def env_config(app_config, stage):
-    return app_config.staging if stage == "Staging" else app_config.production
+    return app_config.environment(stage)
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from config.loader import DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
-from config.model import EnvironmentName
+from config.model import Bucket
 from tests.assembly import ROOT
 
 BASE = DEFAULT_CONFIG_PATH.read_text()
@@ -31,15 +32,15 @@ def problems_of(text: str) -> list[str]:
 
 def test_shipped_config_loads():
     config = load_config()
-    assert config.project == "coder"
-    assert [e.name for e in config.environments] == [EnvironmentName.STAGING, EnvironmentName.PRODUCTION]
-    assert (config.pipeline.account, config.staging.account, config.production.account) == (
+    assert config.project.name == "coder"
+    assert [(e.name, e.requires_approval) for e in config.environments] == [("staging", False), ("production", True)]
+    assert (config.pipeline.account, *(e.account for e in config.environments)) == (
         "111111111111", "222222222222", "333333333333")
-    assert config.production.network.app_subnet_cidrs == ("10.0.10.0/24", "10.0.11.0/24")
+    assert config.environment("Production").network.app_subnet_cidrs == ("10.0.10.0/24", "10.0.11.0/24")
 
 
 def test_production_values_are_the_seeds():
-    production = load_config().production
+    production = load_config().environment("production")
     assert production.region == "us-west-2"
     assert production.network.vpc_cidr == "10.0.0.0/16"
     assert production.network.availability_zones == ("us-west-2a", "us-west-2b")
@@ -54,27 +55,32 @@ def test_production_values_are_the_seeds():
 
 def test_derived_names():
     config = load_config()
-    assert config.production.qualifier == "coder-production"
-    assert config.production.namespace_name == "coder-production.local"
-    assert config.production.ssm_prefix == "/coder-production/"
-    assert config.production.secret_prefix == "prod"
-    assert config.staging.secret_prefix == "staging"
-    assert config.staging.global_name("backups") == "coder-staging-backups-222222222222-us-west-2"
+    staging, production = config.environments
+    assert production.qualifier == "coder-production"
+    assert production.namespace_name == "coder-production.local"
+    assert production.ssm_prefix == "/coder-production/"
+    assert production.secret_prefix == "prod"
+    assert production.secret_name("rds/master") == "prod/rds/master"
+    assert staging.secret_prefix == "staging"
+    assert staging.bucket_name(Bucket.BACKUPS) == "coder-staging-backups-222222222222-us-west-2"
+    assert staging.lock_table_name == "coder-staging-terraform-locks"
+    assert (staging.stage_id, production.stage_id) == ("Staging", "Production")
 
 
 def test_oidc_client_secret_version_is_optional():
     version = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
     config = parse_config(replace('client_secret_version = ""\n', f'client_secret_version = "{version}"\n'), "test")
-    assert config.staging.oidc.client_secret_version == version
-    assert config.production.oidc.client_secret_version is None
+    staging, production = config.environments
+    assert staging.oidc.client_secret_version == version
+    assert production.oidc.client_secret_version == ""
 
 
 def test_config_is_frozen():
     config = load_config()
-    with pytest.raises(AttributeError):
-        config.production.domain = "evil.example.com"  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        config.environments[1].domain = "evil.example.com"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        config.production.tags["Owner"] = "someone"  # type: ignore[index]
+        config.environments[1].tags["Owner"] = "someone"  # type: ignore[index]
 
 
 # Each case: an edit of the shipped file, and the fragments the message must contain (field, value, allowed).
@@ -166,9 +172,42 @@ BAD_INPUTS = {
         replace('node_type = "cache.r6g.large"\n', ""),
         ["production.redis.node_type = (missing)", "required field is missing"],
     ),
-    "missing environment": (
-        BASE[: BASE.index("[production]")],
-        ["production = (missing)", "required table is missing"],
+    "no environment": (
+        BASE[: BASE.index("\n[[environments]]") + 1],
+        ["environments = (missing)", "required field is missing", "one [[environments]] table per environment"],
+    ),
+    "empty environment list": (
+        "environments = []\n" + BASE[: BASE.index("\n[[environments]]") + 1],
+        ["environments = []", "needs at least 1 item(s)"],
+    ),
+    "missing section of an environment": (
+        BASE.replace("[environments.redis]\nnode_type = \"cache.r6g.large\"\nsnapshot_retention_days = 7\n", ""),
+        ["production.redis = (missing)", "required table is missing", "Allowed: a [production.redis] table"],
+    ),
+    "duplicate environment names": (
+        replace('name = "production"', 'name = "staging"'),
+        ["staging.name = 'staging'", "environment 1 has the same name"],
+    ),
+    "upper-case environment name": (
+        replace('name = "staging"', 'name = "Staging"'),
+        ["Staging.name = 'Staging'", "not a short lower-case name"],
+    ),
+    "reserved environment name": (
+        replace('name = "staging"', 'name = "pipeline"'),
+        ["pipeline.name = 'pipeline'", "reserved for the pipeline's own stages"],
+    ),
+    "same account, overlapping VPCs": (
+        replace('account = "333333333333"', 'account = "222222222222"').replace('vpc_cidr = "10.0.0.0/16"', 'vpc_cidr = "10.1.0.0/16"')
+        .replace('"10.0.', '"10.1.'),
+        ["production.network.vpc_cidr = '10.1.0.0/16'", "overlaps staging's VPC 10.1.0.0/16 in the same account and region"],
+    ),
+    "same account, same secret prefix": (
+        replace('name = "staging"', 'name = "prod"').replace('account = "333333333333"', 'account = "222222222222"'),
+        ["production.name = 'production'", "its secrets would be named prod/... like prod's"],
+    ),
+    "approval not a boolean": (
+        replace("requires_approval = true", 'requires_approval = "yes"'),
+        ["production.requires_approval = 'yes'", "expected true or false, got str"],
     ),
     "storage max below allocated": (
         replace("max_allocated_storage_gb = 500", "max_allocated_storage_gb = 50"),
@@ -235,9 +274,10 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_same_account_for_both_environments_is_allowed():
     text = BASE.replace('account = "333333333333"', 'account = "222222222222"').replace(
         "333333333333.dkr.ecr", "222222222222.dkr.ecr")
-    config = parse_config(text, "same-account.toml")
-    assert config.staging.account == config.production.account
-    assert config.staging.global_name("backups") != config.production.global_name("backups")
+    staging, production = parse_config(text, "same-account.toml").environments
+    assert staging.account == production.account
+    assert staging.bucket_name(Bucket.BACKUPS) != production.bucket_name(Bucket.BACKUPS)
+    assert staging.secret_name("rds/master") != production.secret_name("rds/master")
 
 
 def _run_app(config_path) -> subprocess.CompletedProcess:

@@ -32,7 +32,7 @@ def test_stage_order(pipeline):
 def test_pipeline_type_and_name(pipeline, app_config):
     props = pipeline.one("AWS::CodePipeline::Pipeline")
     assert props["PipelineType"] == "V2"
-    assert props["Name"] == f"{app_config.project}-platform"
+    assert props["Name"] == f"{app_config.project.name}-platform"
 
 
 def test_source_is_the_configured_connection_on_main(stages, app_config):
@@ -74,7 +74,7 @@ def test_cli_pin_matches_package_lock():
 
 @pytest.mark.parametrize("stage", ["Staging", "Production"])
 def test_each_stage_deploys_its_stacks_in_layer_order(stages, stage, app_config):
-    env = app_config.staging if stage == "Staging" else app_config.production
+    env = app_config.environment(stage)
     deploys = [a for a in stages[stage] if a["ActionTypeId"]["Category"] == "Deploy"]
     assert _ordered(deploys) == [
         "Network.Prepare", "Network.Deploy", "Data.Prepare", "Data.Deploy", "Platform.Prepare", "Platform.Deploy",
@@ -114,7 +114,8 @@ def test_artifacts_encrypted_with_a_rotated_cross_account_key(pipeline):
 
 
 def test_stages_target_the_configured_accounts(assembly, app_config):
-    for stage, env in (("Staging", app_config.staging), ("Production", app_config.production)):
+    for env in app_config.environments:
+        stage = env.stage_id
         for layer in ("Network", "Data", "Platform"):
             directory = assembly.stack(stage, layer).path.parent
             manifest = json.loads((directory / "manifest.json").read_text())
