@@ -8,18 +8,10 @@ from aws_cdk import aws_efs as efs
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.fargate_service import (
-    EfsMount,
-    FargateService,
-    ServiceRuntime,
-    ServiceSpec,
-    http_health_check,
-    task_role,
-)
+from constructs_lib.fargate_service import EfsMount, FargateService, ServiceRuntime, ServiceSpec, http_health_check, task_role
 from constructs_lib.secret_access import SecretAccess
+from constructs_lib.service_catalogue import CLICKHOUSE
 
-CLICKHOUSE_HTTP_PORT = 8123
-CLICKHOUSE_NATIVE_PORT = 9000
 CLICKHOUSE_UID = "101"  # the `clickhouse` user of the official image
 CLICKHOUSE_DATABASE = "langfuse"
 CLICKHOUSE_USER = "langfuse"
@@ -28,7 +20,7 @@ CLICKHOUSE_USER = "langfuse"
 class ClickHouseService(Construct):
     """Exactly one task, never two: deployments stop the old server before starting the new one (min 0 % /
     max 100 %), because two servers on one EFS directory corrupt it. Regular Fargate (stateful), no ALB:
-    `clickhouse.<namespace>` on 8123 (HTTP) and 9000 (native), admitted from Langfuse only (security group).
+    `clickhouse.<namespace>` on its HTTP and native ports, admitted from Langfuse only (security group).
 
     The image's entrypoint creates the `langfuse` database and user with the password from Secrets Manager.
     Data lives on EFS through an access point that acts as uid/gid 101; logs go to CloudWatch, not to EFS.
@@ -59,12 +51,10 @@ class ClickHouseService(Construct):
             "Service",
             runtime=runtime,
             spec=ServiceSpec(
-                name="clickhouse",
+                service=CLICKHOUSE,
                 image=config.images.clickhouse,
                 cpu=1024,
                 memory_mib=4096,
-                port=CLICKHOUSE_HTTP_PORT,
-                extra_ports=(CLICKHOUSE_NATIVE_PORT,),
                 desired_count=1,
                 environment={
                     "CLICKHOUSE_DB": CLICKHOUSE_DATABASE,
@@ -77,7 +67,7 @@ class ClickHouseService(Construct):
                 min_healthy_percent=0,
                 max_healthy_percent=100,
                 container_health_check=http_health_check(
-                    f"http://localhost:{CLICKHOUSE_HTTP_PORT}/ping", start_period=Duration.seconds(60)
+                    f"http://localhost:{CLICKHOUSE.port}{CLICKHOUSE.health_path}", start_period=Duration.seconds(60)
                 ),
                 efs_mounts=(EfsMount(file_system, self.access_point, "/var/lib/clickhouse"),),
                 ulimit_nofile=262144,  # ClickHouse's recommended open-files limit

@@ -15,19 +15,10 @@ from constructs import Construct
 from config.model import EnvironmentConfig
 from constructs_lib.bucket_access import READ_WRITE, grant_objects
 from constructs_lib.compliance import acknowledge
-from constructs_lib.fargate_service import (
-    ECS_TASKS,
-    EfsMount,
-    FargateService,
-    HostRoute,
-    Listener,
-    ServiceRuntime,
-    ServiceSpec,
-    task_role,
-)
+from constructs_lib.fargate_service import ECS_TASKS, EfsMount, FargateService, Listener, ServiceRuntime, ServiceSpec, task_role
 from constructs_lib.secret_access import SecretAccess
+from constructs_lib.service_catalogue import CODER
 
-CODER_PORT = 7080
 CODER_UID = "1000"  # the `coder` user of the official image
 CONFIG_DIR = "/home/coder/.config/coderv2"
 
@@ -73,18 +64,17 @@ class CoderService(Construct):
             posix_user=efs.PosixUser(uid=CODER_UID, gid=CODER_UID),
         )
         domain = config.domain
+        access, wildcard = CODER.routes
         spec = ServiceSpec(
-            name="coder",
+            service=CODER,
             image=config.images.coder,
             cpu=1024,
             memory_mib=4096,
-            port=CODER_PORT,
             desired_count=config.services.coder_desired_count,
-            health_check_path="/api/v2/buildinfo",
             environment={
-                "CODER_ACCESS_URL": f"https://coder.{domain}",
-                "CODER_WILDCARD_ACCESS_URL": f"*.{domain}",
-                "CODER_HTTP_ADDRESS": f"0.0.0.0:{CODER_PORT}",
+                "CODER_ACCESS_URL": f"https://{access.host_name(domain)}",
+                "CODER_WILDCARD_ACCESS_URL": wildcard.host_name(domain),
+                "CODER_HTTP_ADDRESS": f"0.0.0.0:{CODER.port}",
                 "CODER_SECURE_AUTH_COOKIE": "true",
                 "CODER_OIDC_ISSUER_URL": config.oidc.issuer_url,
                 "CODER_OIDC_CLIENT_ID": config.oidc.client_id,
@@ -111,13 +101,7 @@ class CoderService(Construct):
             runtime=runtime,
             spec=spec,
             task_role=self.task_role,
-            listener=Listener(
-                listener,
-                (
-                    HostRoute(100, (f"coder.{domain}",)),
-                    HostRoute(500, (f"*.{domain}",)),  # workspace apps on subdomains
-                ),
-            ),
+            listener=Listener(listener, domain),
         )
 
 

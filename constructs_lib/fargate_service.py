@@ -17,19 +17,17 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
+from config.model import ECR_IMAGE
 from constructs_lib.compliance import acknowledge
 from constructs_lib.python_lambda import encrypted_log_group
+from constructs_lib.service_catalogue import AppService
 
 # Names that carry credentials must come from Secrets Manager (`secrets=`), never from `environment=`.
-# <account>.dkr.ecr.<region>.amazonaws.com/<repository>(:<tag>|@<digest>)
-ECR_IMAGE = re.compile(
-    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
-    r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+)|@(?P<digest>sha256:[0-9a-f]{64}))$"
-)
 SECRET_LIKE_NAME = re.compile(
     r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|PUBLIC_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL|_AUTH$"
 )
 ECS_TASKS = "ecs-tasks.amazonaws.com"
+EXECUTION_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"  # ECR pulls and log writes
 
 
 def task_role(scope: Construct, construct_id: str, description: str, managed_policies: Sequence[str] = ()) -> iam.Role:
@@ -81,15 +79,6 @@ class OidcAuthentication:
 
 
 @dataclass(frozen=True)
-class HostRoute:
-    """A host-based rule on the shared HTTPS listener."""
-
-    priority: int
-    hosts: tuple[str, ...]
-    authenticate: OidcAuthentication | None = None
-
-
-@dataclass(frozen=True)
 class EfsMount:
     """An EFS directory mounted through an access point, TLS in transit and IAM authorization."""
 
@@ -100,19 +89,19 @@ class EfsMount:
 
 @dataclass(frozen=True)
 class Listener:
-    """The shared listener and the priorities this service claims on it."""
+    """The shared listener a routed service adds its catalogue routes to, on `<host>.<domain>`."""
 
     listener: elbv2.IApplicationListener
-    routes: tuple[HostRoute, ...]
+    domain: str
+    sign_in: OidcAuthentication | None = None  # required by routes with sign_in
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    name: str  # container name, Cloud Map name (`<name>.<namespace>`), log stream prefix
+    service: AppService  # name (container, Cloud Map, log stream prefix), ports, routes and health path
     image: str
     cpu: int
     memory_mib: int
-    port: int  # the port the target group (if any) forwards to; its name is the service name
     desired_count: int
     environment: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, ecs.Secret] = field(default_factory=dict)
@@ -123,10 +112,12 @@ class ServiceSpec:
     max_healthy_percent: int = 200
     health_check_grace: Duration = Duration.seconds(120)
     container_health_check: ecs.HealthCheck | None = None
-    health_check_path: str | None = None  # what the target group probes; required with a listener
     efs_mounts: tuple[EfsMount, ...] = ()
-    extra_ports: tuple[int, ...] = ()  # more container ports (ClickHouse's native protocol next to HTTP)
     ulimit_nofile: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.service.name
 
 
 class FargateService(Construct):
@@ -173,8 +164,8 @@ class FargateService(Construct):
             spec.name,
             image=_image(self, spec.image),
             port_mappings=[
-                ecs.PortMapping(container_port=port, name=f"{spec.name}-{port}" if port != spec.port else spec.name)
-                for port in (spec.port, *spec.extra_ports)
+                ecs.PortMapping(container_port=port, name=f"{spec.name}-{port}" if port != spec.service.port else spec.name)
+                for port in (spec.service.port, *spec.service.extra_ports.values())
             ],
             ulimits=(
                 [ecs.Ulimit(name=ecs.UlimitName.NOFILE, soft_limit=spec.ulimit_nofile, hard_limit=spec.ulimit_nofile)]
@@ -266,12 +257,12 @@ class FargateService(Construct):
                 self,
                 "TargetGroup",
                 vpc=runtime.vpc,
-                port=spec.port,
+                port=spec.service.port,
                 protocol=elbv2.ApplicationProtocol.HTTP,
                 target_type=elbv2.TargetType.IP,
                 deregistration_delay=Duration.seconds(30),
                 health_check=elbv2.HealthCheck(
-                    path=spec.health_check_path,
+                    path=spec.service.health_path,
                     healthy_http_codes="200",
                     interval=Duration.seconds(30),
                     timeout=Duration.seconds(10),
@@ -280,15 +271,15 @@ class FargateService(Construct):
                 ),
             )
             self.service.attach_to_application_target_group(self.target_group)
-            for route in listener.routes:
+            for route in spec.service.routes:
                 self.rules.append(
                     elbv2.ApplicationListenerRule(
                         self,
                         f"Rule{route.priority}",
                         listener=listener.listener,
                         priority=route.priority,
-                        conditions=[elbv2.ListenerCondition.host_headers(list(route.hosts))],
-                        action=_action(route, self.target_group),
+                        conditions=[elbv2.ListenerCondition.host_headers([route.host_name(listener.domain)])],
+                        action=_action(listener.sign_in if route.sign_in else None, self.target_group),
                     )
                 )
 
@@ -307,9 +298,8 @@ def _image(scope: Construct, image: str) -> ecs.ContainerImage:
     return ecs.ContainerImage.from_ecr_repository(repository, match["tag"] or match["digest"])
 
 
-def _action(route: HostRoute, target_group: elbv2.IApplicationTargetGroup) -> elbv2.ListenerAction:
+def _action(auth: OidcAuthentication | None, target_group: elbv2.IApplicationTargetGroup) -> elbv2.ListenerAction:
     forward = elbv2.ListenerAction.forward([target_group])
-    auth = route.authenticate
     if auth is None:
         return forward
     return elbv2.ListenerAction.authenticate_oidc(
@@ -338,11 +328,14 @@ def _validate(spec: ServiceSpec, listener: Listener | None) -> None:
         problems.append(f"{', '.join(both)} set both as environment and as secret")
     if spec.use_spot and (not spec.stateless or spec.desired_count < 2):
         problems.append("Fargate Spot is only for stateless services running at least 2 tasks")
-    if listener is not None and not listener.routes:
-        problems.append("a listener without routes")
-    if listener is not None and not (spec.health_check_path or "").startswith("/"):
-        problems.append(f"health check path {spec.health_check_path!r} must start with / (a routed service needs one)")
-    if listener is None and spec.health_check_path is not None:
-        problems.append("a health check path without a listener: use container_health_check")
+    routes = spec.service.routes
+    if listener is not None and not routes:
+        problems.append("a listener, but the catalogue gives the service no routes")
+    if listener is None and routes:
+        problems.append("routes in the catalogue, but no listener to add them to")
+    if listener is not None and any(r.sign_in for r in routes) and listener.sign_in is None:
+        problems.append("a route with sign-in needs the listener's sign_in settings")
+    if not spec.service.health_path.startswith("/"):
+        problems.append(f"health path {spec.service.health_path!r} must start with /")
     if problems:
         raise ValueError(f"service {spec.name}: " + "; ".join(problems))

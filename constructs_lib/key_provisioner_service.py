@@ -8,23 +8,13 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.fargate_service import (
-    FargateService,
-    HostRoute,
-    Listener,
-    OidcAuthentication,
-    ServiceRuntime,
-    ServiceSpec,
-    task_role,
-)
-from constructs_lib.litellm_service import LITELLM_PORT
+from constructs_lib.fargate_service import FargateService, Listener, OidcAuthentication, ServiceRuntime, ServiceSpec, task_role
 from constructs_lib.secret_access import SecretAccess
-
-KEY_PROVISIONER_PORT = 8100
+from constructs_lib.service_catalogue import CODER, KEY_PROVISIONER, LITELLM
 
 
 class KeyProvisionerService(Construct):
-    """One task, `admin.{domain}` at priority 200 with ALB `authenticate-oidc` (Azure AD) before forwarding: the
+    """One task behind its catalogue route (`admin.{domain}`) with ALB `authenticate-oidc` (Azure AD) before forwarding: the
     only route with sign-in at the ALB (API hosts must stay reachable by tokens). The client secret is a
     Secrets Manager dynamic reference, resolved by CloudFormation, never in the template."""
 
@@ -59,17 +49,15 @@ class KeyProvisionerService(Construct):
             "Service",
             runtime=runtime,
             spec=ServiceSpec(
-                name="key-provisioner",
+                service=KEY_PROVISIONER,
                 image=config.images.key_provisioner,
                 cpu=256,
                 memory_mib=512,
-                port=KEY_PROVISIONER_PORT,
                 desired_count=config.services.key_provisioner_desired_count,
-                health_check_path="/health",
                 environment={
-                    "LITELLM_URL": f"http://litellm.{runtime.namespace.namespace_name}:{LITELLM_PORT}",
-                    "CODER_URL": f"https://coder.{config.domain}",
-                    "PORT": str(KEY_PROVISIONER_PORT),
+                    "LITELLM_URL": LITELLM.url(runtime.namespace.namespace_name),
+                    "CODER_URL": f"https://{CODER.routes[0].host_name(config.domain)}",
+                    "PORT": str(KEY_PROVISIONER.port),
                 },
                 secrets={
                     "LITELLM_MASTER_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "master_key"),
@@ -77,5 +65,5 @@ class KeyProvisionerService(Construct):
                 },
             ),
             task_role=self.task_role,
-            listener=Listener(listener, (HostRoute(200, (f"admin.{config.domain}",), authentication),)),
+            listener=Listener(listener, config.domain, sign_in=authentication),
         )

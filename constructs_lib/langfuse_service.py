@@ -10,19 +10,11 @@ from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.clickhouse_service import CLICKHOUSE_DATABASE, CLICKHOUSE_HTTP_PORT, CLICKHOUSE_NATIVE_PORT, CLICKHOUSE_USER
-from constructs_lib.fargate_service import (
-    FargateService,
-    HostRoute,
-    Listener,
-    ServiceRuntime,
-    ServiceSpec,
-    http_health_check,
-)
+from constructs_lib.clickhouse_service import CLICKHOUSE_DATABASE, CLICKHOUSE_USER
+from constructs_lib.fargate_service import FargateService, Listener, ServiceRuntime, ServiceSpec, http_health_check
 from constructs_lib.secret_access import SecretAccess
+from constructs_lib.service_catalogue import CLICKHOUSE, LANGFUSE_WEB, LANGFUSE_WORKER
 
-LANGFUSE_WEB_PORT = 3000
-LANGFUSE_WORKER_PORT = 3030
 EVENTS_PREFIX = "events/"
 MEDIA_PREFIX = "media/"
 
@@ -36,14 +28,14 @@ def langfuse_environment(
     media_bucket: s3.IBucket,
 ) -> dict[str, str]:
     """The configuration web and worker share (Langfuse reads the same variables in both)."""
-    clickhouse = f"clickhouse.{namespace}"
+    clickhouse = f"{CLICKHOUSE.name}.{namespace}"
     return {
         "NODE_ENV": "production",
         "HOSTNAME": "0.0.0.0",  # noqa: S104 - listen on the task's interface; the security group limits who connects
-        "NEXTAUTH_URL": f"https://langfuse.{config.domain}",
+        "NEXTAUTH_URL": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",
         "TELEMETRY_ENABLED": "false",
-        "CLICKHOUSE_URL": f"http://{clickhouse}:{CLICKHOUSE_HTTP_PORT}",
-        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://{clickhouse}:{CLICKHOUSE_NATIVE_PORT}",
+        "CLICKHOUSE_URL": CLICKHOUSE.url(namespace),
+        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://{clickhouse}:{CLICKHOUSE.extra_ports['native']}",
         "CLICKHOUSE_USER": CLICKHOUSE_USER,
         "CLICKHOUSE_DB": CLICKHOUSE_DATABASE,
         "CLICKHOUSE_CLUSTER_ENABLED": "false",  # a single ClickHouse server: no ON CLUSTER statements
@@ -82,8 +74,8 @@ def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
 
 
 class LangfuseServices(Construct):
-    """Langfuse web (`langfuse.{domain}`, priority 300, `/api/public/health`, Cloud Map `langfuse-web`) and the
-    worker (`langfuse-worker`, `/api/health` on 3030, no ALB), same image version, same environment.
+    """Langfuse web (behind the ALB on its catalogue route, Cloud Map `langfuse-web`) and the worker
+    (`langfuse-worker`, its health checked inside the container, no ALB), same image version, same environment.
 
     Migrations run when web starts: its health-check grace period is 5 minutes. With two or more tasks they are
     stateless enough for Fargate Spot next to one regular task.
@@ -110,38 +102,33 @@ class LangfuseServices(Construct):
             "Web",
             runtime=runtime,
             spec=ServiceSpec(
-                name="langfuse-web",
+                service=LANGFUSE_WEB,
                 image=config.images.langfuse,
                 cpu=1024,
                 memory_mib=2048,
-                port=LANGFUSE_WEB_PORT,
                 desired_count=web_count,
-                health_check_path="/api/public/health",
-                environment={**environment, "PORT": str(LANGFUSE_WEB_PORT)},
+                environment={**environment, "PORT": str(LANGFUSE_WEB.port)},
                 secrets=container_secrets,
                 use_spot=web_count >= 2,
                 health_check_grace=Duration.seconds(300),
             ),
             task_role=task_role,
-            listener=Listener(listener, (HostRoute(300, (f"langfuse.{config.domain}",)),)),
+            listener=Listener(listener, config.domain),
         )
         self.worker = FargateService(
             self,
             "Worker",
             runtime=runtime,
             spec=ServiceSpec(
-                name="langfuse-worker",
+                service=LANGFUSE_WORKER,
                 image=config.images.langfuse_worker,
                 cpu=512,
                 memory_mib=1024,
-                port=LANGFUSE_WORKER_PORT,
                 desired_count=worker_count,
-                environment={**environment, "PORT": str(LANGFUSE_WORKER_PORT)},
+                environment={**environment, "PORT": str(LANGFUSE_WORKER.port)},
                 secrets=container_secrets,
                 use_spot=worker_count >= 2,
-                container_health_check=http_health_check(
-                    f"http://127.0.0.1:{LANGFUSE_WORKER_PORT}/api/health", start_period=Duration.seconds(120)
-                ),
+                container_health_check=http_health_check(LANGFUSE_WORKER.local_url(), start_period=Duration.seconds(120)),
             ),
             task_role=task_role,
         )

@@ -13,12 +13,10 @@ from constructs import Construct
 
 from config.model import EnvironmentConfig
 from constructs_lib.compliance import acknowledge
-from constructs_lib.fargate_service import FargateService, HostRoute, Listener, ServiceRuntime, ServiceSpec, task_role
+from constructs_lib.fargate_service import FargateService, Listener, ServiceRuntime, ServiceSpec, task_role
 from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config
 from constructs_lib.secret_access import SecretAccess
-
-LITELLM_PORT = 4000
-LANGFUSE_WEB_PORT = 3000
+from constructs_lib.service_catalogue import LANGFUSE_WEB, LITELLM
 
 
 class LiteLLMService(Construct):
@@ -81,7 +79,7 @@ class LiteLLMService(Construct):
             "AWS_REGION_NAME": config.region,
             "DEFAULT_ENFORCEMENT_LEVEL": "standard",
             "GUARDRAILS_ENABLED": "true",
-            "LANGFUSE_HOST": f"http://langfuse-web.{namespace}:{LANGFUSE_WEB_PORT}",
+            "LANGFUSE_HOST": LANGFUSE_WEB.url(namespace),
             "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
             "CUSTOM_LLM_API_BASE": api_base,
             "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
@@ -106,19 +104,17 @@ class LiteLLMService(Construct):
             "Service",
             runtime=runtime,
             spec=ServiceSpec(
-                name="litellm",
+                service=LITELLM,
                 image=config.images.litellm,
                 cpu=512,
                 memory_mib=2048,
-                port=LITELLM_PORT,
                 desired_count=config.services.litellm_desired_count,
-                health_check_path="/health/readiness",
-                command=("--port", str(LITELLM_PORT)),
+                command=("--port", str(LITELLM.port)),
                 environment=environment,
                 secrets=container_secrets,
             ),
             task_role=self.task_role,
-            listener=Listener(listener, (HostRoute(400, (f"ai.{config.domain}",)),)),
+            listener=Listener(listener, config.domain),
         )
 
 

@@ -92,13 +92,6 @@ def python_code(name: str) -> lambda_.Code:
     return _asset(handler_dir, _CopyPackage(modules, dependencies_dir(name)))
 
 
-def python_module_code(module: Path) -> lambda_.Code:
-    """The asset of one stdlib-only module of this repository used as a handler (e.g. pipeline/smoke.py)."""
-    if not module.is_file():
-        raise FileNotFoundError(module)
-    return _asset(module.parent, _CopyPackage([module], None))
-
-
 BASIC_EXECUTION = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]"
 VPC_EXECUTION = "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole]"
 

@@ -1,5 +1,5 @@
-"""The smoke-test probe inside a Stage: `pipeline/smoke.py` as a Lambda in the app subnets, and the role the
-pipeline account assumes to run it and to read target health."""
+"""The smoke-test probe inside a Stage: the handler in `lambdas/smoke_probe/` as a Lambda in the app subnets, and the
+role the pipeline account assumes to run it and to read target health."""
 
 from __future__ import annotations
 
@@ -16,28 +16,19 @@ from constructs import Construct
 
 from config.model import EnvironmentConfig
 from constructs_lib.compliance import acknowledge
-from constructs_lib.python_lambda import ROOT, FunctionNetwork, python_function, python_module_code
+from constructs_lib.python_lambda import FunctionNetwork, python_code, python_function
+from constructs_lib.service_catalogue import SERVICES
 
-SMOKE_MODULE = ROOT / "pipeline" / "smoke.py"
 PROBE_TIMEOUT = Duration.minutes(5)
 MAX_DEADLINE_SECONDS = 270  # the checks' own deadline, inside the function's timeout
 
 
 def smoke_checks(config: EnvironmentConfig) -> list[str]:
-    """What "the platform answers" means, one check per service, through the ALB with each service's host name.
-
-    The admin UI sits behind ALB sign-in: its check passes on the redirect to the identity provider's
-    authorization endpoint (proving rule, certificate and OIDC configuration) and fails on a 2xx, which would
-    mean the admin UI is open without sign-in. The Key Provisioner's own health is proven by its target health.
-    """
-    domain = config.domain
-    idp_host = urlsplit(config.oidc.authorization_endpoint).hostname
-    return [
-        f"coder=coder.{domain}/api/v2/buildinfo",
-        f"litellm=ai.{domain}/health/readiness",
-        f"key-provisioner=admin.{domain}/@redirect:{idp_host}",
-        f"langfuse=langfuse.{domain}/api/public/health",
-    ]
+    """What "the platform answers" means: the service catalogue's smoke check of each routed service, through the
+    ALB with the service's host name. A sign-in route passes only on the redirect to the identity provider's
+    authorization endpoint, and fails on a 2xx (the UI would be open without sign-in)."""
+    idp_host = urlsplit(config.oidc.authorization_endpoint).hostname or ""
+    return [check for service in SERVICES if (check := service.smoke_check(config.domain, idp_host))]
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,7 @@ class SmokeOutputs:
 
 class SmokeProbe(Construct):
     """Defaults:
-    - The function runs `pipeline/smoke.py` (same code as the CLI) in the private app subnets with its own
+    - The function runs `lambdas/smoke_probe/` (the checks `python -m pipeline.smoke` runs) in the private app subnets with its own
       security group, which may only open HTTPS to the ALB. It calls the ALB by its DNS name with each service's
       SNI and Host, verifying certificates against the system's CAs (the ALB presents the ACM certificate).
     - The role `<project>-<env>-smoke-tests` trusts only roles of the pipeline stack in the pipeline account and may
@@ -78,8 +69,8 @@ class SmokeProbe(Construct):
         self.function = python_function(
             self,
             "Function",
-            code=python_module_code(SMOKE_MODULE),
-            handler="smoke.lambda_handler",
+            code=python_code("smoke_probe"),
+            handler="index.handler",
             timeout=PROBE_TIMEOUT,
             description="Smoke tests: calls every service through the internal ALB with its own host name and TLS",
             logs_key=logs_key,

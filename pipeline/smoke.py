@@ -1,7 +1,8 @@
 """Smoke tests through the internal ALB: every service answers on its own host name, with TLS verified.
 
-Usable by hand, in the pipeline's CodeBuild post-step, and inside the probe Lambda (same file, stdlib only; boto3
-only for the AWS modes). Three modes, combinable in one run:
+Usable by hand and in the pipeline's CodeBuild post-step; the HTTP checks are the probe Lambda's own code
+(`constructs_lib/lambdas/smoke_probe/probe.py`, stdlib only), boto3 serves only the AWS modes. Three modes,
+combinable in one run:
 
 - HTTP checks: `--connect ALB_HOST:443 --check coder=coder.example.com/api/v2/buildinfo ...`. Each check opens TLS to
   the ALB with SNI = the check's host, verifies the certificate for that host, sends `GET /path` with that Host,
@@ -19,194 +20,25 @@ per check. Network and TLS errors are outcomes, never tracebacks.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import re
-import socket
-import ssl
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
-DEFAULT_DEADLINE = 240.0
-DEFAULT_INTERVAL = 5.0
-ATTEMPT_TIMEOUT = 10.0  # per network operation, never more than the time left
-GRACE = 2.0  # how long past the deadline an attempt still in flight may take before it is reported as a timeout
-BODY_LIMIT = 65536
-REDIRECT_CODES = (301, 302, 303, 307, 308)
-CHECK_RE = re.compile(
-    r"^(?P<name>[A-Za-z0-9_.-]+)=(?P<host>[a-z0-9.-]+\.[a-z0-9-]+)(?P<path>/[^\s@]*)(?:@redirect:(?P<idp>[a-z0-9.-]+))?$"
+from constructs_lib.lambdas.smoke_probe.probe import (
+    DEFAULT_DEADLINE,
+    DEFAULT_INTERVAL,
+    Check,
+    Outcome,
+    UsageError,
+    parse_address,
+    run_http_checks,
+    run_parallel,
+    split_values,
+    tls_context,
 )
-
-
-class UsageError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    host: str
-    path: str
-    redirect_host: str | None = None  # pass on a redirect to this host instead of 2xx
-
-    @classmethod
-    def parse(cls, text: str) -> Check:
-        match = CHECK_RE.match(text.strip())
-        if not match:
-            raise UsageError(
-                f"bad check {text!r}: expected NAME=HOSTNAME/PATH or NAME=HOSTNAME/PATH@redirect:IDP_HOST "
-                "(e.g. coder=coder.example.com/api/v2/buildinfo)"
-            )
-        return cls(match["name"], match["host"], match["path"], match["idp"])
-
-    def __str__(self) -> str:
-        suffix = f"@redirect:{self.redirect_host}" if self.redirect_host else ""
-        return f"{self.name}={self.host}{self.path}{suffix}"
-
-
-@dataclass
-class Outcome:
-    name: str
-    kind: str  # "http" or "target-health"
-    ok: bool
-    detail: str  # status line or the reason it failed
-    attempts: int = 0
-    seconds: float = 0.0
-    status: int | None = None
-
-    def line(self) -> str:
-        mark = "PASS" if self.ok else "FAIL"
-        return f"{mark} {self.name:<20} {self.detail} ({self.attempts} attempt(s), {self.seconds:.1f} s)"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"bad address {text!r}: expected HOST:PORT, e.g. internal-alb.example.com:443")
-    return host, int(port)
-
-
-def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """Verify certificates (against the bundle, or the system's CAs) and host names; TLS 1.2 or newer."""
-    context = ssl.create_default_context(cafile=ca_bundle)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-class _AddressedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS to a fixed address (the ALB) with SNI, certificate check and Host header all for `host`."""
-
-    def __init__(self, address: tuple[str, int], host: str, context: ssl.SSLContext, timeout: float) -> None:
-        super().__init__(host, address[1], context=context, timeout=timeout)
-        self._address = address
-        self._tls = context
-
-    def connect(self) -> None:
-        raw = socket.create_connection(self._address, self.timeout)
-        try:
-            self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
-        except BaseException:
-            raw.close()
-            raise
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS error: {error.verify_message or error.reason}"
-    if isinstance(error, ssl.SSLError):
-        return f"TLS error: {error.reason or error}"
-    if isinstance(error, (TimeoutError, socket.timeout)):
-        return "timeout"
-    if isinstance(error, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(error, socket.gaierror):
-        return f"DNS lookup failed: {error.strerror}"
-    if isinstance(error, ConnectionResetError):
-        return "connection reset"
-    return f"{type(error).__name__}: {error}"  # e.g. http.client's BadStatusLine from a server that is not HTTP
-
-
-def attempt(check: Check, address: tuple[str, int], context: ssl.SSLContext, timeout: float) -> tuple[bool, int | None, str]:
-    """One request. Returns (passed, status, detail)."""
-    connection = _AddressedHTTPSConnection(address, check.host, context, timeout)
-    try:
-        connection.request("GET", check.path, headers={"User-Agent": "coder-platform-smoke/1", "Connection": "close"})
-        response = connection.getresponse()
-        response.read(BODY_LIMIT)
-        status = response.status
-        detail = f"{status} {response.reason}".strip()
-        if check.redirect_host:
-            location = response.getheader("Location") or ""
-            target = urlsplit(location).hostname
-            if status in REDIRECT_CODES and target == check.redirect_host:
-                return True, status, f"{status} redirect to {target} (sign-in)"
-            return False, status, f"{detail}, expected a redirect to {check.redirect_host} (got {target or 'none'})"
-        return 200 <= status < 300, status, detail
-    except Exception as error:  # every network or TLS failure is an outcome
-        return False, None, _reason(error)
-    finally:
-        connection.close()
-
-
-def _retry(
-    name: str,
-    kind: str,
-    once: Callable[[float], tuple[bool, int | None, str]],
-    deadline: float,
-    interval: float,
-    clock: Callable[[], float],
-) -> Outcome:
-    started = clock()
-    outcome = Outcome(name, kind, False, "not attempted")
-    while True:
-        left = deadline - clock()
-        if left <= 0:
-            break
-        outcome.attempts += 1
-        outcome.ok, outcome.status, outcome.detail = once(max(0.5, min(ATTEMPT_TIMEOUT, left)))
-        if outcome.ok:
-            break
-        left = deadline - clock()
-        if left <= 0:
-            break
-        time.sleep(min(interval, left))
-    outcome.seconds = clock() - started
-    return outcome
-
-
-def _run_parallel(jobs: Sequence[tuple[str, str, Callable[[float], tuple[bool, int | None, str]]]],
-                  deadline: float, interval: float, clock: Callable[[], float] = time.monotonic) -> list[Outcome]:
-    """Each job retries in its own daemon thread; whatever is still running at deadline + GRACE is a timeout."""
-    results: list[Outcome | None] = [None] * len(jobs)
-
-    def work(index: int, name: str, kind: str, once) -> None:
-        results[index] = _retry(name, kind, once, deadline, interval, clock)
-
-    threads = [threading.Thread(target=work, args=(i, *job), daemon=True) for i, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(max(0.0, deadline + GRACE - clock()))
-    outcomes = []
-    for (name, kind, _once), result in zip(jobs, results, strict=True):
-        outcomes.append(result or Outcome(name, kind, False, "timeout (still waiting at the deadline)", 1, deadline - clock()))
-    return outcomes
-
-
-def run_http_checks(checks: Sequence[Check], address: tuple[str, int], context: ssl.SSLContext,
-                    deadline_seconds: float, interval: float = DEFAULT_INTERVAL) -> list[Outcome]:
-    deadline = time.monotonic() + deadline_seconds
-    jobs = [
-        (check.name, "http", lambda timeout, check=check: attempt(check, address, context, timeout))
-        for check in checks
-    ]
-    return _run_parallel(jobs, deadline, interval)
 
 
 def _health_once(client, arn: str) -> tuple[bool, int | None, str]:
@@ -228,7 +60,7 @@ def run_target_health(client, target_group_arns: Sequence[str], deadline_seconds
         (_target_group_name(arn), "target-health", lambda _timeout, arn=arn: _health_once(client, arn))
         for arn in target_group_arns
     ]
-    return _run_parallel(jobs, deadline, interval)
+    return run_parallel(jobs, deadline, interval)
 
 
 def _target_group_name(arn: str) -> str:
@@ -288,11 +120,6 @@ def _session(role_arn: str | None, region: str | None):
     )
 
 
-def _split(values: Sequence[str]) -> list[str]:
-    """Repeatable options also accept whitespace- or comma-separated lists (as CloudFormation outputs carry them)."""
-    return [item for value in values for item in re.split(r"[\s,]+", value.strip()) if item]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.smoke", description=__doc__.split("\n\n")[0])
     parser.add_argument("--connect", help="HOST:PORT of the ALB (HTTP checks; optional with --function)")
@@ -314,8 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        checks = [Check.parse(text) for text in _split(args.check)]
-        target_groups = _split(args.target_group)
+        checks = [Check.parse(text) for text in split_values(args.check)]
+        target_groups = split_values(args.target_group)
         if args.deadline <= 0 or args.interval <= 0:
             raise UsageError("--deadline and --interval must be positive")
         if checks and not (args.connect or args.function):
@@ -353,18 +180,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.junit:
         write_junit(args.junit, outcomes)
     return 0 if passed == len(outcomes) else 1
-
-
-def lambda_handler(event: dict, _context=None) -> dict:
-    """The probe Lambda: event {"checks": [...], "connect": "HOST:PORT"?, "deadline": seconds?}; the ALB address
-    and default checks come from the function's environment (SMOKE_CONNECT, SMOKE_CHECKS)."""
-    import os
-
-    checks = [Check.parse(text) for text in _split(event.get("checks") or [os.environ.get("SMOKE_CHECKS", "")])]
-    address = parse_address(event.get("connect") or os.environ["SMOKE_CONNECT"])
-    deadline = min(float(event.get("deadline", DEFAULT_DEADLINE)), float(os.environ.get("SMOKE_MAX_DEADLINE", 270)))
-    outcomes = run_http_checks(checks, address, tls_context(None), deadline)
-    return {"results": [asdict(outcome) for outcome in outcomes]}
 
 
 if __name__ == "__main__":

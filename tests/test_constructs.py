@@ -6,13 +6,19 @@ import pytest
 from aws_cdk import App, Stack
 
 from constructs_lib import python_lambda
-from constructs_lib.fargate_service import HostRoute, Listener, ServiceSpec, _validate
+from constructs_lib.fargate_service import Listener, ServiceSpec, _validate
 from constructs_lib.litellm_config import LiteLLMConfigError, load_litellm_config
 from constructs_lib.litellm_service import bedrock_model_arns
+from constructs_lib.service_catalogue import AppService, Placement, Route
+
+UNROUTED = AppService(name="svc", title="Service", port=8080, health_path="/health", placement=Placement.SERVICES)
+ROUTED = AppService(name="web", title="Web", port=8080, health_path="/health", placement=Placement.SERVICES,
+                    routes=(Route(100, "web"),))
+LISTENER = Listener(listener=None, domain="example.com")  # type: ignore[arg-type]
 
 
-def spec(**overrides) -> ServiceSpec:
-    values = dict(name="svc", image="repo/image:1.0", cpu=256, memory_mib=512, port=8080, desired_count=1)
+def spec(service: AppService = UNROUTED, **overrides) -> ServiceSpec:
+    values = dict(service=service, image="repo/image:1.0", cpu=256, memory_mib=512, desired_count=1)
     values.update(overrides)
     return ServiceSpec(**values)
 
@@ -25,8 +31,9 @@ def spec(**overrides) -> ServiceSpec:
         ({"environment": {"LITELLM_MASTER_KEY": "sk-1"}}, "LITELLM_MASTER_KEY look like credentials"),
         ({"use_spot": True, "desired_count": 1}, "Fargate Spot is only for stateless services running at least 2"),
         ({"use_spot": True, "desired_count": 2, "stateless": False}, "Fargate Spot is only for stateless"),
-        ({"name": "Bad_Name"}, "must be a lower-case DNS label"),
-        ({"health_check_path": "/health"}, "a health check path without a listener"),
+        ({"service": AppService("Bad_Name", "Bad", 80, "/health", Placement.SERVICES)}, "must be a lower-case DNS label"),
+        ({"service": AppService("svc", "Svc", 80, "health", Placement.SERVICES)}, "health path 'health' must start with /"),
+        ({"service": ROUTED}, "routes in the catalogue, but no listener to add them to"),
     ],
 )
 def test_service_spec_refusals(overrides, message):
@@ -34,11 +41,13 @@ def test_service_spec_refusals(overrides, message):
         _validate(spec(**overrides), None)
 
 
-def test_a_routed_service_needs_a_health_check_path():
-    listener = Listener(listener=None, routes=(HostRoute(100, ("a.example.com",)),))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="must start with / \\(a routed service needs one\\)"):
-        _validate(spec(health_check_path=None), listener)
-    _validate(spec(health_check_path="/health"), listener)
+def test_listener_and_routes_go_together():
+    with pytest.raises(ValueError, match="a listener, but the catalogue gives the service no routes"):
+        _validate(spec(UNROUTED), LISTENER)
+    signed = AppService("ui", "UI", 80, "/health", Placement.SERVICES, routes=(Route(100, "ui", sign_in=True),))
+    with pytest.raises(ValueError, match="a route with sign-in needs the listener's sign_in settings"):
+        _validate(spec(signed), LISTENER)
+    _validate(spec(ROUTED), LISTENER)
 
 
 def test_service_spec_accepts_plain_configuration_and_spot_for_two_stateless_tasks():

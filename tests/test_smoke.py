@@ -14,6 +14,7 @@ import pytest
 from pipeline import smoke
 from tests.assembly import ROOT
 from tests.certificates import LocalCA
+from tests.lambdas import load_handler
 from tests.tls_servers import FakeAlb, SilentServer, closed_port, fixed, healthy_after
 
 DOMAIN = "coder.example.test"
@@ -174,7 +175,7 @@ def test_bad_arguments_exit_2_with_a_message(args, message):
 
 
 def test_checks_accept_a_space_separated_list():
-    assert [c.name for c in map(smoke.Check.parse, smoke._split([" ".join(CHECKS)]))] == [
+    assert [c.name for c in map(smoke.Check.parse, smoke.split_values([" ".join(CHECKS)]))] == [
         "coder", "litellm", "langfuse", "admin"]
     assert str(smoke.Check.parse(CHECKS[3])) == CHECKS[3]
 
@@ -267,7 +268,7 @@ def test_via_the_probe_function(ca, monkeypatch):
 
         def invoke(self, FunctionName, Payload):  # noqa: N803 (boto3's argument names)
             self.payloads.append(json.loads(Payload))
-            result = smoke.lambda_handler(json.loads(Payload))
+            result = load_handler("smoke_probe").handler(json.loads(Payload))
             return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(result).encode())}
 
     monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))  # the Lambda trusts the system's CAs

@@ -26,10 +26,10 @@ def _stage_actions(pipeline, stage: str) -> list[dict]:
     return next(s["Actions"] for s in props["Stages"] if s["Name"] == stage)
 
 
-def test_probe_function_runs_the_smoke_module_in_the_app_subnets(observability, env_config):
+def test_probe_function_runs_the_smoke_checks_in_the_app_subnets(observability, env_config):
     function = observability.resources[observability.logical_id("/Observability/SmokeProbe/Function/Resource")]
     props = function["Properties"]
-    assert (props["Runtime"], props["Handler"], props["Timeout"]) == ("python3.14", "smoke.lambda_handler", 300)
+    assert (props["Runtime"], props["Handler"], props["Timeout"]) == ("python3.14", "index.handler", 300)
     vpc = props["VpcConfig"]
     assert "SmokeProbeSecurityGroup" in json.dumps(vpc["SecurityGroupIds"])
     assert len(vpc["SubnetIds"]) == 2 and all("PrivateAppSubnet" in json.dumps(s) for s in vpc["SubnetIds"])
@@ -37,11 +37,13 @@ def test_probe_function_runs_the_smoke_module_in_the_app_subnets(observability, 
     assert variables["SMOKE_CHECKS"] == " ".join(smoke_checks(env_config))
     assert "LoadBalancer" in json.dumps(variables["SMOKE_CONNECT"]) and json.dumps(variables["SMOKE_CONNECT"]).endswith(':443"]]}')
     assert int(variables["SMOKE_MAX_DEADLINE"]) < props["Timeout"]
-    # The asset is the very module the CLI runs.
+    # The asset is the handler and the very check module the CLI imports.
     assets = json.loads(next(observability.path.parent.glob(f"{observability.path.name.split('.')[0]}.assets.json")).read_text())
     folder = observability.path.parent / assets["files"][props["Code"]["S3Key"].removesuffix(".zip")]["source"]["path"]
-    assert [p.name for p in folder.iterdir()] == ["smoke.py"]
-    assert (folder / "smoke.py").read_text() == (ROOT / "pipeline" / "smoke.py").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == ["cfn_response.py", "index.py", "probe.py"]
+    probe = ROOT / "constructs_lib" / "lambdas" / "smoke_probe" / "probe.py"
+    assert (folder / "probe.py").read_text() == probe.read_text()
+    assert "from constructs_lib.lambdas.smoke_probe.probe import" in (ROOT / "pipeline" / "smoke.py").read_text()
 
 
 def test_smoke_checks_cover_every_service(env_config):
@@ -50,13 +52,13 @@ def test_smoke_checks_cover_every_service(env_config):
         f"coder=coder.{domain}/api/v2/buildinfo",
         f"litellm=ai.{domain}/health/readiness",
         f"key-provisioner=admin.{domain}/@redirect:login.microsoftonline.com",
-        f"langfuse=langfuse.{domain}/api/public/health",
+        f"langfuse-web=langfuse.{domain}/api/public/health",
     ]
 
 
 def test_smoke_role_trusts_only_the_pipeline_stack_roles(observability, env_config, app_config):
     role = observability.resources[observability.logical_id("/Observability/SmokeProbe/Role/Resource")]["Properties"]
-    assert role["RoleName"] == f"coder-{env_config.name.value}-smoke-tests"
+    assert role["RoleName"] == f"coder-{env_config.name}-smoke-tests"
     assert role["MaxSessionDuration"] == 3600
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
     pipeline_account = app_config.pipeline.account
@@ -119,7 +121,7 @@ def test_staging_smoke_tests_stop_promotion(pipeline):
 
 @pytest.mark.parametrize(("stage_name", "config_name"), [("Staging", "staging"), ("Production", "production")])
 def test_post_step_project(pipeline, app_config, stage_name, config_name):
-    env = getattr(app_config, config_name)
+    env = app_config.environment(config_name)
     (smoke,) = [a for a in _stage_actions(pipeline, stage_name) if a["Name"] == f"SmokeTests{stage_name}"]
     project_id = smoke["Configuration"]["ProjectName"]["Ref"]
     spec = json.loads(pipeline.resources[project_id]["Properties"]["Source"]["BuildSpec"])
