@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from aws_cdk import Acknowledgment, Validations
+import cdk_nag
+from aws_cdk import Acknowledgment, IPolicyValidationPluginBeta1, Validations
 from constructs import IConstruct
 
-PACKS = ("AwsSolutions", "NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
-_NIST, _HIPAA, _PCI = "NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321"
+from constructs_lib.compliance_packs import MIN_REASON_LENGTH, PACK_NAMES, PACKS
+
+_NIST, _HIPAA, _PCI = PACK_NAMES[1:]
 # The packs that carry each (unprefixed) rule this project acknowledges, so that a report counts each once.
 RULE_PACKS = {
     **dict.fromkeys(
@@ -31,6 +33,11 @@ RULE_PACKS = {
 }
 
 
+def compliance_plugins(scope: IConstruct) -> list[IPolicyValidationPluginBeta1]:
+    """One cdk-nag plugin per pack of PACKS (register them once, at the App: they reach every Stage)."""
+    return [getattr(cdk_nag, pack.checks)(scope) for pack in PACKS]
+
+
 def acknowledge(scope: IConstruct, reasons: Mapping[str, str]) -> None:
     """`{rule id: reason}` on `scope` and everything below it. A rule id without a pack prefix
     (e.g. "S3BucketReplicationEnabled") is acknowledged in the packs of RULE_PACKS that have it."""
@@ -38,7 +45,7 @@ def acknowledge(scope: IConstruct, reasons: Mapping[str, str]) -> None:
     if not reasons:
         return
     for rule, reason in reasons.items():
-        if len(reason.strip()) < 20:
+        if len(reason.strip()) < MIN_REASON_LENGTH:
             raise ValueError(f"acknowledgment of {rule} needs a reason that says why this resource is safe")
         for rule_id in _expand(rule):
             acknowledgments.append(Acknowledgment(id=rule_id, reason=reason))
@@ -46,7 +53,7 @@ def acknowledge(scope: IConstruct, reasons: Mapping[str, str]) -> None:
 
 
 def _expand(rule: str) -> Iterable[str]:
-    if rule.startswith(PACKS):
+    if rule.startswith(PACK_NAMES):
         return [rule]
     if rule not in RULE_PACKS:
         raise ValueError(f"{rule}: prefix it with its pack, or list its packs in RULE_PACKS")

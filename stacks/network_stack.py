@@ -12,10 +12,13 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
-from config.model import EnvironmentConfig
+from config.model import Bucket, EnvironmentConfig
 from constructs_lib.compliance import acknowledge
 from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
 from constructs_lib.log_bucket import log_bucket
+from constructs_lib.postgres_database import POSTGRES_PORT
+from constructs_lib.redis_cache import REDIS_PORT
+from constructs_lib.service_catalogue import CLICKHOUSE, LANGFUSE_WEB, LITELLM, Placement, routed
 
 S3_ACCESS_LOGS_PREFIX = "s3-access/"  # S3 server access logs of every platform bucket: s3-access/<bucket>/
 FLOW_LOGS_PREFIX = "vpc-flow-logs/"
@@ -24,17 +27,7 @@ PUBLIC_SUBNETS = "Public"
 APP_SUBNETS = "PrivateApp"
 DATA_SUBNETS = "PrivateData"
 
-# Ports the ALB may reach on the ECS services security group (Coder, LiteLLM, Key Provisioner).
-SERVICE_PORTS = {
-    "Coder": 7080,
-    "LiteLLM": 4000,
-    "Key Provisioner": 8100,
-}
-LANGFUSE_WEB_PORT = 3000
-CLICKHOUSE_PORTS = {"ClickHouse HTTP": 8123, "ClickHouse native": 9000}
 WORKSPACE_AGENT_PORT = 13337
-POSTGRES_PORT = 5432
-REDIS_PORT = 6379
 NFS_PORT = 2049
 
 INTERFACE_ENDPOINTS = {
@@ -178,7 +171,7 @@ class NetworkStack(Stack):
     def _access_logs_bucket(self, config: EnvironmentConfig) -> s3.IBucket:
         # Also the target of the Data layer's S3 server access logs (they name this bucket in their logging).
         return log_bucket(
-            self, "AccessLogsBucket", bucket_name=config.global_name("access-logs"), s3_access_prefix=S3_ACCESS_LOGS_PREFIX
+            self, "AccessLogsBucket", bucket_name=config.bucket_name(Bucket.ACCESS_LOGS), s3_access_prefix=S3_ACCESS_LOGS_PREFIX
         )
 
     def _logs_key(self, config: EnvironmentConfig) -> kms.Key:
@@ -232,24 +225,26 @@ class NetworkStack(Stack):
         # ALB authenticate-oidc calls the identity provider's token and user-info endpoints.
         alb.add_egress_rule(anywhere, ec2.Port.tcp(443), "OIDC identity provider (ALB authenticate-oidc)")
         alb.connections.allow_from(smoke_probe, ec2.Port.tcp(443), "HTTPS from the smoke-test probe")
-        for name, port in SERVICE_PORTS.items():
-            services.connections.allow_from(alb, ec2.Port.tcp(port), f"{name} from the ALB")
+        # The ALB reaches each routed service (service catalogue) on its port, in the group it runs in.
+        placed = {Placement.SERVICES: services, Placement.LANGFUSE: langfuse, Placement.CLICKHOUSE: clickhouse}
+        for service in routed():
+            placed[service.placement].connections.allow_from(alb, ec2.Port.tcp(service.port), f"{service.title} from the ALB")
         services.connections.allow_internally(
-            ec2.Port.tcp(SERVICE_PORTS["LiteLLM"]), "Key Provisioner to LiteLLM (service to service)"
+            ec2.Port.tcp(LITELLM.port), "Key Provisioner to LiteLLM (service to service)"
         )
         services.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: AWS APIs, identity provider, LLM APIs")
 
         workspaces.connections.allow_from(alb, ec2.Port.tcp(WORKSPACE_AGENT_PORT), "Workspace apps from the ALB")
-        workspaces.connections.allow_to(services, ec2.Port.tcp(SERVICE_PORTS["LiteLLM"]), "LiteLLM from workspaces")
+        workspaces.connections.allow_to(services, ec2.Port.tcp(LITELLM.port), "LiteLLM from workspaces")
         workspaces.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS")
         workspaces.add_egress_rule(anywhere, ec2.Port.tcp(53), "DNS over TCP")
         workspaces.add_egress_rule(anywhere, ec2.Port.udp(53), "DNS")
 
-        langfuse.connections.allow_from(alb, ec2.Port.tcp(LANGFUSE_WEB_PORT), "Langfuse web from the ALB")
-        langfuse.connections.allow_from(services, ec2.Port.tcp(LANGFUSE_WEB_PORT), "LiteLLM's trace callbacks")
+        langfuse.connections.allow_from(services, ec2.Port.tcp(LANGFUSE_WEB.port), "LiteLLM's trace callbacks")
         langfuse.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: S3, AWS APIs, image registry")
-        for name, port in CLICKHOUSE_PORTS.items():
-            clickhouse.connections.allow_from(langfuse, ec2.Port.tcp(port), f"{name} from Langfuse")
+        clickhouse_ports = {"HTTP": CLICKHOUSE.port, **CLICKHOUSE.extra_ports}
+        for label, port in clickhouse_ports.items():
+            clickhouse.connections.allow_from(langfuse, ec2.Port.tcp(port), f"{CLICKHOUSE.title} {label} from Langfuse")
         clickhouse.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: image registry, CloudWatch Logs")
         efs.connections.allow_from(clickhouse, ec2.Port.tcp(NFS_PORT), "NFS from ClickHouse (its data directory)")
 

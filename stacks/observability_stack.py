@@ -9,7 +9,7 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from config.model import EnvironmentConfig
+from config.model import Bucket, EnvironmentConfig
 from constructs_lib.clickhouse_service import ClickHouseService
 from constructs_lib.langfuse_service import LangfuseServices, langfuse_environment
 from constructs_lib.secret_access import SecretAccess
@@ -74,8 +74,8 @@ class ObservabilityStack(Stack):
                 network.namespace.namespace_name,
                 data.redis.endpoint,
                 data.redis.port,
-                data.buckets.langfuse_events,
-                data.buckets.langfuse_media,
+                data.buckets[Bucket.LANGFUSE_EVENTS],
+                data.buckets[Bucket.LANGFUSE_MEDIA],
             ),
         )
         # The last layer: every target group exists, so the smoke-test probe lives here.

@@ -48,23 +48,23 @@ def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly
 
 def test_rds_logs_monitoring_and_identifier(data, env_config):
     db = data.one("AWS::RDS::DBInstance")
-    identifier = f"coder-{env_config.name.value}-postgres"
+    identifier = f"coder-{env_config.name}-postgres"
     assert db["DBInstanceIdentifier"] == identifier
     assert db["MonitoringInterval"] == 60 and "MonitoringRole" in json.dumps(db["MonitoringRoleArn"])
     names = {g["LogGroupName"] for g in data.props("AWS::Logs::LogGroup") if "LogGroupName" in g}
     assert names == {f"/aws/rds/instance/{identifier}/postgresql", f"/aws/rds/instance/{identifier}/upgrade"}
-    postgres = data.resources[data.logical_id("/Data/Postgres/Resource")]
-    assert all(data.logical_id(f"/Data/PostgresLogs{k}/Resource") in postgres["DependsOn"] for k in ("Postgresql", "Upgrade"))
+    postgres = data.resources[data.logical_id("/Data/Database/Postgres/Resource")]
+    assert all(data.logical_id(f"/Data/Database/PostgresLogs{k}/Resource") in postgres["DependsOn"] for k in ("Postgresql", "Upgrade"))
     assert not data.of_type("Custom::LogRetention")  # no log-retention Lambda any more
 
 
 def test_master_login_rotates_every_30_days_inside_the_vpc(data, env_config):
     (schedule,) = data.props("AWS::SecretsManager::RotationSchedule")
-    assert schedule["SecretId"] == {"Ref": data.logical_id("/Data/PostgresMasterSecret/Resource")}
+    assert schedule["SecretId"] == {"Ref": data.logical_id("/Data/Database/PostgresMasterSecret/Resource")}
     assert schedule["RotationRules"]["ScheduleExpression"] == "rate(30 days)"
     hosted = schedule["HostedRotationLambda"]
     assert hosted["RotationType"] == "PostgreSQLSingleUser"
-    assert hosted["RotationLambdaName"] == f"coder-{env_config.name.value}-postgres-master-rotation"
+    assert hosted["RotationLambdaName"] == f"coder-{env_config.name}-postgres-master-rotation"
     assert "DbBootstrapSecurityGroup" in json.dumps(hosted["VpcSecurityGroupIds"])
     assert json.dumps(hosted["VpcSubnetIds"]).count("PrivateAppSubnet") == 2
     assert "DataKey" in json.dumps(hosted["KmsKeyArn"])
@@ -72,12 +72,12 @@ def test_master_login_rotates_every_30_days_inside_the_vpc(data, env_config):
 
 def test_backup_plan_covers_database_file_system_and_locks(data, env_config):
     vault = data.one("AWS::Backup::BackupVault")
-    assert vault["BackupVaultName"] == f"coder-{env_config.name.value}-backups"
+    assert vault["BackupVaultName"] == f"coder-{env_config.name}-backups"
     assert "DataKey" in json.dumps(vault["EncryptionKeyArn"])
     (rule,) = data.one("AWS::Backup::BackupPlan")["BackupPlan"]["BackupPlanRule"]
     assert rule["Lifecycle"] == {"DeleteAfterDays": 35} and rule["ScheduleExpression"] == "cron(0 5 * * ? *)"
     resources = json.dumps(data.one("AWS::Backup::BackupSelection")["BackupSelection"]["Resources"])
-    for construct in ("Postgres/Resource", "FileSystem/Resource", "TerraformLockTable/Resource"):
+    for construct in ("Database/Postgres/Resource", "FileSystem/Resource", "TerraformLockTable/Resource"):
         assert data.logical_id(f"/Data/{construct}") in resources, construct
     assert data.one("AWS::EFS::FileSystem").get("BackupPolicy", {}).get("Status") != "ENABLED"  # one plan, not two
 

@@ -110,7 +110,7 @@ def test_redis_replication_group(data):
 def test_redis_auth_token_is_a_dynamic_reference(data):
     token = json.dumps(data.one("AWS::ElastiCache::ReplicationGroup")["AuthToken"])
     assert "{{resolve:secretsmanager:" in token
-    assert data.logical_id("/Data/RedisAuthTokenSecret/Resource") in token
+    assert data.logical_id("/Data/Secrets/RedisAuthTokenSecret/Resource") in token
 
 
 def test_redis_noeviction(data):
@@ -137,7 +137,7 @@ def test_five_buckets_named_per_environment(data, env_config):
     buckets = {p["BucketName"] for p in data.props("AWS::S3::Bucket")}
     suffix = f"{env_config.account}-{env_config.region}"
     assert buckets == {
-        f"coder-{env_config.name.value}-{name}-{suffix}"
+        f"coder-{env_config.name}-{name}-{suffix}"
         for name in ("terraform-state", "backups", "artifacts", "langfuse-events", "langfuse-media")
     }
     assert all(len(name) <= 63 for name in buckets)
@@ -186,7 +186,7 @@ def test_bucket_versioning_and_lifecycle(data, env_config):
 
 def test_lock_table(data, env_config):
     table = data.one("AWS::DynamoDB::Table")
-    assert table["TableName"] == f"coder-{env_config.name.value}-terraform-locks"
+    assert table["TableName"] == f"coder-{env_config.name}-terraform-locks"
     assert table["KeySchema"] == [{"AttributeName": "LockID", "KeyType": "HASH"}]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
@@ -252,7 +252,7 @@ def test_secret_initializer_can_touch_only_its_secrets(data):
         if "SecretFieldsInitializer" in r["Metadata"]["aws:cdk:path"]
     ]
     formatted = {
-        data.logical_id(f"/Data/{cid}/Secret/Resource") for cid in ("LiteLLMMasterKey", "LangfuseApiKeys", "LangfuseAuth")
+        data.logical_id(f"/Data/Secrets/{cid}/Secret/Resource") for cid in ("LiteLLMMasterKey", "LangfuseApiKeys", "LangfuseAuth")
     }
     for statement in role_policy["PolicyDocument"]["Statement"]:
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
@@ -268,10 +268,10 @@ def test_app_databases_custom_resource(data):
     (resource_id,) = data.of_type("Custom::AppDatabases")
     resource = data.resources[resource_id]
     props = resource["Properties"]
-    apps = {app: data.logical_id(f"/Data/{app.capitalize()}DatabaseSecret/Resource") for app in ("coder", "litellm", "langfuse")}
+    apps = {app: data.logical_id(f"/Data/Secrets/{app.capitalize()}DatabaseSecret/Resource") for app in ("coder", "litellm", "langfuse")}
     assert props["AppSecretArns"] == {app: {"Ref": lid} for app, lid in apps.items()}
-    assert props["MasterSecretArn"] == {"Ref": data.logical_id("/Data/PostgresMasterSecret/Resource")}
-    postgres = data.logical_id("/Data/Postgres/Resource")
+    assert props["MasterSecretArn"] == {"Ref": data.logical_id("/Data/Database/PostgresMasterSecret/Resource")}
+    postgres = data.logical_id("/Data/Database/Postgres/Resource")
     assert props["Endpoint"] == {"Fn::GetAtt": [postgres, "Endpoint.Address"]}
     assert re.fullmatch(r"[0-9a-f]{16}", props["HandlerVersion"])
     assert postgres in resource["DependsOn"]  # the instance accepts connections before the first run
@@ -301,8 +301,8 @@ def test_app_databases_function_permissions(data):
         if "/AppDatabases/" in r["Metadata"]["aws:cdk:path"]
     ]
     statements = policy["PolicyDocument"]["Statement"]
-    app_secrets = {data.logical_id(f"/Data/{a}DatabaseSecret/Resource") for a in ("Coder", "Litellm", "Langfuse")}
-    master = data.logical_id("/Data/PostgresMasterSecret/Resource")
+    app_secrets = {data.logical_id(f"/Data/Secrets/{a}DatabaseSecret/Resource") for a in ("Coder", "Litellm", "Langfuse")}
+    master = data.logical_id("/Data/Database/PostgresMasterSecret/Resource")
     reads = [s for s in statements if s["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]]
     assert {r["Ref"] for s in reads for r in s["Resource"]} == app_secrets | {master}
     (write,) = [s for s in statements if s.get("Sid") == "WriteConnectionUrls"]

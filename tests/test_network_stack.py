@@ -69,7 +69,7 @@ def test_six_subnets_one_nat_one_igw(network):
 
 
 def test_cloud_map_namespace(network, env_config):
-    assert network.one("AWS::ServiceDiscovery::PrivateDnsNamespace")["Name"] == f"coder-{env_config.name.value}.local"
+    assert network.one("AWS::ServiceDiscovery::PrivateDnsNamespace")["Name"] == f"coder-{env_config.name}.local"
 
 
 def test_s3_gateway_endpoint(network):

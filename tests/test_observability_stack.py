@@ -155,7 +155,7 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, c
     assert container["Image"] == getattr(env_config.images, image_key)
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [port]
     environment = _environment(container)
-    namespace = f"coder-{env_config.name.value}.local"
+    namespace = f"coder-{env_config.name}.local"
     expected = {
         "NODE_ENV": "production",
         "HOSTNAME": "0.0.0.0",

@@ -90,7 +90,7 @@ def test_listener_rules_hosts_priorities_and_targets(platform, env_config):
     }
     rules = {}
     for props in platform.props("AWS::ElasticLoadBalancingV2::ListenerRule"):
-        assert props["ListenerArn"] == {"Ref": platform.logical_id("/Platform/LoadBalancer/Https/Resource")}
+        assert props["ListenerArn"] == {"Ref": platform.logical_id("/Platform/LoadBalancing/LoadBalancer/Https/Resource")}
         (condition,) = props["Conditions"]
         assert condition["Field"] == "host-header"
         forward = props["Actions"][-1]
@@ -140,7 +140,7 @@ def test_target_groups_ports_and_health_checks(platform):
 def test_coder_container(platform, env_config):
     task = _task(platform, "Coder")
     assert (task["Cpu"], task["Memory"]) == ("1024", "4096")
-    assert task["Family"] == f"coder-{env_config.name.value}-coder"
+    assert task["Family"] == f"coder-{env_config.name}-coder"
     container = _container(platform, "Coder")
     assert container["Image"] == env_config.images.coder
     assert container["PortMappings"] == [{"ContainerPort": 7080, "Name": "coder", "Protocol": "tcp"}]
@@ -198,7 +198,7 @@ def test_litellm_container(platform, env_config):
         "AWS_REGION_NAME": env_config.region,
         "DEFAULT_ENFORCEMENT_LEVEL": "standard",
         "GUARDRAILS_ENABLED": "true",
-        "LANGFUSE_HOST": f"http://langfuse-web.coder-{env_config.name.value}.local:3000",
+        "LANGFUSE_HOST": f"http://langfuse-web.coder-{env_config.name}.local:3000",
         "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
         "CUSTOM_LLM_API_BASE": api_base,
         "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
@@ -238,7 +238,7 @@ def test_key_provisioner_container(platform, env_config):
     assert f"{env_config.account}.dkr.ecr.{env_config.region}." in image and f"/{repository}:{tag}" in image
     assert container["PortMappings"][0]["ContainerPort"] == 8100
     assert {e["Name"]: e["Value"] for e in container["Environment"]} == {
-        "LITELLM_URL": f"http://litellm.coder-{env_config.name.value}.local:4000",
+        "LITELLM_URL": f"http://litellm.coder-{env_config.name}.local:4000",
         "CODER_URL": f"https://coder.{env_config.domain}",
         "PORT": "8100",
     }
@@ -303,7 +303,7 @@ def test_coder_task_role(platform, env_config):
     statements = _statements(platform, "Coder/TaskRole")
     sids = _by_sid(statements)
     cluster = platform.logical_id("/Platform/Cluster/Resource")
-    env, region, account = env_config.name.value, env_config.region, env_config.account
+    env, region, account = env_config.name, env_config.region, env_config.account
 
     assert sids["TaskDefinitions"]["Action"] == [
         "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"]
@@ -316,7 +316,7 @@ def test_coder_task_role(platform, env_config):
     assert pass_role["Action"] == "iam:PassRole"
     assert pass_role["Condition"] == {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}
     passed = sorted(r["Fn::GetAtt"][0] for r in pass_role["Resource"])
-    assert passed == sorted(platform.logical_id(f"/Platform/{r}/Resource")
+    assert passed == sorted(platform.logical_id(f"/Platform/Workspaces/{r}/Resource")
                             for r in ("WorkspaceTaskRole", "AemWorkspaceTaskRole", "WorkspaceExecutionRole"))
     assert platform.logical_id("/Platform/TaskExecutionRole/Resource") not in json.dumps(pass_role)
 
@@ -382,7 +382,7 @@ def test_key_provisioner_task_role_reads_its_two_secrets(platform):
 def test_langfuse_task_role_uses_only_its_two_buckets(platform, env_config):
     sids = _by_sid(_statements(platform, "LangfuseTaskRole"))
     assert set(sids) == {"LangfuseObjects", "LangfuseList", "LangfuseKey"}
-    buckets = [f"arn:aws:s3:::coder-{env_config.name.value}-{name}-{env_config.account}-{env_config.region}"
+    buckets = [f"arn:aws:s3:::coder-{env_config.name}-{name}-{env_config.account}-{env_config.region}"
                for name in ("langfuse-events", "langfuse-media")]
     assert sids["LangfuseObjects"]["Action"] == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
     assert sids["LangfuseObjects"]["Resource"] == [f"{b}/*" for b in buckets]

@@ -18,7 +18,7 @@ def _attributes(load_balancer: dict) -> dict:
 
 def test_cluster_with_container_insights_and_fargate_capacity(platform, env_config):
     cluster = platform.one("AWS::ECS::Cluster")
-    assert cluster["ClusterName"] == f"coder-{env_config.name.value}"
+    assert cluster["ClusterName"] == f"coder-{env_config.name}"
     assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
     providers = platform.one("AWS::ECS::ClusterCapacityProviderAssociations")
     assert providers["CapacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
@@ -56,13 +56,13 @@ def test_https_listener_tls12_default_404(platform):
     (action,) = listener["DefaultActions"]
     assert action["Type"] == "fixed-response"
     assert action["FixedResponseConfig"]["StatusCode"] == "404"
-    assert listener["Certificates"] == [{"CertificateArn": {"Ref": platform.logical_id("/Platform/Certificate/Resource")}}]
+    assert listener["Certificates"] == [{"CertificateArn": {"Ref": platform.logical_id("/Platform/LoadBalancing/Certificate/Resource")}}]
 
 
 def test_access_logs_bucket_accepts_alb_delivery(assembly, stage, env_config):
     network = assembly.stack(stage, "Network")
     buckets = {p["BucketName"] for p in network.props("AWS::S3::Bucket")}
-    assert buckets == {f"coder-{env_config.name.value}-access-logs-{env_config.account}-{env_config.region}"}
+    assert buckets == {f"coder-{env_config.name}-access-logs-{env_config.account}-{env_config.region}"}
     (policy,) = network.props("AWS::S3::BucketPolicy")
     writers = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow" and "s3:PutObject" in s["Action"]]
     # Each log writer may put objects under its own prefix only: ALB, S3 server access logs, VPC flow logs.
@@ -109,7 +109,7 @@ def test_execution_role_reads_only_this_environments_secrets(platform, env_confi
 
 
 def test_workspace_execution_role_reads_no_secrets(platform):
-    role = platform.resources[platform.logical_id("/Platform/WorkspaceExecutionRole/Resource")]["Properties"]
+    role = platform.resources[platform.logical_id("/Platform/Workspaces/WorkspaceExecutionRole/Resource")]["Properties"]
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
     assert "AmazonECSTaskExecutionRolePolicy" in json.dumps(role["ManagedPolicyArns"])
     assert "Policies" not in role
@@ -122,13 +122,13 @@ def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_con
         policy = platform.resources[platform.logical_id(f"/Platform/{path}/DefaultPolicy/Resource")]
         return policy["Properties"]["PolicyDocument"]["Statement"]
 
-    log_group = f"arn:aws:logs:{env_config.region}:{env_config.account}:log-group:/coder-{env_config.name.value}/workspaces*"
-    (workspace,) = statements("WorkspaceTaskRole")
+    log_group = f"arn:aws:logs:{env_config.region}:{env_config.account}:log-group:/coder-{env_config.name}/workspaces*"
+    (workspace,) = statements("Workspaces/WorkspaceTaskRole")
     assert workspace["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
     assert workspace["Resource"] == [log_group, f"{log_group}:log-stream:*"]
-    aem = {s.get("Sid"): s for s in statements("AemWorkspaceTaskRole")}
+    aem = {s.get("Sid"): s for s in statements("Workspaces/AemWorkspaceTaskRole")}
     assert aem["WriteWorkspaceLogs"] == workspace
-    bucket = f"arn:aws:s3:::coder-{env_config.name.value}-artifacts-{env_config.account}-{env_config.region}"
+    bucket = f"arn:aws:s3:::coder-{env_config.name}-artifacts-{env_config.account}-{env_config.region}"
     assert (aem["ReadArtifactsObjects"]["Action"], aem["ReadArtifactsObjects"]["Resource"]) == ("s3:GetObject", f"{bucket}/*")
     assert (aem["ReadArtifactsList"]["Action"], aem["ReadArtifactsList"]["Resource"]) == ("s3:ListBucket", bucket)
     key = aem["ReadArtifactsKey"]
@@ -148,19 +148,19 @@ def test_ecs_exec_policy(platform):
 
 def test_ssm_bridge_parameters(platform, env_config):
     params = {p["Name"]: p["Value"] for p in platform.props("AWS::SSM::Parameter")}
-    prefix = f"/coder-{env_config.name.value}/"
+    prefix = f"/coder-{env_config.name}/"
     assert sorted(params) == sorted(prefix + n for n in (
         "cluster-arn", "cluster-name", "task-execution-role-arn", "workspace-task-role-arn",
         "workspace-sg-id", "private-subnet-ids", "efs-id", "alb-listener-arn",
     ))
     assert params[prefix + "cluster-arn"] == {"Fn::GetAtt": [platform.logical_id("/Platform/Cluster/Resource"), "Arn"]}
     assert params[prefix + "cluster-name"] == {"Ref": platform.logical_id("/Platform/Cluster/Resource")}
-    assert params[prefix + "alb-listener-arn"] == {"Ref": platform.logical_id("/Platform/LoadBalancer/Https/Resource")}
+    assert params[prefix + "alb-listener-arn"] == {"Ref": platform.logical_id("/Platform/LoadBalancing/LoadBalancer/Https/Resource")}
     # Workspace task definitions get the workspace execution role (no secret access), not the platform's.
     assert params[prefix + "task-execution-role-arn"] == {
-        "Fn::GetAtt": [platform.logical_id("/Platform/WorkspaceExecutionRole/Resource"), "Arn"]}
+        "Fn::GetAtt": [platform.logical_id("/Platform/Workspaces/WorkspaceExecutionRole/Resource"), "Arn"]}
     assert params[prefix + "workspace-task-role-arn"] == {
-        "Fn::GetAtt": [platform.logical_id("/Platform/WorkspaceTaskRole/Resource"), "Arn"]}
+        "Fn::GetAtt": [platform.logical_id("/Platform/Workspaces/WorkspaceTaskRole/Resource"), "Arn"]}
     assert "EcsWorkspacesSecurityGroup" in json.dumps(params[prefix + "workspace-sg-id"])
     assert "FileSystem" in json.dumps(params[prefix + "efs-id"])
     subnets = params[prefix + "private-subnet-ids"]["Fn::Join"][1]

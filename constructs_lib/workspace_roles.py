@@ -1,0 +1,79 @@
+"""The IAM roles Coder's workspace task definitions may carry: the only ones Coder is allowed to pass."""
+
+from __future__ import annotations
+
+from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from constructs import Construct
+
+from constructs_lib.bucket_access import READ, grant_objects
+from constructs_lib.compliance import acknowledge
+from constructs_lib.fargate_service import EXECUTION_POLICY, task_role
+from constructs_lib.stable_ids import Group
+
+
+class WorkspaceRoles(Group):
+    """Three roles: workspace tasks (CloudWatch Logs only), AEM workspace tasks (logs, read the artifacts bucket),
+    and the workspaces' execution role (pull images, write logs, no secret: a template can never inject a platform
+    secret into a workspace). Logs go to `/<qualifier>/workspaces*` only."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, qualifier: str, artifacts_bucket: str, data_key: kms.IKey
+    ) -> None:
+        super().__init__(scope, construct_id)
+        log_group_arn = Stack.of(self).format_arn(
+            service="logs",
+            resource="log-group",
+            resource_name=f"/{qualifier}/workspaces*",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        write_logs = iam.PolicyStatement(
+            sid="WriteWorkspaceLogs",
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"],
+            resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
+        )
+        self.task_role = task_role(self, "WorkspaceTaskRole", f"{qualifier}: Coder workspaces (CloudWatch Logs only)")
+        self.task_role.add_to_policy(write_logs)
+        self.aem_task_role = task_role(
+            self, "AemWorkspaceTaskRole", f"{qualifier}: AEM workspaces (CloudWatch Logs, read the artifacts bucket)"
+        )
+        self.aem_task_role.add_to_policy(write_logs)
+        grant_objects(
+            self.aem_task_role,
+            [artifacts_bucket],
+            READ,
+            data_key,
+            sid="ReadArtifacts",
+            reason="AEM workspaces install any of the build artifacts kept in the artifacts bucket; read only.",
+        )
+        workspace_logs = (
+            f"Workspace tasks write to log groups that Coder's templates name per workspace, all under /{qualifier}/"
+            "workspaces; nothing else."
+        )
+        for role in (self.task_role, self.aem_task_role):
+            acknowledge(
+                role,
+                {
+                    f"AwsSolutions-IAM5[Resource::{log_group_arn}]": workspace_logs,
+                    f"AwsSolutions-IAM5[Resource::{log_group_arn}:log-stream:*]": workspace_logs,
+                },
+            )
+        self.execution_role = task_role(
+            self,
+            "WorkspaceExecutionRole",
+            f"{qualifier}: workspace tasks: pull images and write logs (no secrets)",
+            [EXECUTION_POLICY],
+        )
+        acknowledge(
+            self.execution_role,
+            {
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonECSTaskExecutionRolePolicy]": "The AWS-maintained execution policy: pull images and write "
+                "container logs, nothing else; this role reads no secret.",
+            },
+        )
+
+    @property
+    def passable(self) -> tuple[iam.IRole, ...]:
+        return (self.task_role, self.aem_task_role, self.execution_role)

@@ -1,0 +1,99 @@
+"""The code's shape: one-way layering, the config's JSON Schema, construct groups that keep logical ids."""
+
+from __future__ import annotations
+
+import ast
+import json
+import tomllib
+
+import jsonschema
+import pytest
+from aws_cdk import App, CfnResource, Stack
+from constructs import Construct
+
+from config import schema
+from constructs_lib.stable_ids import Group, unique_id
+from tests.assembly import ROOT
+
+# config -> constructs_lib -> stacks -> stages -> pipeline; app.py on top. A package imports only from below it.
+ALLOWED_IMPORTS = {
+    "config": {"config"},
+    "constructs_lib": {"config", "constructs_lib"},
+    "stacks": {"config", "constructs_lib", "stacks"},
+    "stages": {"config", "constructs_lib", "stacks", "stages"},
+    "pipeline": {"config", "constructs_lib", "stacks", "stages", "pipeline"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
+def test_layers_import_only_from_below(package):
+    project = set(ALLOWED_IMPORTS)
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in project:
+                    assert top in ALLOWED_IMPORTS[package], f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_no_stack_module_over_300_lines():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (ROOT / "stacks").glob("*.py")}
+    assert max(sizes.values()) <= 300, sizes
+
+
+# --- the config's JSON Schema ------------------------------------------------------------------------------------
+
+
+def test_committed_schema_is_the_models():
+    assert schema.SCHEMA_PATH.read_text() == schema.render(), "stale: run `python -m config.schema`"
+
+
+@pytest.mark.parametrize("path", ["config/environments.toml", "config/examples/three-environments.toml"])
+def test_config_files_point_at_the_schema_and_pass_it(path):
+    file = ROOT / path
+    first_line = file.read_text().splitlines()[0]
+    assert first_line.startswith("#:schema ")
+    assert (file.parent / first_line.removeprefix("#:schema ")).resolve() == schema.SCHEMA_PATH
+    jsonschema.validate(tomllib.loads(file.read_text()), json.loads(schema.SCHEMA_PATH.read_text()))
+
+
+def test_schema_refuses_what_the_loader_refuses():
+    data = tomllib.loads((ROOT / "config" / "environments.toml").read_text())
+    data["environments"][0]["database"]["multi_zone"] = True  # a typo
+    data["environments"][1]["services"]["litellm_desired_count"] = 0
+    errors = list(jsonschema.Draft202012Validator(json.loads(schema.SCHEMA_PATH.read_text())).iter_errors(data))
+    messages = sorted(e.message for e in errors)
+    assert any("multi_zone" in m for m in messages) and any("0 is less than the minimum of 1" in m for m in messages)
+
+
+# --- groups keep logical ids -------------------------------------------------------------------------------------
+
+
+def _logical_ids(stack: Stack) -> list[str]:
+    template = App.of(stack).synth().get_stack_by_name(stack.stack_name).template
+    return sorted(template["Resources"])
+
+
+def test_unique_id_is_cdks():
+    stack = Stack(App(), "Plain")
+    inner = Construct(Construct(stack, "Outer"), "Inner-Part")
+    resources = [CfnResource(inner, "Resource", type="Test::Thing"), CfnResource(stack, "Top", type="Test::Thing"),
+                 CfnResource(Construct(stack, "Default"), "Resource", type="Test::Thing")]
+    ids = {stack.resolve(r.logical_id) for r in resources}
+    assert ids == {unique_id(["Outer", "Inner-Part", "Resource"]), unique_id(["Top"]), unique_id(["Default", "Resource"])}
+
+
+def test_a_group_keeps_its_resources_logical_ids():
+    app = App()
+    plain, grouped = Stack(app, "Plain"), Stack(app, "Grouped")
+    for scope in (plain, Group(grouped, "Database")):
+        CfnResource(Construct(scope, "Postgres"), "Resource", type="Test::Thing")
+        CfnResource(scope, "Secret", type="Test::Thing")
+    assert _logical_ids(plain) == _logical_ids(grouped) == ["Postgres9DC8BB04", "Secret"]
+
+
+def test_groups_do_not_nest():
+    with pytest.raises(TypeError, match="a Group inside a Group"):
+        Group(Group(Stack(App(), "S"), "Outer"), "Inner")
