@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
-PACKS = ("AwsSolutions", "NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
+from constructs_lib.compliance_packs import MIN_REASON_LENGTH
+from constructs_lib.compliance_packs import PACK_NAMES as PACKS
+
 ACKNOWLEDGED_RULES = "aws:cdk:acknowledged-rules"
-MIN_REASON_LENGTH = 10
 PIPELINE_STAGE = "Pipeline"
 
 

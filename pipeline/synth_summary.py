@@ -15,9 +15,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from constructs_lib.compliance_packs import PACK_NAMES as COMPLIANCE_PACKS
 from pipeline.compliance import read_acknowledgments, stage_names
-
-COMPLIANCE_PACKS = ("AwsSolutions", "NIST.800.53.R5", "HIPAA.Security", "PCI.DSS.321")
 
 
 @dataclass(frozen=True)
