@@ -97,3 +97,24 @@ def test_a_group_keeps_its_resources_logical_ids():
 def test_groups_do_not_nest():
     with pytest.raises(TypeError, match="a Group inside a Group"):
         Group(Group(Stack(App(), "S"), "Outer"), "Inner")
+
+
+# --- the service catalogue is what gets deployed -----------------------------------------------------------------
+
+
+def test_every_catalogue_route_is_a_listener_rule_to_the_services_port_and_health(assembly, stage, env_config):
+    from constructs_lib.service_catalogue import routed
+
+    templates = [assembly.stack(stage, layer) for layer in ("Platform", "Observability")]
+    resources = {lid: r for t in templates for lid, r in t.resources.items()}
+    deployed = {}
+    for rule in (r["Properties"] for r in resources.values() if r["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule"):
+        group = resources[rule["Actions"][-1]["TargetGroupArn"]["Ref"]]["Properties"]
+        (host,) = rule["Conditions"][0]["HostHeaderConfig"]["Values"]
+        signed_in = rule["Actions"][0]["Type"] == "authenticate-oidc"
+        deployed[rule["Priority"]] = (host, group["Port"], group["HealthCheckPath"], signed_in)
+    expected = {
+        route.priority: (route.host_name(env_config.domain), service.port, service.health_path, route.sign_in)
+        for service in routed() for route in service.routes
+    }
+    assert deployed == expected
