@@ -124,6 +124,7 @@ class NetworkStack(Stack):
 
         endpoints_sg = self._group("VpcEndpoints", "Interface VPC endpoints: HTTPS from inside the VPC")
         endpoints_sg.add_ingress_rule(ec2.Peer.ipv4(net.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        self._keep_default_egress_closed([*vars(security_groups).values(), endpoints_sg])
         for endpoint_id, service in INTERFACE_ENDPOINTS.items():
             self.vpc.add_interface_endpoint(
                 endpoint_id,
@@ -263,3 +264,15 @@ class NetworkStack(Stack):
             alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs,
             db_bootstrap=db_bootstrap, langfuse=langfuse, clickhouse=clickhouse, smoke_probe=smoke_probe,
         )
+
+    def _keep_default_egress_closed(self, groups: list[ec2.SecurityGroup]) -> None:
+        """CloudFormation gives a group without inline egress rules its default allow-all rule, and rules that are
+        resources of their own (CDK writes every rule to another group that way) do not remove it. CDK drops its
+        matches-nothing placeholder as soon as a group has any rule, so a group whose egress is only to other groups
+        (the smoke probe: 443 to the ALB) would send anywhere. Such a group gets CDK's placeholder back, inline
+        (ICMP type 252 code 86 to a broadcast address matches no packet)."""
+        for group in groups:
+            cfn: ec2.CfnSecurityGroup = group.node.default_child  # type: ignore[assignment]
+            if not self.resolve(cfn.security_group_egress):
+                group.add_egress_rule(ec2.Peer.ipv4("255.255.255.255/32"), ec2.Port.icmp_type_and_code(252, 86),
+                                      "Disallow all traffic (keeps CloudFormation's default allow-all rule away)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stacks.network_stack import INTERFACE_ENDPOINTS
@@ -211,3 +213,28 @@ def test_clickhouse_admits_langfuse_only(network):
     assert clickhouse == {("clickhouse", "tcp", 8123, 8123, "langfuse"), ("clickhouse", "tcp", 9000, 9000, "langfuse")}
     reaching = {rule[0] for rule in _rules(network, "Egress") if rule[4] == "clickhouse"}
     assert reaching == {"langfuse"}
+
+
+def _effective_egress(template, group_id: str) -> list[tuple]:
+    """What a group may send: its inline rules, or CloudFormation's default allow-all when it has none, plus its
+    rules that are resources of their own."""
+    props = template.resources[group_id]["Properties"]
+    inline = props.get("SecurityGroupEgress") or [{"IpProtocol": "-1", "CidrIp": "0.0.0.0/0"}]
+    separate = [p for p in template.props("AWS::EC2::SecurityGroupEgress") if p["GroupId"] == {"Fn::GetAtt": [group_id, "GroupId"]}]
+    return [(r["IpProtocol"], r.get("FromPort"), r.get("ToPort"), r.get("CidrIp") or json.dumps(r.get("DestinationSecurityGroupId")))
+            for r in [*inline, *separate]]
+
+
+def test_no_group_falls_back_to_cloudformations_allow_all_egress(assembly):
+    for template in assembly.templates.values():
+        for group_id in template.of_type("AWS::EC2::SecurityGroup"):
+            assert ("-1", None, None, "0.0.0.0/0") not in _effective_egress(template, group_id), (
+                f"{template.stack_name}/{group_id} may send anything")
+
+
+def test_smoke_probe_sends_https_to_the_alb_only(network):
+    probe = network.logical_id("/Network/SmokeProbeSecurityGroup/Resource")
+    alb = network.logical_id("/Network/AlbSecurityGroup/Resource")
+    effective = set(_effective_egress(network, probe))
+    assert effective == {("icmp", 252, 86, "255.255.255.255/32"),  # matches no packet
+                         ("tcp", 443, 443, json.dumps({"Fn::GetAtt": [alb, "GroupId"]}))}
