@@ -16,16 +16,24 @@ from pipeline.pipeline_stack import PipelineStack
 ROOT = Path(__file__).resolve().parent
 
 
-def pinned_cli_version() -> str:
-    """The CDK CLI version pinned in package.json; the pipeline installs exactly this one."""
+def pinned_version(package_name: str) -> str:
+    """A tool's version pinned in package.json (and package-lock.json): the pipeline installs exactly this one."""
     package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
-    return package["devDependencies"]["aws-cdk"]
+    return package["devDependencies"][package_name]
+
+
+def pinned_cli_version() -> str:
+    return pinned_version("aws-cdk")
 
 
 def build_app(app: App) -> PipelineStack:
     config = load_config(app.node.try_get_context("config"))
     stack = PipelineStack(
-        app, f"{config.project.name.capitalize()}Pipeline", config=config, cli_version=pinned_cli_version()
+        app,
+        f"{config.project.name.capitalize()}Pipeline",
+        config=config,
+        cli_version=pinned_cli_version(),
+        cdk_assets_version=pinned_version("cdk-assets"),
     )
     # Registered once at the App: cdk-nag v3 plugins reach the pipeline stack and every Stage's stacks.
     Validations.of(app).add_plugins(*compliance_plugins(app))

@@ -37,12 +37,14 @@ class PipelineStack(Stack):
     Non-obvious defaults:
     - Pipeline type V2; cross-account KMS keys (rotated) so Stages in other accounts can read artifacts.
     - The synth step runs the README's `make synth` (same set-up and the same compliance packs as a laptop).
-    - The CDK CLI used by self-mutation and asset publishing is the one pinned in package.json.
+    - The CDK CLI (self-mutation) and cdk-assets (asset publishing) are the versions pinned in package.json.
     - One Stage per configured environment, in promotion order; an environment with `requires_approval` deploys only
       after a person approves its ManualApprovalStep.
     """
 
-    def __init__(self, scope: Construct, construct_id: str, *, config: AppConfig, cli_version: str, **kwargs) -> None:
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: AppConfig, cli_version: str, cdk_assets_version: str, **kwargs
+    ) -> None:
         super().__init__(
             scope,
             construct_id,
@@ -81,6 +83,8 @@ class PipelineStack(Stack):
             self_mutation=True,
             docker_enabled_for_synth=False,
             cli_version=cli_version,
+            # Asset publishing runs with publishing rights in every account: never an unpinned `@latest` tool.
+            cdk_assets_cli_version=cdk_assets_version,
         )
 
         self._project = config.project.name

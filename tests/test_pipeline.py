@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app import pinned_cli_version
+from app import pinned_cli_version, pinned_version
 from tests.conftest import VARIANT_EMAIL
 
 
@@ -65,11 +65,28 @@ def test_self_mutation_uses_the_pinned_cli(pipeline, stages):
     assert spec["phases"]["build"]["commands"] == ["cdk -a . deploy CoderPipeline --require-approval=never --verbose"]
 
 
-def test_cli_pin_matches_package_lock():
+@pytest.mark.parametrize("tool", ["aws-cdk", "cdk-assets"])
+def test_tool_pins_match_package_lock(tool):
     from tests.assembly import ROOT
 
     lock = json.loads((ROOT / "package-lock.json").read_text())
-    assert lock["packages"]["node_modules/aws-cdk"]["version"] == pinned_cli_version()
+    assert lock["packages"][f"node_modules/{tool}"]["version"] == pinned_version(tool)
+
+
+def _build_spec(pipeline, project: dict) -> dict:
+    """A project's buildspec: inline, or (asset publishing) a file CDK writes next to the template."""
+    spec = project["Source"]["BuildSpec"]
+    return json.loads(spec if spec.lstrip().startswith("{") else (pipeline.path.parent / spec).read_text())
+
+
+def test_asset_publishing_installs_the_pinned_cdk_assets_and_nothing_is_latest(pipeline, stages):
+    specs = [_build_spec(pipeline, p) for p in pipeline.props("AWS::CodeBuild::Project")]
+    assert len(specs) == 7 and not [s for s in specs if "@latest" in json.dumps(s)], "an unpinned tool in a build"
+    assert stages["Assets"]
+    for action in stages["Assets"]:
+        project = pipeline.resources[action["Configuration"]["ProjectName"]["Ref"]]["Properties"]
+        install = _build_spec(pipeline, project)["phases"]["install"]["commands"]
+        assert install == [f"npm install -g cdk-assets@{pinned_version('cdk-assets')}"]
 
 
 @pytest.mark.parametrize("stage", ["Staging", "Production"])
