@@ -349,6 +349,12 @@ class OidcConfig(Section):
     """
 
     client_id: text(GUID, "not an application (client) id", "a lower-case GUID, as Azure AD shows it")
+    # Who may create a Coder account: users whose e-mail is in one of these domains (Coder checks the whole domain).
+    allowed_email_domains: Annotated[
+        tuple[Domain, ...],
+        Field(min_length=1, description="the e-mail domains whose users may sign up to Coder, e.g. [\"company.com\"]"),
+        AfterValidator(_unique),
+    ]
     issuer_url: HttpsUrl
     authorization_endpoint: HttpsUrl
     token_endpoint: HttpsUrl
@@ -356,6 +362,20 @@ class OidcConfig(Section):
     # The version of `<prefix>/coder/oidc` the ALB uses ("": the current one when the rule last changed).
     client_secret_version: text(
         r"^$|" + GUID, "not a Secrets Manager version id", '"" or the VersionId that put-secret-value printed'
+    ) = ""
+
+
+BACKUP_VAULT_ARN = re.compile(r"^arn:aws[a-z-]*:backup:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):backup-vault:[A-Za-z0-9_.-]{2,50}$")
+
+
+class BackupConfig(Section):
+    """AWS Backup beyond the environment's own locked vault."""
+
+    copy_vault_arn: text(
+        r"^$|" + BACKUP_VAULT_ARN.pattern,
+        "not a backup vault ARN",
+        '"" (no copy) or arn:aws:backup:<other region>:<account>:backup-vault:<name>, a vault that accepts copies '
+        "from this account",
     ) = ""
 
 
@@ -394,17 +414,23 @@ class EnvironmentConfig(Section):
     services: ServicesConfig
     oidc: OidcConfig
     features: FeaturesConfig
+    backup: BackupConfig = Field(default_factory=BackupConfig)
 
     _project: str = PrivateAttr(default="")  # set by AppConfig: the project every name starts with
 
     @model_validator(mode="after")
-    def _zones_in_region(self) -> EnvironmentConfig:
+    def _in_region(self) -> EnvironmentConfig:
         zone = re.compile(rf"^{re.escape(self.region)}[a-z]$")
-        report([
+        problems = [
             Problem(("network", "availability_zones", index), az, f"not an availability zone in {self.region}",
                     f"availability zone names of {self.region}, e.g. {self.region}a")
             for index, az in enumerate(self.network.availability_zones) if not zone.match(az)
-        ])
+        ]
+        copy = BACKUP_VAULT_ARN.match(self.backup.copy_vault_arn)
+        if copy and copy.group("region") == self.region:
+            problems.append(Problem(("backup", "copy_vault_arn"), self.backup.copy_vault_arn,
+                                    f"the copy would stay in {self.region}", "a vault in another region"))
+        report(problems)
         return self
 
     # --- derived names: the one home of every per-environment physical name -------------------------------------

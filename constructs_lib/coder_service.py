@@ -79,6 +79,8 @@ class CoderService(Construct):
                 "CODER_OIDC_ISSUER_URL": config.oidc.issuer_url,
                 "CODER_OIDC_CLIENT_ID": config.oidc.client_id,
                 "CODER_OIDC_ALLOW_SIGNUPS": "true",
+                # Sign-up is open to the tenant's accounts in these domains only, not to any account of the tenant.
+                "CODER_OIDC_EMAIL_DOMAIN": ",".join(config.oidc.allowed_email_domains),
                 "CODER_OIDC_SCOPES": "openid,profile,email",
                 "CODER_TELEMETRY": "false",
                 "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",

@@ -154,13 +154,28 @@ class DataStack(Stack):
         self, database: PostgresDatabase, file_system: efs.IFileSystem, lock_table: dynamodb.ITable
     ) -> backup.BackupPlan:
         """AWS Backup of the database, the file system and the lock table: daily, kept 35 days, in a vault
-        encrypted with the data key (on top of RDS's own automated backups)."""
+        encrypted with the data key (on top of RDS's own automated backups).
+
+        The vault is locked in governance mode: no recovery point can be deleted before its 35 days, nor kept
+        shorter, by anyone without the vault-lock permission (only a principal allowed `backup:DeleteBackupVaultLockConfiguration`
+        can lift it). With `backup.copy_vault_arn` each recovery point is also copied to that vault, in another
+        region (and ideally another account), which outlives this account's credentials and key."""
         vault = backup.BackupVault(
             self,
             "BackupVault",
             backup_vault_name=f"{self._config.qualifier}-backups",
             encryption_key=self.data_key,
             removal_policy=RemovalPolicy.RETAIN,
+            lock_configuration=backup.LockConfiguration(min_retention=BACKUP_RETENTION),
+        )
+        copy_to = self._config.backup.copy_vault_arn
+        copies = (
+            [backup.BackupPlanCopyActionProps(
+                destination_backup_vault=backup.BackupVault.from_backup_vault_arn(self, "CopyVault", copy_to),
+                delete_after=BACKUP_RETENTION,
+            )]
+            if copy_to
+            else None
         )
         plan = backup.BackupPlan(
             self,
@@ -172,6 +187,7 @@ class DataStack(Stack):
                     rule_name="Daily",
                     schedule_expression=events.Schedule.cron(hour="5", minute="0"),
                     delete_after=BACKUP_RETENTION,
+                    copy_actions=copies,
                 )
             ],
         )

@@ -65,6 +65,7 @@ def three_environments(tmp_path_factory) -> Assembly:
 
 VARIANT_EMAIL = "platform-oncall@example.com"
 VARIANT_SECRET_VERSION = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
+VARIANT_COPY_VAULT = "arn:aws:backup:us-east-1:555555555555:backup-vault:coder-staging-copies"
 
 
 @dataclass
@@ -76,14 +77,14 @@ class VariantSynth:
 @pytest.fixture(scope="session")
 def variant(tmp_path_factory) -> VariantSynth:
     """The session's only other synth: the real CLI on tests/apps/planted_finding.py (the app plus unacknowledged
-    buckets, which must fail synth) with a config variant (a notification e-mail, a pinned OIDC secret version in
-    staging). The app writes its whole assembly before the CLI refuses it, so the variant's templates are readable."""
+    buckets, which must fail synth) with a config variant (a notification e-mail, a pinned OIDC secret version and a
+    backup copy vault in staging). The app writes its whole assembly before the CLI refuses it, so the variant's templates are readable."""
     directory = tmp_path_factory.mktemp("variant")
     base = DEFAULT_CONFIG_PATH.read_text()
     text = base.replace('notification_email = ""', f'notification_email = "{VARIANT_EMAIL}"', 1).replace(
         'client_secret_version = ""', f'client_secret_version = "{VARIANT_SECRET_VERSION}"', 1
-    )
-    assert text.count(VARIANT_EMAIL) == 1 and text.count(VARIANT_SECRET_VERSION) == 1
+    ).replace('copy_vault_arn = ""', f'copy_vault_arn = "{VARIANT_COPY_VAULT}"', 1)
+    assert text.count(VARIANT_EMAIL) == 1 and text.count(VARIANT_SECRET_VERSION) == 1 and text.count(VARIANT_COPY_VAULT) == 1
     (directory / "variant.toml").write_text(text)
     outdir = directory / "cdk.out"
     result = subprocess.run(

@@ -73,6 +73,8 @@ def test_master_login_rotates_every_30_days_inside_the_vpc(data, env_config):
 def test_backup_plan_covers_database_file_system_and_locks(data, env_config):
     vault = data.one("AWS::Backup::BackupVault")
     assert vault["BackupVaultName"] == f"coder-{env_config.name}-backups"
+    # Governance-mode lock: no ChangeableForDays (that would be compliance mode); nothing kept shorter than the plan.
+    assert vault["LockConfiguration"] == {"MinRetentionDays": 35}
     assert "DataKey" in json.dumps(vault["EncryptionKeyArn"])
     (rule,) = data.one("AWS::Backup::BackupPlan")["BackupPlan"]["BackupPlanRule"]
     assert rule["Lifecycle"] == {"DeleteAfterDays": 35} and rule["ScheduleExpression"] == "cron(0 5 * * ? *)"
@@ -99,3 +101,12 @@ def test_compliance_report_passes_for_each_stage(assembly, tmp_path, stage_name)
     assert result.returncode == 0, result.stdout + result.stderr
     markdown = (tmp_path / "c.md").read_text()
     assert "| AwsSolutions | 0 |" in markdown and "**PASS**" in markdown
+
+
+def test_backups_copy_to_a_vault_in_another_region_when_configured(assembly, variant):
+    from tests.conftest import VARIANT_COPY_VAULT
+
+    (rule,) = variant.assembly.stack("Staging", "Data").one("AWS::Backup::BackupPlan")["BackupPlan"]["BackupPlanRule"]
+    assert rule["CopyActions"] == [{"DestinationBackupVaultArn": VARIANT_COPY_VAULT, "Lifecycle": {"DeleteAfterDays": 35}}]
+    (plain,) = assembly.stack("Staging", "Data").one("AWS::Backup::BackupPlan")["BackupPlan"]["BackupPlanRule"]
+    assert "CopyActions" not in plain

@@ -205,6 +205,27 @@ BAD_INPUTS = {
         replace('name = "staging"', 'name = "prod"').replace('account = "333333333333"', 'account = "222222222222"'),
         ["production.name = 'production'", "its secrets would be named prod/... like prod's"],
     ),
+    "no allowed e-mail domain": (
+        replace('allowed_email_domains = ["company.com"]', "allowed_email_domains = []"),
+        ["staging.oidc.allowed_email_domains = []", "needs at least 1 item(s)", "the e-mail domains whose users may sign up"],
+    ),
+    "allowed e-mail domain not a domain": (
+        replace('allowed_email_domains = ["company.com"]', 'allowed_email_domains = ["@company.com"]'),
+        ["staging.oidc.allowed_email_domains[0] = '@company.com'", "not a valid lower-case DNS name"],
+    ),
+    "allowed e-mail domains missing": (
+        replace('allowed_email_domains = ["company.com"]\n', ""),
+        ["staging.oidc.allowed_email_domains = (missing)", "required field is missing"],
+    ),
+    "backup copy in the same region": (
+        replace('copy_vault_arn = ""', 'copy_vault_arn = "arn:aws:backup:us-west-2:555555555555:backup-vault:copies"'),
+        ["staging.backup.copy_vault_arn = 'arn:aws:backup:us-west-2:555555555555:backup-vault:copies'",
+         "the copy would stay in us-west-2", "a vault in another region"],
+    ),
+    "backup copy not a vault ARN": (
+        replace('copy_vault_arn = ""', 'copy_vault_arn = "arn:aws:s3:::copies"'),
+        ["staging.backup.copy_vault_arn = 'arn:aws:s3:::copies'", "not a backup vault ARN"],
+    ),
     "approval not a boolean": (
         replace("requires_approval = true", 'requires_approval = "yes"'),
         ["production.requires_approval = 'yes'", "expected true or false, got str"],

@@ -153,6 +153,7 @@ def test_coder_container(platform, env_config):
         "CODER_OIDC_ISSUER_URL": env_config.oidc.issuer_url,
         "CODER_OIDC_CLIENT_ID": env_config.oidc.client_id,
         "CODER_OIDC_ALLOW_SIGNUPS": "true",
+        "CODER_OIDC_EMAIL_DOMAIN": ",".join(env_config.oidc.allowed_email_domains),  # company.com in the shipped file
         "CODER_OIDC_SCOPES": "openid,profile,email",
         "CODER_TELEMETRY": "false",
         "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",
