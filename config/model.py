@@ -382,6 +382,11 @@ class BackupConfig(Section):
 class FeaturesConfig(Section):
     enable_docker_workspaces: flag()
     enable_workspace_direct_access: flag()
+    # None (not set): off in production, on elsewhere.
+    enable_ecs_exec: Annotated[
+        StrictBool | None,
+        Field(description="shell access into running tasks (every session logged); default: off in production, on elsewhere"),
+    ] = None
 
 
 class EnvironmentConfig(Section):
@@ -442,6 +447,12 @@ class EnvironmentConfig(Section):
     @property
     def is_production(self) -> bool:
         return self.name == PRODUCTION
+
+    @property
+    def ecs_exec(self) -> bool:
+        """ECS Exec allowed: as configured, else off in production and on elsewhere."""
+        configured = self.features.enable_ecs_exec
+        return (not self.is_production) if configured is None else configured
 
     @property
     def stage_id(self) -> str:

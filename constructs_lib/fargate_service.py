@@ -60,10 +60,11 @@ class ServiceRuntime:
     vpc: ec2.IVpc
     subnets: ec2.SubnetSelection
     security_group: ec2.ISecurityGroup
-    execution_role: iam.IRole
     namespace: servicediscovery.INamespace
     family_prefix: str  # `{project}-{env}`: task definition families are `<prefix>-<service>`
     logs_key: kms.IKey  # encrypts the services' log groups
+    secrets_key: kms.IKey  # encrypts the secrets the containers receive
+    ecs_exec_log_group: str | None  # where the cluster logs ECS Exec sessions; None: no ECS Exec in this environment
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,9 @@ class ServiceSpec:
 
 
 class FargateService(Construct):
-    """Task definition, log group, container with Secrets Manager secrets, Fargate service with Cloud Map name,
-    circuit breaker (rollback), ECS Exec, and, when it has routes, a target group with its health check and the
-    host-based listener rules.
+    """Task definition with an execution role of its own, log group, container with Secrets Manager secrets, Fargate
+    service with Cloud Map name, circuit breaker (rollback), ECS Exec where the environment allows it, and, when it
+    has routes, a target group with its health check and the host-based listener rules.
 
     Defaults:
     - Logs go to a log group kept one year, encrypted with the logs key (RETAIN: nothing lost on replacement).
@@ -152,8 +153,7 @@ class FargateService(Construct):
             family=f"{runtime.family_prefix}-{spec.name}",
             cpu=spec.cpu,
             memory_limit_mib=spec.memory_mib,
-            execution_role=runtime.execution_role,
-            task_role=task_role,
+            task_role=task_role,  # the execution role is the task definition's own (CDK makes it, grants below)
             runtime_platform=ecs.RuntimePlatform(
                 operating_system_family=ecs.OperatingSystemFamily.LINUX,
                 cpu_architecture=ecs.CpuArchitecture.X86_64,
@@ -186,6 +186,25 @@ class FargateService(Construct):
                 "credentials come from Secrets Manager, and names that look like credentials are refused here.",
             },
         )
+        self.execution_role = self.task_definition.obtain_execution_role()
+        if spec.secrets:
+            # CDK grants GetSecretValue on exactly the secrets of `spec.secrets`; they are encrypted with our key.
+            self.execution_role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="DecryptSecretsViaSecretsManager",
+                    actions=["kms:Decrypt"],
+                    resources=[runtime.secrets_key.key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{Stack.of(self).region}.amazonaws.com"}},
+                )
+            )
+        if ECR_IMAGE.match(spec.image):
+            acknowledge(
+                self.execution_role,
+                {
+                    "AwsSolutions-IAM5[Resource::*]": "ecr:GetAuthorizationToken (the registry login) has no resource; "
+                    "image pulls themselves are limited to this service's repository.",
+                },
+            )
         for index, mount in enumerate(spec.efs_mounts):
             volume = f"{spec.name}-efs-{index}"
             self.task_definition.add_volume(
@@ -217,7 +236,7 @@ class FargateService(Construct):
             security_groups=[runtime.security_group],
             vpc_subnets=runtime.subnets,
             assign_public_ip=False,
-            enable_execute_command=True,
+            enable_execute_command=runtime.ecs_exec_log_group is not None,
             circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
             min_healthy_percent=spec.min_healthy_percent,
             max_healthy_percent=spec.max_healthy_percent,
@@ -240,14 +259,23 @@ class FargateService(Construct):
             enable_ecs_managed_tags=True,
         )
 
-        # ECS Exec: CDK grants the ssmmessages channel actions, which have no resource-level permissions.
+        # ECS Exec: CDK grants the ssmmessages channel actions (no resource-level permissions) and the session log
+        # group's streams.
         exec_policy = task_role.node.try_find_child("DefaultPolicy") if isinstance(task_role, iam.Role) else None
-        if exec_policy is not None:
+        if runtime.ecs_exec_log_group is not None and exec_policy is not None:
+            stack = Stack.of(self)
+            session_streams = (
+                f"arn:{stack.resolve(stack.partition)}:logs:{stack.region}:{stack.account}:log-group:"
+                f"{runtime.ecs_exec_log_group}:*"
+            )
             acknowledge(
                 exec_policy,
                 {
-                    "AwsSolutions-IAM5[Resource::*]": "ECS Exec's ssmmessages channel actions support no resource-level "
-                    "permissions; sessions still need ecs:ExecuteCommand on this cluster, which no task role has.",
+                    "AwsSolutions-IAM5[Resource::*]": "ECS Exec's ssmmessages channel actions and logs:DescribeLogGroups "
+                    "support no resource-level permissions; sessions still need ecs:ExecuteCommand on this cluster, "
+                    "which no task role has.",
+                    f"AwsSolutions-IAM5[Resource::{session_streams}]": "The log streams of the cluster's ECS Exec session "
+                    "log group, which ECS names per session.",
                 },
             )
         self.target_group: elbv2.ApplicationTargetGroup | None = None

@@ -31,10 +31,11 @@ RUNTIME = lambda_.Runtime.PYTHON_3_14  # also LAMBDA_PYTHON in the Makefile (the
 LOG_RETENTION = logs.RetentionDays.ONE_YEAR
 
 
-def encrypted_log_group(scope: Construct, construct_id: str, key: kms.IKey) -> logs.LogGroup:
+def encrypted_log_group(scope: Construct, construct_id: str, key: kms.IKey, name: str | None = None) -> logs.LogGroup:
     """A log group kept one year, encrypted with the environment's logs key, retained with the stack's data."""
     return logs.LogGroup(
-        scope, construct_id, retention=LOG_RETENTION, encryption_key=key, removal_policy=RemovalPolicy.RETAIN
+        scope, construct_id, log_group_name=name, retention=LOG_RETENTION, encryption_key=key,
+        removal_policy=RemovalPolicy.RETAIN,
     )
 
 

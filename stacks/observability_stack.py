@@ -30,8 +30,8 @@ class ObservabilityStack(Stack):
 
     Non-obvious defaults:
     - Langfuse and ClickHouse have their own security groups (Network layer): ClickHouse admits Langfuse only.
-    - The Platform layer's execution role and Langfuse task role are used as they are (imported, immutable):
-      their policies are complete there, and this stack never writes into another stack's IAM.
+    - The Platform layer's Langfuse task role is used as it is (imported, immutable): its policy is complete there,
+      and this stack never writes into another stack's IAM. Each service's execution role is its own, here.
     """
 
     def __init__(
@@ -49,9 +49,8 @@ class ObservabilityStack(Stack):
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
         secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
-        execution_role = iam.Role.from_role_arn(self, "ExecutionRole", platform.execution_role.role_arn, mutable=False)
         langfuse_role = iam.Role.from_role_arn(self, "LangfuseTaskRole", platform.langfuse_task_role.role_arn, mutable=False)
-        base = replace(platform.runtime, execution_role=execution_role)
+        base = platform.runtime
 
         self.clickhouse = ClickHouseService(
             self,

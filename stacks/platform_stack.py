@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import ArnFormat, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -15,8 +15,8 @@ from constructs import Construct
 from config.model import Bucket, EnvironmentConfig
 from constructs_lib.bucket_access import READ_WRITE, grant_objects
 from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
-from constructs_lib.compliance import acknowledge
-from constructs_lib.fargate_service import EXECUTION_POLICY, ServiceRuntime, task_role
+from constructs_lib.ecs_exec import EcsExec
+from constructs_lib.fargate_service import ServiceRuntime, task_role
 from constructs_lib.internal_load_balancer import InternalLoadBalancer
 from constructs_lib.key_provisioner_service import KeyProvisionerService
 from constructs_lib.litellm_service import LiteLLMService
@@ -33,8 +33,6 @@ class PlatformStackOutputs:
     load_balancer: elbv2.IApplicationLoadBalancer
     listener: elbv2.IApplicationListener
     certificate: acm.ICertificate
-    execution_role: iam.IRole
-    ecs_exec_policy: iam.ManagedPolicy
     workspace_task_role: iam.IRole
     aem_workspace_task_role: iam.IRole
     workspace_execution_role: iam.IRole
@@ -49,9 +47,10 @@ class PlatformStack(Stack):
     Non-obvious defaults:
     - The ALB is internal (private app subnets), HTTPS only with a TLS 1.2+ policy, drops invalid header fields,
       answers 404 to any host no rule claims, keeps idle connections 300 s, and logs to the Network layer's bucket.
-    - The shared task execution role reads only this environment's secrets (`<prefix>/*`) and decrypts them only
-      through Secrets Manager. Workspaces get their own execution role without any secret access: Coder's
-      templates register workspace task definitions, and must not be able to inject platform secrets into them.
+    - Each service has an execution role of its own that reads exactly the secrets its containers receive (and
+      decrypts them only through Secrets Manager). Workspaces get an execution role without any secret access:
+      Coder's templates register workspace task definitions, and must not be able to inject platform secrets.
+    - ECS Exec only where the config allows it (off in production by default), every session logged.
     - SSM parameters under `/{project}-{env}/` carry the ids that Coder's Terraform workspace templates need.
     """
 
@@ -68,6 +67,8 @@ class PlatformStack(Stack):
         super().__init__(scope, construct_id, **kwargs)
         self._config = config
 
+        # ECS Exec only where the environment allows it (config features.enable_ecs_exec); sessions are logged.
+        ecs_exec = EcsExec(self, "EcsExec", qualifier=config.qualifier, key=network.logs_key) if config.ecs_exec else None
         cluster = ecs.Cluster(
             self,
             "Cluster",
@@ -75,7 +76,10 @@ class PlatformStack(Stack):
             vpc=network.vpc,
             container_insights_v2=ecs.ContainerInsights.ENABLED,
             enable_fargate_capacity_providers=True,
+            execute_command_configuration=ecs_exec.configuration if ecs_exec else None,
         )
+        if ecs_exec:
+            cluster.node.add_dependency(ecs_exec.log_group)
 
         balancer = InternalLoadBalancer(
             self,
@@ -91,31 +95,6 @@ class PlatformStack(Stack):
         )
         load_balancer, listener, certificate = balancer.load_balancer, balancer.listener, balancer.certificate
 
-        execution_role = self._execution_role(data)
-        ecs_exec_policy = iam.ManagedPolicy(
-            self,
-            "EcsExecPolicy",
-            description=f"{config.qualifier}: ECS Exec (SSM session channels) for debugging tasks",
-            statements=[
-                iam.PolicyStatement(
-                    sid="EcsExecSessionChannels",
-                    actions=[
-                        "ssmmessages:CreateControlChannel",
-                        "ssmmessages:CreateDataChannel",
-                        "ssmmessages:OpenControlChannel",
-                        "ssmmessages:OpenDataChannel",
-                    ],
-                    resources=["*"],  # these actions support no resource-level permissions
-                )
-            ],
-        )
-        acknowledge(
-            ecs_exec_policy,
-            {
-                "AwsSolutions-IAM5[Resource::*]": "The ssmmessages channel actions of ECS Exec support no resource-level "
-                "permissions; opening a session still needs ecs:ExecuteCommand on the task.",
-            },
-        )
         workspaces = WorkspaceRoles(
             self,
             "Workspaces",
@@ -129,10 +108,11 @@ class PlatformStack(Stack):
             vpc=network.vpc,
             subnets=network.app_subnets,
             security_group=network.security_groups.ecs_services,
-            execution_role=execution_role,
             namespace=network.namespace,
             family_prefix=config.qualifier,
             logs_key=network.logs_key,
+            secrets_key=data.data_key,
+            ecs_exec_log_group=ecs_exec.log_group_name if ecs_exec else None,
         )
         coder = CoderService(
             self,
@@ -164,68 +144,23 @@ class PlatformStack(Stack):
             load_balancer=load_balancer,
             listener=listener,
             certificate=certificate,
-            execution_role=execution_role,
-            ecs_exec_policy=ecs_exec_policy,
             workspace_task_role=workspaces.task_role,
             aem_workspace_task_role=workspaces.aem_task_role,
             workspace_execution_role=workspaces.execution_role,
-            langfuse_task_role=self._langfuse_task_role(data, ecs_exec_policy),
+            langfuse_task_role=self._langfuse_task_role(data, ecs_exec.policy if ecs_exec else None),
             runtime=runtime,
             target_groups={name: svc.service.target_group for name, svc in self.services.items()},
         )
         self._bridge_parameters(network, data)
 
-    def _secret_arn_pattern(self) -> str:
-        return self.format_arn(
-            service="secretsmanager",
-            resource="secret",
-            resource_name=f"{self._config.secret_prefix}/*",
-            arn_format=ArnFormat.COLON_RESOURCE_NAME,
-        )
-
-    def _execution_role(self, data: DataStackOutputs) -> iam.Role:
-        role = task_role(
-            self,
-            "TaskExecutionRole",
-            f"{self._config.qualifier}: pull images, write logs, read this environment's secrets",
-            [EXECUTION_POLICY],
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="ReadEnvironmentSecrets",
-                actions=["secretsmanager:GetSecretValue"],
-                resources=[self._secret_arn_pattern()],
-            )
-        )
-        acknowledge(
-            role,
-            {
-                f"AwsSolutions-IAM5[Resource::{self._secret_arn_pattern()}]": "ECS injects the platform services' "
-                "secrets at task start; all of them, and only they, are under this environment's prefix.",
-                "AwsSolutions-IAM5[Resource::*]": "ecr:GetAuthorizationToken (the registry login) has no resource; "
-                "image pulls themselves are limited to the Key Provisioner's repository.",
-                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-                "AmazonECSTaskExecutionRolePolicy]": "The AWS-maintained execution policy: pull images and write "
-                "container logs, nothing else.",
-            },
-        )
-        role.add_to_policy(
-            iam.PolicyStatement(
-                sid="DecryptSecretsViaSecretsManager",
-                actions=["kms:Decrypt"],
-                resources=[data.data_key.key_arn],
-                conditions={"StringEquals": {"kms:ViaService": f"secretsmanager.{self.region}.amazonaws.com"}},
-            )
-        )
-        return role
-
-    def _langfuse_task_role(self, data: DataStackOutputs, ecs_exec_policy: iam.IManagedPolicy) -> iam.Role:
+    def _langfuse_task_role(self, data: DataStackOutputs, ecs_exec_policy: iam.IManagedPolicy | None) -> iam.Role:
         """Langfuse web and worker (Observability layer): the event and media buckets, nothing else."""
         role = task_role(
             self, "LangfuseTaskRole", f"{self._config.qualifier}: Langfuse web and worker (event and media uploads)"
         )
         # The Observability layer uses this role as it is (immutable there): ECS Exec must be granted here.
-        role.add_managed_policy(ecs_exec_policy)
+        if ecs_exec_policy is not None:
+            role.add_managed_policy(ecs_exec_policy)
         grant_objects(
             role,
             [self._config.bucket_name(bucket) for bucket in (Bucket.LANGFUSE_EVENTS, Bucket.LANGFUSE_MEDIA)],

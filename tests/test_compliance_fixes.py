@@ -30,7 +30,7 @@ def test_vpc_flow_logs_to_the_log_bucket(network):
     assert "AccessLogsBucket" in json.dumps(flow_log["LogDestination"])
 
 
-def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly, stage):
+def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly, stage, env_config):
     network = assembly.stack(stage, "Network")
     key = network.logical_id("/Network/LogsKey/Resource")
     policy = network.resources[key]["Properties"]["KeyPolicy"]["Statement"]
@@ -43,7 +43,8 @@ def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly
             assert group["RetentionInDays"] == 365
             assert "LogsKey" in json.dumps(group["KmsKeyId"]) and group["KmsKeyId"]["Fn::GetStackOutput"]
             counted += 1
-    assert counted == 11  # 2 RDS exports, 2 Lambdas in Data; 3 services; 3 services and the probe
+    # 2 RDS exports, 2 Lambdas in Data; 3 services (+ ECS Exec sessions where allowed); 3 services and the probe
+    assert counted == 11 + env_config.ecs_exec
 
 
 def test_rds_logs_monitoring_and_identifier(data, env_config):

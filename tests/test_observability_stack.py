@@ -215,7 +215,7 @@ def test_langfuse_health_checks_and_capacity(observability, env_config):
         if counts[name] >= 2:
             assert service["CapacityProviderStrategy"][0]["Base"] == 1
         assert service["DeploymentConfiguration"]["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
-        assert service["EnableExecuteCommand"] is True
+        assert service["EnableExecuteCommand"] is env_config.ecs_exec
         assert "LangfuseSecurityGroup" in json.dumps(service["NetworkConfiguration"])
 
 
@@ -244,16 +244,20 @@ def test_this_stack_writes_no_iam_of_another_stack(observability, assembly, stag
     assert "Observability" not in json.dumps(platform.body)
 
 
-def test_langfuse_role_can_use_ecs_exec(assembly, stage):
+def test_langfuse_role_can_use_ecs_exec_where_allowed(assembly, stage, env_config):
     platform = assembly.stack(stage, "Platform")
     role = platform.resources[platform.logical_id("/Platform/LangfuseTaskRole/Resource")]["Properties"]
-    assert role["ManagedPolicyArns"] == [{"Ref": platform.logical_id("/Platform/EcsExecPolicy/Resource")}]
+    expected = [{"Ref": platform.logical_id("/Platform/EcsExec/EcsExecPolicy/Resource")}] if env_config.ecs_exec else None
+    assert role.get("ManagedPolicyArns") == expected
 
 
-def test_clickhouse_task_role_mounts_only_its_access_point(observability):
+def test_clickhouse_task_role_mounts_only_its_access_point(observability, env_config):
     policy = _policy_of(observability, "ClickHouse/TaskRole")
-    mount, exec_channels = policy["PolicyDocument"]["Statement"]
+    mount, *exec_grants = policy["PolicyDocument"]["Statement"]
+    assert bool(exec_grants) is env_config.ecs_exec  # ECS Exec's grants where allowed, nothing else
     assert mount["Action"] == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
     condition = mount["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
     assert condition["Fn::Join"][1][1] == {"Ref": observability.logical_id("/Observability/ClickHouse/DataAccessPoint/Resource")}
-    assert all(a.startswith("ssmmessages:") for a in exec_channels["Action"])
+    for grant in exec_grants:
+        actions = grant["Action"] if isinstance(grant["Action"], list) else [grant["Action"]]
+        assert all(a.startswith(("ssmmessages:", "logs:", "kms:")) for a in actions)

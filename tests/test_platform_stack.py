@@ -74,40 +74,6 @@ def test_access_logs_bucket_accepts_alb_delivery(assembly, stage, env_config):
     assert s3_logging["Condition"] == {"StringEquals": {"aws:SourceAccount": account}}
 
 
-def test_execution_role_reads_only_this_environments_secrets(platform, env_config):
-    role_id = platform.logical_id("/Platform/TaskExecutionRole/Resource")
-    role = platform.resources[role_id]["Properties"]
-    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
-    assert "AmazonECSTaskExecutionRolePolicy" in json.dumps(role["ManagedPolicyArns"])
-    policy = platform.resources[platform.logical_id("/Platform/TaskExecutionRole/DefaultPolicy/Resource")]
-    all_statements = policy["Properties"]["PolicyDocument"]["Statement"]
-    statements = {s["Sid"]: s for s in all_statements if "Sid" in s}
-    assert statements["ReadEnvironmentSecrets"]["Action"] == "secretsmanager:GetSecretValue"
-    assert statements["ReadEnvironmentSecrets"]["Resource"] == (
-        f"arn:aws:secretsmanager:{env_config.region}:{env_config.account}:secret:{env_config.secret_prefix}/*"
-    )
-    decrypt = statements["DecryptSecretsViaSecretsManager"]
-    assert decrypt["Action"] == "kms:Decrypt"
-    assert decrypt["Condition"] == {"StringEquals": {"kms:ViaService": f"secretsmanager.{env_config.region}.amazonaws.com"}}
-    assert "DataKey" in json.dumps(decrypt["Resource"])
-    # What ECS adds for the containers: the exact secrets they name (all Data-layer secrets), their log groups,
-    # and pulls from the Key Provisioner's ECR repository only.
-    for statement in all_statements:
-        if "Sid" in statement:
-            continue
-        if statement["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]:
-            assert all("ServiceLogs" in json.dumps(r) for r in statement["Resource"])
-        elif statement["Action"] == "ecr:GetAuthorizationToken":
-            assert statement["Resource"] == "*"  # the registry login, which has no resource
-        elif statement["Action"][0].startswith("ecr:"):
-            assert statement["Resource"] == (
-                f"arn:aws:ecr:{env_config.region}:{env_config.account}:repository/key-provisioner"
-            )
-        else:
-            assert statement["Action"] == ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
-            assert all(r["Fn::GetStackOutput"]["StackName"].endswith("-Data") for r in statement["Resource"])
-
-
 def test_workspace_execution_role_reads_no_secrets(platform):
     role = platform.resources[platform.logical_id("/Platform/Workspaces/WorkspaceExecutionRole/Resource")]["Properties"]
     assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
@@ -137,13 +103,30 @@ def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_con
     assert set(aem) == {"WriteWorkspaceLogs", "ReadArtifactsObjects", "ReadArtifactsList", "ReadArtifactsKey"}
 
 
-def test_ecs_exec_policy(platform):
-    (policy,) = platform.props("AWS::IAM::ManagedPolicy")
-    (statement,) = policy["PolicyDocument"]["Statement"]
-    assert sorted(statement["Action"]) == [
+def test_ecs_exec_only_where_allowed_and_every_session_logged(platform, env_config):
+    cluster = platform.one("AWS::ECS::Cluster")
+    policies = platform.props("AWS::IAM::ManagedPolicy")
+    if not env_config.ecs_exec:  # production, by default
+        assert "Configuration" not in cluster and policies == []
+        assert all(p["EnableExecuteCommand"] is False for p in platform.props("AWS::ECS::Service"))
+        assert "ssmmessages" not in json.dumps(platform.props("AWS::IAM::Policy"))
+        return
+    logs_key = {"Fn::GetStackOutput": {"StackName": f"{env_config.stage_id}-Network", "Region": env_config.region}}
+    config = cluster["Configuration"]["ExecuteCommandConfiguration"]
+    assert config["Logging"] == "OVERRIDE"
+    assert config["LogConfiguration"] == {"CloudWatchLogGroupName": f"/coder-{env_config.name}/ecs-exec",
+                                          "CloudWatchEncryptionEnabled": True}
+    assert logs_key["Fn::GetStackOutput"].items() <= config["KmsKeyId"]["Fn::GetStackOutput"].items()
+    assert "LogsKey" in config["KmsKeyId"]["Fn::GetStackOutput"]["OutputName"]
+    (group,) = [g for g in platform.props("AWS::Logs::LogGroup") if g.get("LogGroupName") == f"/coder-{env_config.name}/ecs-exec"]
+    assert group["RetentionInDays"] == 365 and "LogsKey" in json.dumps(group["KmsKeyId"])
+    (policy,) = policies
+    statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
+    assert sorted(statements["EcsExecSessionChannels"]["Action"]) == [
         "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
         "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
     ]
+    assert "EcsExecLogs" in json.dumps(statements["EcsExecSessionLogs"]["Resource"])
 
 
 def test_ssm_bridge_parameters(platform, env_config):

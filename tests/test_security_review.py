@@ -1,0 +1,85 @@
+"""The independent security review's findings, each checked on the synthesized templates (issue: security hardening)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config.loader import parse_config
+from tests.test_config import BASE
+
+
+def _secret_ref(value_from):
+    """A container secret's ValueFrom without its `:json-key::` suffix: the secret it reads."""
+    if isinstance(value_from, dict) and "Fn::Join" in value_from:
+        parts = value_from["Fn::Join"][1]
+        assert len(parts) == 2 and parts[1].startswith(":") and parts[1].endswith("::"), value_from
+        return json.dumps(parts[0], sort_keys=True)
+    return json.dumps(value_from, sort_keys=True)
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+# --- 4. every service reads exactly its own secrets -----------------------------------------------------------------
+
+
+def test_each_service_has_an_execution_role_reading_exactly_its_containers_secrets(assembly, stage):
+    roles_seen = set()
+    for layer in ("Platform", "Observability"):
+        template = assembly.stack(stage, layer)
+        for lid, task in template.of_type("AWS::ECS::TaskDefinition").items():
+            props = task["Properties"]
+            role_id = props["ExecutionRoleArn"]["Fn::GetAtt"][0]
+            assert role_id not in roles_seen, f"{lid} shares its execution role"
+            roles_seen.add(role_id)
+            received = {_secret_ref(s["ValueFrom"]) for c in props["ContainerDefinitions"] for s in c.get("Secrets", [])}
+            policies = [p for p in template.props("AWS::IAM::Policy") if {"Ref": role_id} in p["Roles"]]
+            statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+            readable = {json.dumps(r, sort_keys=True) for s in statements
+                        if "secretsmanager:GetSecretValue" in _as_list(s["Action"]) for r in _as_list(s["Resource"])}
+            assert readable == received, f"{stage}-{layer}/{lid}"
+            assert "PostgresMasterSecret" not in json.dumps(statements)
+            assert not any("secret:" in json.dumps(r) and "*" in json.dumps(r) for r in readable)
+            for statement in statements:
+                if "kms:Decrypt" in _as_list(statement["Action"]):
+                    assert statement["Condition"]["StringEquals"]["kms:ViaService"].startswith("secretsmanager.")
+            role = template.resources[role_id]["Properties"]
+            assert "ManagedPolicyArns" not in role  # no AWS-wide execution policy: its own grants only
+    assert len(roles_seen) == 6  # Coder, LiteLLM, Key Provisioner, ClickHouse, Langfuse web and worker
+
+
+def test_no_role_of_any_stack_but_the_bootstrap_reads_the_master_login(assembly, stage):
+    for layer in ("Network", "Data", "Platform", "Observability"):
+        template = assembly.stack(stage, layer)
+        for lid, policy in template.of_type("AWS::IAM::Policy").items():
+            if "PostgresMasterSecret" in json.dumps(policy["Properties"]["PolicyDocument"]):
+                assert "/AppDatabases/" in policy["Metadata"]["aws:cdk:path"] or "/Rotation" in policy["Metadata"][
+                    "aws:cdk:path"], f"{lid} reads the RDS master login"
+
+
+# --- 5. ECS Exec per environment ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("production_setting", "expected"),
+    [(None, {"staging": True, "production": False}), ("false", {"staging": True, "production": False}),
+     ("true", {"staging": True, "production": True})],
+)
+def test_ecs_exec_is_off_in_production_unless_configured(production_setting, expected):
+    text = BASE
+    marker = "enable_ecs_exec = false\n"
+    assert text.count(marker) == 1
+    text = text.replace(marker, "" if production_setting is None else f"enable_ecs_exec = {production_setting}\n")
+    config = parse_config(text, "test.toml")
+    assert {e.name: e.ecs_exec for e in config.environments} == expected
+
+
+def test_production_services_have_no_shell_access(assembly):
+    for layer in ("Platform", "Observability"):
+        template = assembly.stack("Production", layer)
+        assert [s["EnableExecuteCommand"] for s in template.props("AWS::ECS::Service")] == [False] * 3
+        assert "ssmmessages:" not in json.dumps(template.props("AWS::IAM::Policy"))
+        assert template.props("AWS::IAM::ManagedPolicy") == []
