@@ -34,7 +34,8 @@ class CoderWorkspaceAccess:
     terraform_state_bucket: str  # name
     lock_table_name: str
     data_key: kms.IKey  # encrypts the state bucket
-    listener: elbv2.IApplicationListener  # workspace direct access adds rules here (feature flag)
+    # Workspace direct access (feature flag): the listener Coder adds its rules to; it carries no platform route.
+    direct_access_listener: elbv2.IApplicationListener | None
 
 
 class CoderService(Construct):
@@ -171,8 +172,9 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
         ),
         iam.PolicyStatement(sid="DescribeLogGroups", actions=["logs:DescribeLogGroups"], resources=["*"]),
     ]
-    if config.features.enable_workspace_direct_access:
+    if access.direct_access_listener is not None:
         target_groups = arn("elasticloadbalancing", "targetgroup", "ws-*/*")
+        rules = arn("elasticloadbalancing", "listener-rule", "app/*")
         statements += [
             iam.PolicyStatement(
                 sid="DirectAccessTargetGroups",
@@ -187,15 +189,24 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
                 ],
                 resources=[target_groups],
             ),
+            # Rules only on the direct-access listener, which routes no platform host: Coder can never add a rule
+            # ahead of coder./ai./langfuse./admin. on the platform's listener.
             iam.PolicyStatement(
                 sid="DirectAccessRules",
-                actions=["elasticloadbalancing:CreateRule", "elasticloadbalancing:AddTags"],
-                resources=[access.listener.listener_arn, arn("elasticloadbalancing", "listener-rule", "app/*")],
+                actions=["elasticloadbalancing:CreateRule"],
+                resources=[access.direct_access_listener.listener_arn],
+            ),
+            # Tags only while creating a rule: Coder cannot tag a platform rule as its own to change it later.
+            iam.PolicyStatement(
+                sid="DirectAccessRuleTagsOnCreate",
+                actions=["elasticloadbalancing:AddTags"],
+                resources=[rules],
+                conditions={"StringEquals": {"elasticloadbalancing:CreateAction": "CreateRule"}},
             ),
             iam.PolicyStatement(
                 sid="DirectAccessRuleLifecycle",
                 actions=["elasticloadbalancing:ModifyRule", "elasticloadbalancing:DeleteRule"],
-                resources=[arn("elasticloadbalancing", "listener-rule", "app/*")],
+                resources=[rules],
                 conditions={"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}},
             ),
             iam.PolicyStatement(
@@ -237,14 +248,14 @@ def _acknowledge_provisioning(role: iam.Role, config: EnvironmentConfig, access:
         f"Resource::{arn('logs', 'log-group', f'/{config.qualifier}/workspaces*', ArnFormat.COLON_RESOURCE_NAME)}":
         "Terraform creates one log group per workspace under this environment's workspaces prefix.",
     }
-    if config.features.enable_workspace_direct_access:
+    if access.direct_access_listener is not None:
         reasons.update({
             "Action::elasticloadbalancing:Describe*": "Terraform reads the listener, rules and target groups it "
             "manages; read-only.",
             f"Resource::{arn('elasticloadbalancing', 'targetgroup', 'ws-*/*')}": "Target groups that direct access "
             "makes for workspaces, named ws-*.",
-            f"Resource::{arn('elasticloadbalancing', 'listener-rule', 'app/*')}": "Rule ids are made at run time; "
-            "rules are created on this environment's listener only and changed or deleted only with the "
-            "coder_provisioned tag.",
+            f"Resource::{arn('elasticloadbalancing', 'listener-rule', 'app/*')}": "Rule ids are made at run time. "
+            "Rules are created on the direct-access listener only (no platform route there), tagged only at "
+            "creation, and changed or deleted only with the coder_provisioned tag: the platform's rules are out of reach.",
         })
     acknowledge(role, {f"AwsSolutions-IAM5[{finding}]": reason for finding, reason in reasons.items()})

@@ -15,6 +15,7 @@ from constructs_lib.stable_ids import Group
 
 IDLE_TIMEOUT = Duration.seconds(300)  # Coder's WebSockets (DERP keepalive 60 s) must outlive idle periods
 HTTPS_PORT = 443
+DIRECT_ACCESS_PORT = 8443  # workspace direct access: Coder's own listener, no platform route on it
 
 
 class InternalLoadBalancer(Group):
@@ -25,6 +26,8 @@ class InternalLoadBalancer(Group):
     - The listener answers 404 to any host no rule claims; services add their host rules to it.
     - The certificate is validated through `hosted_zone_id` when given, else by hand (records in the ACM console).
     - `open=False`: the security group alone says who may connect.
+    - With `direct_access`, a second HTTPS listener on 8443 for workspace direct access: Coder adds its rules there,
+      never on the listener that routes the platform's hosts.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class InternalLoadBalancer(Group):
         security_group: ec2.ISecurityGroup,
         access_logs: s3.IBucket,
         deletion_protection: bool,
+        direct_access: bool,
     ) -> None:
         super().__init__(scope, construct_id)
         zone = (
@@ -77,12 +81,16 @@ class InternalLoadBalancer(Group):
                 f"{environment.capitalize()} is rebuilt at will; production's load balancer has deletion protection."
             )
         acknowledge(self.load_balancer, reasons)
-        self.listener = self.load_balancer.add_listener(
-            "Https",
-            port=HTTPS_PORT,
+        self.listener = self._https_listener("Https", HTTPS_PORT)
+        self.direct_access_listener = self._https_listener("WorkspaceDirectAccess", DIRECT_ACCESS_PORT) if direct_access else None
+
+    def _https_listener(self, construct_id: str, port: int) -> elbv2.ApplicationListener:
+        return self.load_balancer.add_listener(
+            construct_id,
+            port=port,
             protocol=elbv2.ApplicationProtocol.HTTPS,
             certificates=[elbv2.ListenerCertificate.from_certificate_manager(self.certificate)],
             ssl_policy=elbv2.SslPolicy.RECOMMENDED_TLS,
-            open=False,  # the ALB security group already admits 443 from the VPC only
+            open=False,  # the ALB security group admits its ports from the VPC only
             default_action=elbv2.ListenerAction.fixed_response(404, content_type="text/plain", message_body="Not found"),
         )

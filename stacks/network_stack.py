@@ -15,6 +15,7 @@ from constructs import Construct
 from config.model import Bucket, EnvironmentConfig
 from constructs_lib.compliance import acknowledge
 from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
+from constructs_lib.internal_load_balancer import DIRECT_ACCESS_PORT
 from constructs_lib.log_bucket import log_bucket
 from constructs_lib.postgres_database import POSTGRES_PORT
 from constructs_lib.redis_cache import REDIS_PORT
@@ -223,6 +224,9 @@ class NetworkStack(Stack):
         anywhere = ec2.Peer.any_ipv4()
 
         alb.add_ingress_rule(ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        if config.features.enable_workspace_direct_access:
+            alb.add_ingress_rule(ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(DIRECT_ACCESS_PORT),
+                                 "Workspace direct access (HTTPS) from the VPC")
         # ALB authenticate-oidc calls the identity provider's token and user-info endpoints.
         alb.add_egress_rule(anywhere, ec2.Port.tcp(443), "OIDC identity provider (ALB authenticate-oidc)")
         alb.connections.allow_from(smoke_probe, ec2.Port.tcp(443), "HTTPS from the smoke-test probe")

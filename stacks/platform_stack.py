@@ -92,6 +92,7 @@ class PlatformStack(Stack):
             security_group=network.security_groups.alb,
             access_logs=network.access_logs_bucket,
             deletion_protection=config.is_production,
+            direct_access=config.features.enable_workspace_direct_access,
         )
         load_balancer, listener, certificate = balancer.load_balancer, balancer.listener, balancer.certificate
 
@@ -129,7 +130,7 @@ class PlatformStack(Stack):
                 terraform_state_bucket=config.bucket_name(Bucket.TERRAFORM_STATE),
                 lock_table_name=config.lock_table_name,
                 data_key=data.data_key,
-                listener=listener,
+                direct_access_listener=balancer.direct_access_listener,
             ),
         )
         litellm = LiteLLMService(self, "LiteLLM", config=config, runtime=runtime, listener=listener, secrets=secrets)
@@ -151,7 +152,7 @@ class PlatformStack(Stack):
             runtime=runtime,
             target_groups={name: svc.service.target_group for name, svc in self.services.items()},
         )
-        self._bridge_parameters(network, data)
+        self._bridge_parameters(network, data, balancer.direct_access_listener)
 
     def _langfuse_task_role(self, data: DataStackOutputs, ecs_exec_policy: iam.IManagedPolicy | None) -> iam.Role:
         """Langfuse web and worker (Observability layer): the event and media buckets, nothing else."""
@@ -172,7 +173,9 @@ class PlatformStack(Stack):
         )
         return role
 
-    def _bridge_parameters(self, network: NetworkStackOutputs, data: DataStackOutputs) -> None:
+    def _bridge_parameters(
+        self, network: NetworkStackOutputs, data: DataStackOutputs, direct_access: elbv2.IApplicationListener | None
+    ) -> None:
         outputs = self.outputs
         app_subnet_ids = network.vpc.select_subnets(subnet_group_name=network.app_subnets.subnet_group_name).subnet_ids
         TerraformBridge(
@@ -189,6 +192,7 @@ class PlatformStack(Stack):
                 "WorkspaceSecurityGroupId": ("workspace-sg-id", network.security_groups.ecs_workspaces.security_group_id),
                 "PrivateSubnetIds": ("private-subnet-ids", ",".join(app_subnet_ids)),
                 "EfsId": ("efs-id", data.file_system.file_system_id),
-                "AlbListenerArn": ("alb-listener-arn", outputs.listener.listener_arn),
+                # Workspace direct access: the listener Coder may add rules to (never the platform's).
+                **({"AlbListenerArn": ("alb-listener-arn", direct_access.listener_arn)} if direct_access else {}),
             },
         )

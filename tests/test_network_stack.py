@@ -156,6 +156,7 @@ def test_ingress_matrix(network, env_config):
         ("rds", "tcp", 5432, 5432, "langfuse"),
         ("redis", "tcp", 6379, 6379, "langfuse"),
         ("alb", "tcp", 443, 443, vpc),
+        ("alb", "tcp", 8443, 8443, vpc),  # workspace direct access, its own listener (feature flag, on here)
         ("services", "tcp", 4000, 4000, "services"),  # Key Provisioner -> LiteLLM (seed: all traffic)
         ("services", "tcp", 4000, 4000, "workspaces"),  # the workspaces' LiteLLM egress, as ingress on services
         ("workspaces", "tcp", 13337, 13337, "alb"),

@@ -49,14 +49,17 @@ def test_alb_attributes(platform, env_config):
     assert attributes["deletion_protection.enabled"] == ("true" if env_config.is_production else "false")
 
 
-def test_https_listener_tls12_default_404(platform):
-    listener = platform.one("AWS::ElasticLoadBalancingV2::Listener")
-    assert (listener["Port"], listener["Protocol"]) == (443, "HTTPS")
-    assert listener["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
-    (action,) = listener["DefaultActions"]
-    assert action["Type"] == "fixed-response"
-    assert action["FixedResponseConfig"]["StatusCode"] == "404"
-    assert listener["Certificates"] == [{"CertificateArn": {"Ref": platform.logical_id("/Platform/LoadBalancing/Certificate/Resource")}}]
+def test_https_listeners_tls12_default_404(platform):
+    """443 for the platform; 8443 for workspace direct access (the feature flag is on in the shipped config)."""
+    listeners = platform.props("AWS::ElasticLoadBalancingV2::Listener")
+    assert sorted((listener["Port"], listener["Protocol"]) for listener in listeners) == [(443, "HTTPS"), (8443, "HTTPS")]
+    for listener in listeners:
+        assert listener["SslPolicy"] == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+        (action,) = listener["DefaultActions"]
+        assert action["Type"] == "fixed-response"
+        assert action["FixedResponseConfig"]["StatusCode"] == "404"
+        assert listener["Certificates"] == [
+            {"CertificateArn": {"Ref": platform.logical_id("/Platform/LoadBalancing/Certificate/Resource")}}]
 
 
 def test_access_logs_bucket_accepts_alb_delivery(assembly, stage, env_config):
@@ -138,7 +141,9 @@ def test_ssm_bridge_parameters(platform, env_config):
     ))
     assert params[prefix + "cluster-arn"] == {"Fn::GetAtt": [platform.logical_id("/Platform/Cluster/Resource"), "Arn"]}
     assert params[prefix + "cluster-name"] == {"Ref": platform.logical_id("/Platform/Cluster/Resource")}
-    assert params[prefix + "alb-listener-arn"] == {"Ref": platform.logical_id("/Platform/LoadBalancing/LoadBalancer/Https/Resource")}
+    # Workspace direct access adds rules to its own listener, never to the platform's.
+    assert params[prefix + "alb-listener-arn"] == {
+        "Ref": platform.logical_id("/Platform/LoadBalancing/LoadBalancer/WorkspaceDirectAccess/Resource")}
     # Workspace task definitions get the workspace execution role (no secret access), not the platform's.
     assert params[prefix + "task-execution-role-arn"] == {
         "Fn::GetAtt": [platform.logical_id("/Platform/Workspaces/WorkspaceExecutionRole/Resource"), "Arn"]}

@@ -83,3 +83,61 @@ def test_production_services_have_no_shell_access(assembly):
         assert [s["EnableExecuteCommand"] for s in template.props("AWS::ECS::Service")] == [False] * 3
         assert "ssmmessages:" not in json.dumps(template.props("AWS::IAM::Policy"))
         assert template.props("AWS::IAM::ManagedPolicy") == []
+
+
+# --- 1. Coder cannot rewrite the platform's routing --------------------------------------------------------------
+
+
+def _role_statements(template, role_path: str) -> list[dict]:
+    (policy,) = [r["Properties"] for r in template.of_type("AWS::IAM::Policy").values()
+                 if r["Metadata"]["aws:cdk:path"].endswith(f"/{role_path}/DefaultPolicy/Resource")]
+    return policy["PolicyDocument"]["Statement"]
+
+
+def _load_balancer_writes(statements) -> list[dict]:
+    return [s for s in statements if any(a.startswith("elasticloadbalancing:") and not a.startswith(
+        "elasticloadbalancing:Describe") for a in _as_list(s["Action"]))]
+
+
+def test_coder_adds_rules_only_to_a_listener_without_platform_routes(assembly, stage, env_config):
+    platform = assembly.stack(stage, "Platform")
+    main = platform.logical_id("/Platform/LoadBalancing/LoadBalancer/Https/Resource")
+    direct = platform.logical_id("/Platform/LoadBalancing/LoadBalancer/WorkspaceDirectAccess/Resource")
+    statements = _role_statements(platform, "Coder/TaskRole")
+    assert main not in json.dumps(statements)
+    writes = {action: s for s in _load_balancer_writes(statements) for action in _as_list(s["Action"])}
+    assert writes["elasticloadbalancing:CreateRule"]["Resource"] == {"Ref": direct}
+    rules = f"arn:aws:elasticloadbalancing:{env_config.region}:{env_config.account}:listener-rule/app/*"
+    for action in ("elasticloadbalancing:ModifyRule", "elasticloadbalancing:DeleteRule"):
+        assert writes[action]["Resource"] == rules
+        assert writes[action]["Condition"] == {"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}}
+    rule_tags = [s for s in _load_balancer_writes(statements) if "elasticloadbalancing:AddTags" in _as_list(s["Action"])
+                 and rules in _as_list(s["Resource"])]
+    assert [s["Condition"] for s in rule_tags] == [{"StringEquals": {"elasticloadbalancing:CreateAction": "CreateRule"}}]
+    rule_statements = [s for s in _load_balancer_writes(statements) if "Rule" in json.dumps(s["Action"])]
+    for statement in _load_balancer_writes(statements):
+        if statement not in rule_tags and statement not in rule_statements:  # target groups: Coder's own only
+            assert statement["Resource"] == f"arn:aws:elasticloadbalancing:{env_config.region}:{env_config.account}:targetgroup/ws-*/*"
+    # The direct-access listener: HTTPS on 8443, 404 by default, no rule of the platform's.
+    listener = platform.resources[direct]["Properties"]
+    assert (listener["Port"], listener["Protocol"]) == (8443, "HTTPS")
+    assert listener["DefaultActions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
+    for layer in ("Platform", "Observability"):
+        for rule in assembly.stack(stage, layer).props("AWS::ElasticLoadBalancingV2::ListenerRule"):
+            assert direct not in json.dumps(rule["ListenerArn"]), "a platform route on the direct-access listener"
+    params = {p["Name"]: p["Value"] for p in platform.props("AWS::SSM::Parameter")}
+    assert params[f"/coder-{env_config.name}/alb-listener-arn"] == {"Ref": direct}
+    network = assembly.stack(stage, "Network")
+    alb = network.resources[network.logical_id("/Network/AlbSecurityGroup/Resource")]["Properties"]
+    assert {(r["FromPort"], r["CidrIp"]) for r in alb["SecurityGroupIngress"]} == {
+        (443, env_config.network.vpc_cidr), (8443, env_config.network.vpc_cidr)}
+
+
+def test_without_direct_access_coder_has_no_load_balancer_rights(three_environments):
+    platform = three_environments.stack("Dev", "Platform")
+    assert _load_balancer_writes(_role_statements(platform, "Coder/TaskRole")) == []
+    assert [p["Port"] for p in platform.props("AWS::ElasticLoadBalancingV2::Listener")] == [443]
+    assert not [p for p in platform.props("AWS::SSM::Parameter") if p["Name"].endswith("alb-listener-arn")]
+    network = three_environments.stack("Dev", "Network")
+    alb = network.resources[network.logical_id("/Network/AlbSecurityGroup/Resource")]["Properties"]
+    assert [r["FromPort"] for r in alb["SecurityGroupIngress"]] == [443]
