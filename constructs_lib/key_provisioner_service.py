@@ -55,7 +55,8 @@ class KeyProvisionerService(Construct):
                 memory_mib=512,
                 desired_count=config.services.key_provisioner_desired_count,
                 environment={
-                    "LITELLM_URL": LITELLM.url(runtime.namespace.namespace_name),
+                    # It sends LiteLLM's master key: over HTTPS through the internal ALB, never plain HTTP in the VPC.
+                    "LITELLM_URL": f"https://{LITELLM.routes[0].host_name(config.domain)}",
                     "CODER_URL": f"https://{CODER.routes[0].host_name(config.domain)}",
                     "PORT": str(KEY_PROVISIONER.port),
                 },

@@ -73,13 +73,13 @@ class LiteLLMService(Construct):
             )
         secrets.grant_read(self.task_role, "litellm/master-key", "litellm/anthropic-api-key")
 
-        namespace = runtime.namespace.namespace_name
         api_base = config.custom_llm_api_base.rstrip("/")
         environment = {
             "AWS_REGION_NAME": config.region,
             "DEFAULT_ENFORCEMENT_LEVEL": "standard",
             "GUARDRAILS_ENABLED": "true",
-            "LANGFUSE_HOST": LANGFUSE_WEB.url(namespace),
+            # Traces carry prompts and completions: over HTTPS through the internal ALB, never plain HTTP in the VPC.
+            "LANGFUSE_HOST": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",
             "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
             "CUSTOM_LLM_API_BASE": api_base,
             "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",

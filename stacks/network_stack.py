@@ -19,7 +19,7 @@ from constructs_lib.internal_load_balancer import DIRECT_ACCESS_PORT
 from constructs_lib.log_bucket import log_bucket
 from constructs_lib.postgres_database import POSTGRES_PORT
 from constructs_lib.redis_cache import REDIS_PORT
-from constructs_lib.service_catalogue import CLICKHOUSE, LANGFUSE_WEB, LITELLM, Placement, routed
+from constructs_lib.service_catalogue import CLICKHOUSE, LITELLM, Placement, routed
 
 S3_ACCESS_LOGS_PREFIX = "s3-access/"  # S3 server access logs of every platform bucket: s3-access/<bucket>/
 FLOW_LOGS_PREFIX = "vpc-flow-logs/"
@@ -234,9 +234,6 @@ class NetworkStack(Stack):
         placed = {Placement.SERVICES: services, Placement.LANGFUSE: langfuse, Placement.CLICKHOUSE: clickhouse}
         for service in routed():
             placed[service.placement].connections.allow_from(alb, ec2.Port.tcp(service.port), f"{service.title} from the ALB")
-        services.connections.allow_internally(
-            ec2.Port.tcp(LITELLM.port), "Key Provisioner to LiteLLM (service to service)"
-        )
         services.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: AWS APIs, identity provider, LLM APIs")
 
         workspaces.connections.allow_from(alb, ec2.Port.tcp(WORKSPACE_AGENT_PORT), "Workspace apps from the ALB")
@@ -245,7 +242,6 @@ class NetworkStack(Stack):
         workspaces.add_egress_rule(anywhere, ec2.Port.tcp(53), "DNS over TCP")
         workspaces.add_egress_rule(anywhere, ec2.Port.udp(53), "DNS")
 
-        langfuse.connections.allow_from(services, ec2.Port.tcp(LANGFUSE_WEB.port), "LiteLLM's trace callbacks")
         langfuse.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: S3, AWS APIs, image registry")
         clickhouse_ports = {"HTTP": CLICKHOUSE.port, **CLICKHOUSE.extra_ports}
         for label, port in clickhouse_ports.items():

@@ -143,12 +143,12 @@ def test_security_group_count(network):
 
 def test_ingress_matrix(network, env_config):
     """The seed's rules, except that the ALB no longer reaches ClickHouse (8123/9000) or the Langfuse worker (3030):
-    Langfuse has its own group (3000 from the ALB and from LiteLLM), ClickHouse admits Langfuse only."""
+    Langfuse has its own group (3000 from the ALB only), ClickHouse admits Langfuse only. LiteLLM's traces and the
+    Key Provisioner's calls to LiteLLM go through the ALB over HTTPS, so no service reaches another directly."""
     vpc = env_config.network.vpc_cidr
     from_alb = {("services", "tcp", p, p, "alb") for p in (7080, 4000, 8100)}
     expected = from_alb | {
         ("langfuse", "tcp", 3000, 3000, "alb"),
-        ("langfuse", "tcp", 3000, 3000, "services"),
         ("alb", "tcp", 443, 443, "smoke_probe"),
         ("clickhouse", "tcp", 8123, 8123, "langfuse"),
         ("clickhouse", "tcp", 9000, 9000, "langfuse"),
@@ -157,7 +157,6 @@ def test_ingress_matrix(network, env_config):
         ("redis", "tcp", 6379, 6379, "langfuse"),
         ("alb", "tcp", 443, 443, vpc),
         ("alb", "tcp", 8443, 8443, vpc),  # workspace direct access, its own listener (feature flag, on here)
-        ("services", "tcp", 4000, 4000, "services"),  # Key Provisioner -> LiteLLM (seed: all traffic)
         ("services", "tcp", 4000, 4000, "workspaces"),  # the workspaces' LiteLLM egress, as ingress on services
         ("workspaces", "tcp", 13337, 13337, "alb"),
         ("rds", "tcp", 5432, 5432, "services"),
@@ -176,7 +175,6 @@ def test_egress_matrix(network, env_config):
     to_services = {("alb", "tcp", p, p, "services") for p in (7080, 4000, 8100)}
     expected = to_services | {
         ("alb", "tcp", 3000, 3000, "langfuse"),
-        ("services", "tcp", 3000, 3000, "langfuse"),
         ("langfuse", "tcp", 443, 443, anywhere),
         ("langfuse", "tcp", 8123, 8123, "clickhouse"),
         ("langfuse", "tcp", 9000, 9000, "clickhouse"),
@@ -187,7 +185,6 @@ def test_egress_matrix(network, env_config):
         ("smoke_probe", "tcp", 443, 443, "alb"),  # and nothing else
         ("alb", "tcp", 443, 443, anywhere),  # authenticate-oidc to the identity provider
         ("alb", "tcp", 13337, 13337, "workspaces"),
-        ("services", "tcp", 4000, 4000, "services"),
         ("services", "tcp", 443, 443, anywhere),
         ("services", "tcp", 5432, 5432, "rds"),
         ("services", "tcp", 6379, 6379, "redis"),

@@ -199,7 +199,7 @@ def test_litellm_container(platform, env_config):
         "AWS_REGION_NAME": env_config.region,
         "DEFAULT_ENFORCEMENT_LEVEL": "standard",
         "GUARDRAILS_ENABLED": "true",
-        "LANGFUSE_HOST": f"http://langfuse-web.coder-{env_config.name}.local:3000",
+        "LANGFUSE_HOST": f"https://langfuse.{env_config.domain}",
         "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
         "CUSTOM_LLM_API_BASE": api_base,
         "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
@@ -239,7 +239,7 @@ def test_key_provisioner_container(platform, env_config):
     assert f"{env_config.account}.dkr.ecr.{env_config.region}." in image and f"/{repository}:{tag}" in image
     assert container["PortMappings"][0]["ContainerPort"] == 8100
     assert {e["Name"]: e["Value"] for e in container["Environment"]} == {
-        "LITELLM_URL": f"http://litellm.coder-{env_config.name}.local:4000",
+        "LITELLM_URL": f"https://ai.{env_config.domain}",
         "CODER_URL": f"https://coder.{env_config.domain}",
         "PORT": "8100",
     }

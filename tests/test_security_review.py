@@ -141,3 +141,26 @@ def test_without_direct_access_coder_has_no_load_balancer_rights(three_environme
     network = three_environments.stack("Dev", "Network")
     alb = network.resources[network.logical_id("/Network/AlbSecurityGroup/Resource")]["Properties"]
     assert [r["FromPort"] for r in alb["SecurityGroupIngress"]] == [443]
+
+
+# --- 8. prompts and credentials cross the VPC over TLS only ------------------------------------------------------
+
+
+def _environment(template, service: str) -> dict[str, str]:
+    (task,) = [r["Properties"] for r in template.of_type("AWS::ECS::TaskDefinition").values()
+               if f"/{service}/Service/TaskDefinition/" in r["Metadata"]["aws:cdk:path"]]
+    return {e["Name"]: e["Value"] for c in task["ContainerDefinitions"] for e in c.get("Environment", [])}
+
+
+def test_traces_and_the_master_key_travel_over_https_through_the_alb(assembly, stage, env_config):
+    platform = assembly.stack(stage, "Platform")
+    assert _environment(platform, "LiteLLM")["LANGFUSE_HOST"] == f"https://langfuse.{env_config.domain}"
+    assert _environment(platform, "KeyProvisioner")["LITELLM_URL"] == f"https://ai.{env_config.domain}"
+    network = assembly.stack(stage, "Network")
+    group = {network.logical_id(f"/Network/{cid}/Resource"): name for name, cid in (
+        ("langfuse", "LangfuseSecurityGroup"), ("services", "EcsServicesSecurityGroup"), ("alb", "AlbSecurityGroup"))}
+    peers = {(group.get(p["GroupId"]["Fn::GetAtt"][0]), group.get(p["SourceSecurityGroupId"]["Fn::GetAtt"][0]), p["FromPort"])
+             for p in network.props("AWS::EC2::SecurityGroupIngress") if "SourceSecurityGroupId" in p}
+    assert ("langfuse", "services", 3000) not in peers  # no plain-HTTP path from LiteLLM to Langfuse
+    assert ("services", "services", 4000) not in peers  # nor from the Key Provisioner to LiteLLM
+    assert ("langfuse", "alb", 3000) in peers and ("services", "alb", 4000) in peers
