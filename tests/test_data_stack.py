@@ -346,5 +346,8 @@ def test_stateful_logical_ids_are_locked(assembly):
 
 
 def test_staging_and_production_share_logical_ids(assembly):
+    """The same construct ids in both; production adds only its termination protection."""
     staging, production = assembly.stack("Staging", "Data"), assembly.stack("Production", "Data")
-    assert sorted(staging.resources) == sorted(production.resources)
+    extra = set(production.resources) - set(staging.resources)
+    assert set(staging.resources) <= set(production.resources)
+    assert extra and all(lid.startswith("TerminationProtection") for lid in extra)
