@@ -71,6 +71,35 @@ class FormattedSecret(Construct):
         self.initializer.node.add_dependency(provider)
 
 
+class OperatorPlaceholder(Construct):
+    """A random placeholder in an operator-supplied secret that has no value yet (or lacks `json_field`), put once
+    at deploy time by the shared initializer; a value someone put there is never changed. The secret itself must
+    carry no GenerateSecretString: CloudFormation would mint a new value over the operator's whenever it changed."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        secret: secretsmanager.ISecret,
+        json_field: str | None,
+        length: int,
+        logs_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        provider = _initializer_function(Stack.of(self), logs_key)
+        secret.grant_read(provider)
+        secret.grant_write(provider)
+        self.resource = CustomResource(
+            self,
+            "Resource",
+            service_token=provider.function_arn,
+            resource_type="Custom::SecretFields",
+            properties={"SecretId": secret.secret_arn, "Placeholder": {"Field": json_field or "", "Length": length}},
+        )
+        self.resource.node.add_dependency(provider)
+
+
 def _initializer_function(stack: Stack, logs_key: kms.IKey) -> lambda_.Function:
     """One handler per stack, shared by every FormattedSecret in it."""
     existing = stack.node.try_find_child("SecretFieldsInitializer")
@@ -82,7 +111,7 @@ def _initializer_function(stack: Stack, logs_key: kms.IKey) -> lambda_.Function:
         code=python_code("secret_fields"),
         handler="index.handler",
         timeout=Duration.minutes(1),
-        description="Fills formatted secret fields (LiteLLM and Langfuse keys) once, at deploy time",
+        description="Fills formatted secret fields once and operator-supplied secrets' placeholders, never replacing a value",
         logs_key=logs_key,
         log_group_id="SecretFieldsInitializerLogs",
         invoked_by="CloudFormation (custom resource)",

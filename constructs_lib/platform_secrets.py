@@ -11,7 +11,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from constructs_lib.compliance import acknowledge
-from constructs_lib.formatted_secret import FormattedSecret, GeneratedField
+from constructs_lib.formatted_secret import FormattedSecret, GeneratedField, OperatorPlaceholder
 from constructs_lib.stable_ids import Group
 
 # One database and one login per application (made by AppDatabases at deploy time).
@@ -21,10 +21,9 @@ URL_SAFE = {"exclude_punctuation": True, "include_space": False}
 
 @dataclass(frozen=True)
 class Generated:
-    """A value Secrets Manager generates once: the whole string, or one field of a JSON object."""
+    """A value Secrets Manager generates once: the whole string."""
 
-    length: int | None = None  # None: Secrets Manager's default
-    json_field: str | None = None
+    length: int
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,19 @@ class Formatted:
 
 
 @dataclass(frozen=True)
+class Operator:
+    """A value only a person has (an API key, a client secret): no deploy may ever replace it. The template carries no
+    generator; OperatorPlaceholder puts a random placeholder while there is no value, so that consumers start."""
+
+    json_field: str | None = None
+    placeholder_length: int = 32
+
+
+@dataclass(frozen=True)
 class SecretRow:
     name: str  # without the environment prefix: `litellm/master-key`
     construct_id: str  # the secret's logical id derives from it: never rename
-    value: Generated | DatabaseLogin | Formatted
+    value: Generated | DatabaseLogin | Formatted | Operator
     description: str
     no_rotation: str  # why it is not rotated automatically (its cdk-nag acknowledgment)
 
@@ -71,7 +79,7 @@ SECRETS: tuple[SecretRow, ...] = (
     SecretRow(
         "coder/oidc",
         "CoderOidcSecret",
-        Generated(json_field="client_secret"),
+        Operator(json_field="client_secret"),
         "OPERATOR-SUPPLIED: client_secret of the Azure AD app registration (config oidc.client_id) that Coder "
         "and the ALB in front of the admin UI use. Set it with put-secret-value; the generated value is a placeholder.",
         _OPERATOR.format(what="the Azure AD client secret"),
@@ -87,14 +95,14 @@ SECRETS: tuple[SecretRow, ...] = (
     SecretRow(
         "litellm/anthropic-api-key",
         "AnthropicApiKeySecret",
-        Generated(32),
+        Operator(),
         "OPERATOR-SUPPLIED: Anthropic API key for LiteLLM. Replace the generated placeholder with put-secret-value.",
         _OPERATOR.format(what="the Anthropic API key"),
     ),
     SecretRow(
         "custom-llm/api-key",
         "CustomLlmApiKeySecret",
-        Generated(32),
+        Operator(),
         "OPERATOR-SUPPLIED: API key of the corporate LLM gateway (custom_llm_api_base) for LiteLLM. Replace the "
         "generated placeholder with put-secret-value.",
         _OPERATOR.format(what="the corporate LLM gateway's API key"),
@@ -180,6 +188,8 @@ class PlatformSecrets(Group):
                     self, row.construct_id, secret_name=secret_name(row.name), description=row.description,
                     fields=dict(value.fields), encryption_key=key, logs_key=logs_key,
                 ).secret
+            elif isinstance(value, Operator):
+                secret = self._operator_supplied(row, value, secret_name(row.name), key, logs_key)
             else:
                 generator = (
                     self._login(value, database_endpoint, database_port)
@@ -201,13 +211,26 @@ class PlatformSecrets(Group):
     def __getitem__(self, name: str) -> secretsmanager.ISecret:
         return self.secrets[name]
 
+    def _operator_supplied(
+        self, row: SecretRow, value: Operator, name: str, key: kms.IKey, logs_key: kms.IKey
+    ) -> secretsmanager.Secret:
+        secret = secretsmanager.Secret(
+            self, row.construct_id, secret_name=name, description=row.description, encryption_key=key,
+            removal_policy=RemovalPolicy.RETAIN,
+        )
+        # CDK's Secret always writes a generator; without one, no template change can make CloudFormation mint a
+        # value over the one the operator put.
+        cfn: secretsmanager.CfnSecret = secret.node.default_child  # type: ignore[assignment]
+        cfn.add_property_deletion_override("GenerateSecretString")
+        OperatorPlaceholder(
+            self, f"{row.construct_id}Placeholder", secret=secret, json_field=value.json_field,
+            length=value.placeholder_length, logs_key=logs_key,
+        )
+        return secret
+
     @staticmethod
     def _generated(value: Generated) -> secretsmanager.SecretStringGenerator:
-        shape = (
-            {"secret_string_template": "{}", "generate_string_key": value.json_field} if value.json_field else {}
-        )
-        length = {"password_length": value.length} if value.length else {}
-        return secretsmanager.SecretStringGenerator(**shape, **length, **URL_SAFE)
+        return secretsmanager.SecretStringGenerator(password_length=value.length, **URL_SAFE)
 
     def _login(self, value: DatabaseLogin, endpoint: str, port: str) -> secretsmanager.SecretStringGenerator:
         # host/port/dbname/username are plain facts; only the password is generated.

@@ -43,8 +43,9 @@ def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly
             assert group["RetentionInDays"] == 365
             assert "LogsKey" in json.dumps(group["KmsKeyId"]) and group["KmsKeyId"]["Fn::GetStackOutput"]
             counted += 1
-    # 2 RDS exports, 2 Lambdas in Data; 3 services (+ ECS Exec sessions where allowed); 3 services and the probe
-    assert counted == 11 + env_config.ecs_exec
+    # 2 RDS exports, 2 Lambdas in Data (+ termination protection's in production); 3 services (+ ECS Exec sessions
+    # where allowed); 3 services and the probe
+    assert counted == 11 + env_config.ecs_exec + env_config.is_production
 
 
 def test_rds_logs_monitoring_and_identifier(data, env_config):

@@ -98,3 +98,46 @@ def test_plain_http_response_url_is_refused(secrets_client):
 
 def test_random_values_differ():
     assert handler_module.random_value(FIELDS["master_key"]) != handler_module.random_value(FIELDS["master_key"])
+
+
+# --- operator-supplied secrets: a placeholder only where there is no value; a person's value is never replaced ------
+
+
+def placeholder_event(request_type, secret_id, url, field=""):
+    return {**event(request_type, secret_id, url, fields=None), "ResourceProperties": {
+        "SecretId": secret_id, "Placeholder": {"Field": field, "Length": 32}}}
+
+
+def versions(client, secret_id) -> int:
+    return len(client.list_secret_version_ids(SecretId=secret_id)["Versions"])
+
+
+def test_placeholder_fills_an_empty_operator_secret_once(secrets_client, response_url):
+    arn = secrets_client.create_secret(Name="staging/litellm/anthropic-api-key")["ARN"]  # no value yet
+    handler_module.handler(placeholder_event("Create", arn, response_url), None, client=secrets_client)
+    first = secrets_client.get_secret_value(SecretId=arn)["SecretString"]
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", first)
+    handler_module.handler(placeholder_event("Update", arn, response_url), None, client=secrets_client)
+    assert secrets_client.get_secret_value(SecretId=arn)["SecretString"] == first and versions(secrets_client, arn) == 1
+    assert [r["Status"] for r in ResponseRecorder.received] == ["SUCCESS", "SUCCESS"]
+
+
+@pytest.mark.parametrize("request_type", ["Create", "Update"])
+def test_an_operators_value_is_never_replaced(secrets_client, response_url, request_type):
+    arn = secrets_client.create_secret(Name="prod/litellm/anthropic-api-key", SecretString="sk-ant-api03-real-key")["ARN"]
+    handler_module.handler(placeholder_event(request_type, arn, response_url), None, client=secrets_client)
+    assert secrets_client.get_secret_value(SecretId=arn)["SecretString"] == "sk-ant-api03-real-key"
+    assert versions(secrets_client, arn) == 1  # not even a new version with the same value
+
+
+def test_a_json_field_is_added_only_when_missing(secrets_client, response_url):
+    empty = secrets_client.create_secret(Name="staging/coder/oidc", SecretString='{"note": "kept"}')["ARN"]
+    handler_module.handler(placeholder_event("Create", empty, response_url, "client_secret"), None, client=secrets_client)
+    document = stored(secrets_client, empty)
+    assert document["note"] == "kept" and re.fullmatch(r"[A-Za-z0-9]{32}", document["client_secret"])
+    real = secrets_client.create_secret(Name="prod/coder/oidc", SecretString='{"client_secret": "Zx8~real.secret"}')["ARN"]
+    handler_module.handler(placeholder_event("Update", real, response_url, "client_secret"), None, client=secrets_client)
+    assert stored(secrets_client, real) == {"client_secret": "Zx8~real.secret"} and versions(secrets_client, real) == 1
+    odd = secrets_client.create_secret(Name="prod/custom/plain", SecretString="a plain string someone put")["ARN"]
+    handler_module.handler(placeholder_event("Update", odd, response_url, "client_secret"), None, client=secrets_client)
+    assert secrets_client.get_secret_value(SecretId=odd)["SecretString"] == "a plain string someone put"

@@ -164,3 +164,24 @@ def test_traces_and_the_master_key_travel_over_https_through_the_alb(assembly, s
     assert ("langfuse", "services", 3000) not in peers  # no plain-HTTP path from LiteLLM to Langfuse
     assert ("services", "services", 4000) not in peers  # nor from the Key Provisioner to LiteLLM
     assert ("langfuse", "alb", 3000) in peers and ("services", "alb", 4000) in peers
+
+
+# --- 7. no deploy can replace an operator-supplied secret --------------------------------------------------------
+
+OPERATOR_SUPPLIED = {"CoderOidcSecret": "client_secret", "AnthropicApiKeySecret": "", "CustomLlmApiKeySecret": ""}
+
+
+def test_operator_supplied_secrets_carry_no_generator_and_get_a_placeholder_once(assembly, stage):
+    data = assembly.stack(stage, "Data")
+    placeholders = {p["SecretId"]["Ref"]: p["Placeholder"] for p in data.props("Custom::SecretFields") if "Placeholder" in p}
+    for construct_id, field in OPERATOR_SUPPLIED.items():
+        lid = data.logical_id(f"/Data/Secrets/{construct_id}/Resource")
+        props = data.resources[lid]["Properties"]
+        assert "GenerateSecretString" not in props and "SecretString" not in props, construct_id
+        assert props["Description"].startswith("OPERATOR-SUPPLIED")
+        assert placeholders.pop(lid) == {"Field": field, "Length": 32}
+    assert placeholders == {}
+    # Every other secret keeps what makes its value (a generator, or formatted fields filled once).
+    for lid, secret in data.of_type("AWS::SecretsManager::Secret").items():
+        if not any(lid.startswith(c) for c in OPERATOR_SUPPLIED):
+            assert "GenerateSecretString" in secret["Properties"], lid

@@ -5,9 +5,14 @@ requested field once and never changes a field that already has a valid value, s
 (LiteLLM's master key, Langfuse's encryption key) survives stack updates and re-runs. Only the secret holds
 the values: nothing is returned to CloudFormation or logged.
 
+Operator-supplied secrets (an API key, a client secret that only a person has) get `Placeholder` instead: a random
+value is put only where the secret has none (no value at all, or, with `Field`, no such JSON field). Whatever is
+there, a person's value or an earlier placeholder, is never changed, whatever the request.
+
 Resource properties:
   SecretId: ARN of the secret
-  Fields: {name: {"Prefix": str, "Length": int, "Alphabet": "alnum" | "hex"}}
+  Fields: {name: {"Prefix": str, "Length": int, "Alphabet": "alnum" | "hex"}}    (formatted fields), or
+  Placeholder: {"Field": name | "", "Length": int}                               (operator-supplied)
 """
 
 from __future__ import annotations
@@ -57,12 +62,42 @@ def fill_fields(current: str | None, fields: dict) -> tuple[dict, list[str]]:
     return document, generated
 
 
+def current_value(client, secret_id: str) -> str | None:
+    """The secret's current string, or None when it has no value yet."""
+    try:
+        return client.get_secret_value(SecretId=secret_id).get("SecretString")
+    except client.exceptions.ResourceNotFoundException:
+        if client.describe_secret(SecretId=secret_id).get("VersionIdsToStages"):
+            raise  # versions exist but none is current: not ours to repair
+        return None
+
+
 def ensure_fields(client, secret_id: str, fields: dict) -> list[str]:
-    current = client.get_secret_value(SecretId=secret_id).get("SecretString")
-    document, generated = fill_fields(current, fields)
+    document, generated = fill_fields(current_value(client, secret_id), fields)
     if generated:
         client.put_secret_value(SecretId=secret_id, SecretString=json.dumps(document))
     return generated
+
+
+def ensure_placeholder(client, secret_id: str, spec: dict) -> bool:
+    """Put a random placeholder where the secret (or its JSON field) has no value; True if one was put."""
+    current = current_value(client, secret_id)
+    field = spec.get("Field") or ""
+    placeholder = random_value({"Length": spec["Length"]})
+    if not field:
+        if current:
+            return False
+        client.put_secret_value(SecretId=secret_id, SecretString=placeholder)
+        return True
+    try:
+        document = json.loads(current) if current else {}
+    except json.JSONDecodeError:
+        return False  # someone put a plain string there: theirs, not ours to touch
+    if not isinstance(document, dict) or (isinstance(document.get(field), str) and document[field]):
+        return False
+    document[field] = placeholder
+    client.put_secret_value(SecretId=secret_id, SecretString=json.dumps(document))
+    return True
 
 
 def handler(event: dict, context, client=None) -> None:
@@ -71,8 +106,12 @@ def handler(event: dict, context, client=None) -> None:
         if event["RequestType"] in ("Create", "Update"):
             props = event["ResourceProperties"]
             client = client or boto3.client("secretsmanager")
-            generated = ensure_fields(client, props["SecretId"], props["Fields"])
-            LOG.info("secret %s: generated fields %s", props["SecretId"], generated or "none")
+            if "Placeholder" in props:
+                put = ensure_placeholder(client, props["SecretId"], props["Placeholder"])
+                LOG.info("secret %s: %s", props["SecretId"], "placeholder put" if put else "value kept")
+            else:
+                generated = ensure_fields(client, props["SecretId"], props["Fields"])
+                LOG.info("secret %s: generated fields %s", props["SecretId"], generated or "none")
     except Exception as error:  # report every failure to CloudFormation instead of letting it hang
         LOG.error("failed: %s", type(error).__name__)
         status, reason = "FAILED", f"{type(error).__name__}: {error}"[:500]
