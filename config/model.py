@@ -55,6 +55,10 @@ ECR_IMAGE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
     r"(?P<repository>[a-z0-9._/-]+)(?::(?P<tag>[\w.-]+)|@(?P<digest>sha256:[0-9a-f]{64}))$"
 )
+# Example values of the shipped files: synth works with them, a deploy must not (`example_values`).
+EXAMPLE_ACCOUNT = re.compile(r"^(\d)\1{11}$")  # 111111111111, 222222222222, ...
+EXAMPLE_DOMAINS = ("company.com", "example.com", "example.org", "example.net")
+ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 VPC_PREFIXES = (16, 24)
 SUBNET_PREFIXES = (16, 28)
 MAX_BUCKET_NAME = 63
@@ -215,8 +219,23 @@ class ProjectConfig(Section):
     name: text(PROJECT, "not a short lower-case name", "2 to 15 lower-case letters and digits, starting with a letter")
 
 
+def _example_domain(domain: str) -> bool:
+    return any(domain == d or domain.endswith(f".{d}") for d in EXAMPLE_DOMAINS)
+
+
 class PipelineConfig(Section):
     """The tools account that hosts CodePipeline, and where its source comes from."""
+
+    def example_values(self) -> list[tuple[str, str]]:
+        """(field, value) of each example value left in this section."""
+        found = []
+        if EXAMPLE_ACCOUNT.match(self.account):
+            found.append(("pipeline.account", self.account))
+        if "/00000000-" in self.connection_arn:
+            found.append(("pipeline.connection_arn", self.connection_arn))
+        if self.repository.split("/")[0] in ("example", "example-org"):
+            found.append(("pipeline.repository", self.repository))
+        return found
 
     account: Account
     region: Region
@@ -379,6 +398,49 @@ class BackupConfig(Section):
     ) = ""
 
 
+# Fargate's CPU units and the memory (MiB) each allows: https://docs.aws.amazon.com/AmazonECS/latest/developerguide/fargate-tasks-services.html
+FARGATE_MEMORY = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4097, 1024)),
+    1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)),
+    4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)),
+    16384: tuple(range(32768, 122881, 8192)),
+}
+
+
+class TaskSize(Section):
+    cpu: Annotated[StrictInt, Field(description="Fargate CPU units: 256, 512, 1024, 2048, 4096, 8192 or 16384")]
+    memory_mib: Annotated[StrictInt, Field(description="memory in MiB that Fargate allows with this CPU")]
+
+    @model_validator(mode="after")
+    def _fargate_pair(self) -> TaskSize:
+        if self.cpu not in FARGATE_MEMORY:
+            report([Problem(("cpu",), self.cpu, "not a Fargate CPU size", ", ".join(map(str, FARGATE_MEMORY)))])
+        elif self.memory_mib not in FARGATE_MEMORY[self.cpu]:
+            allowed = FARGATE_MEMORY[self.cpu]
+            report([Problem(("memory_mib",), self.memory_mib, f"Fargate does not run {self.cpu} CPU units with it",
+                            f"{allowed[0]} to {allowed[-1]} in steps of {allowed[1] - allowed[0]}" if len(allowed) > 1
+                            else str(allowed[0]))])
+        return self
+
+
+def _size(cpu: int, memory_mib: int) -> Any:
+    return Field(default_factory=lambda: TaskSize(cpu=cpu, memory_mib=memory_mib))
+
+
+class TasksConfig(Section):
+    """CPU and memory of each service's task. Defaults are the seed plan's sizes."""
+
+    coder: TaskSize = _size(1024, 4096)
+    litellm: TaskSize = _size(512, 2048)
+    key_provisioner: TaskSize = _size(256, 512)
+    langfuse_web: TaskSize = _size(1024, 2048)
+    langfuse_worker: TaskSize = _size(512, 1024)
+    clickhouse: TaskSize = _size(1024, 4096)
+
+
 class FeaturesConfig(Section):
     enable_docker_workspaces: flag()
     enable_workspace_direct_access: flag()
@@ -417,6 +479,7 @@ class EnvironmentConfig(Section):
     redis: RedisConfig
     images: ImagesConfig
     services: ServicesConfig
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
     oidc: OidcConfig
     features: FeaturesConfig
     backup: BackupConfig = Field(default_factory=BackupConfig)
@@ -437,6 +500,25 @@ class EnvironmentConfig(Section):
                                     f"the copy would stay in {self.region}", "a vault in another region"))
         report(problems)
         return self
+
+    def example_values(self) -> list[tuple[str, str]]:
+        """(field, value) of each example value left in this environment: a placeholder account, an all-zero
+        Azure AD tenant or client id, an example domain. Synth works with them; no deploy may (the pipeline's
+        pre-step refuses the environment)."""
+        found: list[tuple[str, str]] = []
+        if EXAMPLE_ACCOUNT.match(self.account):
+            found.append(("account", self.account))
+        ecr = ECR_IMAGE.match(self.images.key_provisioner)
+        if ecr and EXAMPLE_ACCOUNT.match(ecr.group("account")):
+            found.append(("images.key_provisioner", self.images.key_provisioner))
+        if _example_domain(self.domain):
+            found.append(("domain", self.domain))
+        found += [("oidc.allowed_email_domains", d) for d in self.oidc.allowed_email_domains if _example_domain(d)]
+        for field in ("client_id", "issuer_url", "authorization_endpoint", "token_endpoint"):
+            value = getattr(self.oidc, field)
+            if ZERO_GUID in value:
+                found.append((f"oidc.{field}", value))
+        return [(f"{self.name}.{field}", value) for field, value in found]
 
     # --- derived names: the one home of every per-environment physical name -------------------------------------
 

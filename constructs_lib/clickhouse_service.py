@@ -53,8 +53,8 @@ class ClickHouseService(Construct):
             spec=ServiceSpec(
                 service=CLICKHOUSE,
                 image=config.images.clickhouse,
-                cpu=1024,
-                memory_mib=4096,
+                cpu=config.tasks.clickhouse.cpu,
+                memory_mib=config.tasks.clickhouse.memory_mib,
                 desired_count=1,
                 environment={
                     "CLICKHOUSE_DB": CLICKHOUSE_DATABASE,

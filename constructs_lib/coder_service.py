@@ -69,8 +69,8 @@ class CoderService(Construct):
         spec = ServiceSpec(
             service=CODER,
             image=config.images.coder,
-            cpu=1024,
-            memory_mib=4096,
+            cpu=config.tasks.coder.cpu,
+            memory_mib=config.tasks.coder.memory_mib,
             desired_count=config.services.coder_desired_count,
             environment={
                 "CODER_ACCESS_URL": f"https://{access.host_name(domain)}",
@@ -82,7 +82,12 @@ class CoderService(Construct):
                 "CODER_OIDC_ALLOW_SIGNUPS": "true",
                 # Sign-up is open to the tenant's accounts in these domains only, not to any account of the tenant.
                 "CODER_OIDC_EMAIL_DOMAIN": ",".join(config.oidc.allowed_email_domains),
-                "CODER_OIDC_SCOPES": "openid,profile,email",
+                # Entra ID (Coder's Microsoft guide): users without a mail attribute sign in by their UPN, and
+                # offline_access gives refresh tokens, so sessions renew instead of ending at token expiry.
+                "CODER_OIDC_EMAIL_FIELD": "upn",
+                "CODER_OIDC_SCOPES": "openid,profile,email,offline_access",
+                # Behind an ALB the DERP relay's HTTP upgrade fails; WebSockets pass.
+                "CODER_DERP_FORCE_WEBSOCKETS": "true",
                 "CODER_TELEMETRY": "false",
                 "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",
             },

@@ -142,9 +142,14 @@ class FargateService(Construct):
         spec: ServiceSpec,
         task_role: iam.IRole,
         listener: Listener | None = None,
+        target_group: elbv2.IApplicationTargetGroup | None = None,
     ) -> None:
+        """`listener`: the service's catalogue routes go there, to a target group of its own. `target_group`: the
+        service joins another service's target group instead (more tasks behind the same routes)."""
         super().__init__(scope, construct_id)
         _validate(spec, listener)
+        if listener is not None and target_group is not None:
+            raise ValueError(f"service {spec.name}: a listener or another service's target group, not both")
         self.spec = spec
 
         self.task_definition = ecs.FargateTaskDefinition(
@@ -240,7 +245,7 @@ class FargateService(Construct):
             circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
             min_healthy_percent=spec.min_healthy_percent,
             max_healthy_percent=spec.max_healthy_percent,
-            health_check_grace_period=spec.health_check_grace if listener else None,
+            health_check_grace_period=spec.health_check_grace if listener or target_group else None,
             capacity_provider_strategies=(
                 [
                     ecs.CapacityProviderStrategy(capacity_provider="FARGATE", base=1, weight=1),
@@ -278,8 +283,10 @@ class FargateService(Construct):
                     "log group, which ECS names per session.",
                 },
             )
-        self.target_group: elbv2.ApplicationTargetGroup | None = None
+        self.target_group: elbv2.IApplicationTargetGroup | None = target_group
         self.rules: list[elbv2.ApplicationListenerRule] = []
+        if target_group is not None:
+            self.service.attach_to_application_target_group(target_group)
         if listener is not None:
             self.target_group = elbv2.ApplicationTargetGroup(
                 self,

@@ -51,8 +51,8 @@ class KeyProvisionerService(Construct):
             spec=ServiceSpec(
                 service=KEY_PROVISIONER,
                 image=config.images.key_provisioner,
-                cpu=256,
-                memory_mib=512,
+                cpu=config.tasks.key_provisioner.cpu,
+                memory_mib=config.tasks.key_provisioner.memory_mib,
                 desired_count=config.services.key_provisioner_desired_count,
                 environment={
                     # It sends LiteLLM's master key: over HTTPS through the internal ALB, never plain HTTP in the VPC.

@@ -13,7 +13,7 @@ from config.model import EnvironmentConfig
 from constructs_lib.clickhouse_service import CLICKHOUSE_DATABASE, CLICKHOUSE_USER
 from constructs_lib.fargate_service import FargateService, Listener, ServiceRuntime, ServiceSpec, http_health_check
 from constructs_lib.secret_access import SecretAccess
-from constructs_lib.service_catalogue import CLICKHOUSE, LANGFUSE_WEB, LANGFUSE_WORKER
+from constructs_lib.service_catalogue import CLICKHOUSE, LANGFUSE_WEB, LANGFUSE_WEB_REPLICAS, LANGFUSE_WORKER
 
 EVENTS_PREFIX = "events/"
 MEDIA_PREFIX = "media/"
@@ -54,7 +54,18 @@ def langfuse_environment(
         "LANGFUSE_INIT_ORG_NAME": config.project,
         "LANGFUSE_INIT_PROJECT_ID": f"{config.project}-gateway",
         "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
+        # People who sign up land in that organisation and project as viewers, so they see the gateway's traces
+        # without an owner inviting them (an owner raises roles in Langfuse's settings).
+        "LANGFUSE_DEFAULT_ORG_ID": config.project,
+        "LANGFUSE_DEFAULT_ORG_ROLE": "VIEWER",
+        "LANGFUSE_DEFAULT_PROJECT_ID": f"{config.project}-gateway",
+        "LANGFUSE_DEFAULT_PROJECT_ROLE": "VIEWER",
     }
+
+
+# Only the first web task migrates PostgreSQL and ClickHouse: two runs at once, or one cut short, leave ClickHouse
+# "dirty" and every container crash-looping (langfuse/langfuse 6639, 4975).
+MIGRATIONS_OFF = {"LANGFUSE_AUTO_POSTGRES_MIGRATION_DISABLED": "true", "LANGFUSE_AUTO_CLICKHOUSE_MIGRATION_DISABLED": "true"}
 
 
 def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
@@ -74,11 +85,13 @@ def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
 
 
 class LangfuseServices(Construct):
-    """Langfuse web (behind the ALB on its catalogue route, Cloud Map `langfuse-web`) and the worker
-    (`langfuse-worker`, its health checked inside the container, no ALB), same image version, same environment.
+    """Langfuse web behind the ALB on its catalogue route, and the worker (its health checked inside the container,
+    no ALB), same image version, same environment.
 
-    Migrations run when web starts: its health-check grace period is 5 minutes. With two or more tasks they are
-    stateless enough for Fargate Spot next to one regular task.
+    Exactly one container runs the database migrations: the first web task (`langfuse-web`), on regular Fargate (a
+    Spot interruption mid-migration would leave ClickHouse dirty), replaced stop-then-start so that two never
+    migrate at once. More web tasks (`langfuse-web-replicas`) join its target group with migrations off and deploy
+    after it; the worker never migrates. Web's health-check grace period is 5 minutes (migrations run at start).
     """
 
     def __init__(
@@ -97,24 +110,40 @@ class LangfuseServices(Construct):
         container_secrets = langfuse_secrets(secrets)
         web_count = config.services.langfuse_web_desired_count
         worker_count = config.services.langfuse_worker_desired_count
+        web_size, worker_size = config.tasks.langfuse_web, config.tasks.langfuse_worker
+
+        def web_spec(service, count: int, extra: dict[str, str], **options) -> ServiceSpec:
+            return ServiceSpec(
+                service=service,
+                image=config.images.langfuse,
+                cpu=web_size.cpu,
+                memory_mib=web_size.memory_mib,
+                desired_count=count,
+                environment={**environment, "PORT": str(LANGFUSE_WEB.port), **extra},
+                secrets=container_secrets,
+                health_check_grace=Duration.seconds(300),
+                **options,
+            )
+
         self.web = FargateService(
             self,
             "Web",
             runtime=runtime,
-            spec=ServiceSpec(
-                service=LANGFUSE_WEB,
-                image=config.images.langfuse,
-                cpu=1024,
-                memory_mib=2048,
-                desired_count=web_count,
-                environment={**environment, "PORT": str(LANGFUSE_WEB.port)},
-                secrets=container_secrets,
-                use_spot=web_count >= 2,
-                health_check_grace=Duration.seconds(300),
-            ),
+            spec=web_spec(LANGFUSE_WEB, 1, {}, stateless=False, min_healthy_percent=0, max_healthy_percent=100),
             task_role=task_role,
             listener=Listener(listener, config.domain),
         )
+        self.web_replicas: FargateService | None = None
+        if web_count > 1:
+            self.web_replicas = FargateService(
+                self,
+                "WebReplicas",
+                runtime=runtime,
+                spec=web_spec(LANGFUSE_WEB_REPLICAS, web_count - 1, MIGRATIONS_OFF, use_spot=web_count - 1 >= 2),
+                task_role=task_role,
+                target_group=self.web.target_group,
+            )
+            self.web_replicas.node.add_dependency(self.web)  # new versions start once the migrating task is healthy
         self.worker = FargateService(
             self,
             "Worker",
@@ -122,10 +151,10 @@ class LangfuseServices(Construct):
             spec=ServiceSpec(
                 service=LANGFUSE_WORKER,
                 image=config.images.langfuse_worker,
-                cpu=512,
-                memory_mib=1024,
+                cpu=worker_size.cpu,
+                memory_mib=worker_size.memory_mib,
                 desired_count=worker_count,
-                environment={**environment, "PORT": str(LANGFUSE_WORKER.port)},
+                environment={**environment, "PORT": str(LANGFUSE_WORKER.port), **MIGRATIONS_OFF},
                 secrets=container_secrets,
                 use_spot=worker_count >= 2,
                 container_health_check=http_health_check(LANGFUSE_WORKER.local_url(), start_period=Duration.seconds(120)),

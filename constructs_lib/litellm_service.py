@@ -76,10 +76,9 @@ class LiteLLMService(Construct):
         api_base = config.custom_llm_api_base.rstrip("/")
         environment = {
             "AWS_REGION_NAME": config.region,
-            "DEFAULT_ENFORCEMENT_LEVEL": "standard",
-            "GUARDRAILS_ENABLED": "true",
-            # Traces carry prompts and completions: over HTTPS through the internal ALB, never plain HTTP in the VPC.
-            "LANGFUSE_HOST": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",
+            # The langfuse_otel callback (litellm/config.yaml) posts to <host>/api/public/otel. Traces carry prompts
+            # and completions: over HTTPS through the internal ALB, never plain HTTP in the VPC.
+            "LANGFUSE_OTEL_HOST": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",
             "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
             "CUSTOM_LLM_API_BASE": api_base,
             "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
@@ -106,8 +105,8 @@ class LiteLLMService(Construct):
             spec=ServiceSpec(
                 service=LITELLM,
                 image=config.images.litellm,
-                cpu=512,
-                memory_mib=2048,
+                cpu=config.tasks.litellm.cpu,
+                memory_mib=config.tasks.litellm.memory_mib,
                 desired_count=config.services.litellm_desired_count,
                 command=("--port", str(LITELLM.port)),
                 environment=environment,

@@ -107,6 +107,14 @@ LANGFUSE_WEB = AppService(
     routes=(Route(300, "langfuse"),),
     smoke=Smoke("/api/public/health"),
 )
+# Langfuse web beyond its first task: same image and port, behind the same target group, never running migrations.
+LANGFUSE_WEB_REPLICAS = AppService(
+    name="langfuse-web-replicas",
+    title="Langfuse web",
+    port=LANGFUSE_WEB.port,
+    health_path=LANGFUSE_WEB.health_path,
+    placement=Placement.LANGFUSE,
+)
 LANGFUSE_WORKER = AppService(
     name="langfuse-worker", title="Langfuse worker", port=3030, health_path="/api/health", placement=Placement.LANGFUSE
 )
@@ -119,7 +127,9 @@ CLICKHOUSE = AppService(
     extra_ports=MappingProxyType({"native": 9000}),
 )
 
-SERVICES: tuple[AppService, ...] = (CODER, LITELLM, KEY_PROVISIONER, LANGFUSE_WEB, LANGFUSE_WORKER, CLICKHOUSE)
+SERVICES: tuple[AppService, ...] = (
+    CODER, LITELLM, KEY_PROVISIONER, LANGFUSE_WEB, LANGFUSE_WEB_REPLICAS, LANGFUSE_WORKER, CLICKHOUSE
+)
 
 
 def routed() -> tuple[AppService, ...]:

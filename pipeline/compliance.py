@@ -8,8 +8,12 @@ and writes them as JUnit (one testcase per rule and resource; acknowledged ones 
 Markdown (a per-pack summary table first) and optionally JSON. `--stage Staging` keeps one Stage (the pipeline's
 pre-step); the pipeline stack itself is reported as stage "Pipeline".
 
-Exit status: 0 when nothing is open and every acknowledgment has a reason; 1 otherwise; 2 for bad arguments or an
-assembly that cannot be read. Standard library only: it runs in CodeBuild without installing anything.
+It also fails the stage on each example value left in the config (synth warns about them with the id
+`coder:example-value`): the pipeline refuses to deploy an environment whose account, domain or Azure AD ids are still
+the shipped examples, and names each field.
+
+Exit status: 0 when nothing is open, every acknowledgment has a reason and no example value is left; 1 otherwise; 2
+for bad arguments or an assembly that cannot be read. Standard library only: it runs in CodeBuild without installing anything.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.etree import ElementTree
 
+from config.markers import EXAMPLE_VALUE
 from constructs_lib.compliance_packs import MIN_REASON_LENGTH
 from constructs_lib.compliance_packs import PACK_NAMES as PACKS
 
@@ -96,6 +101,24 @@ def read_findings(assembly: Path, stages: set[str]) -> list[Entry]:
     return entries
 
 
+def read_example_values(assembly: Path, stage: str | None) -> list[str]:
+    """The example values left in the config for `stage` (every stage and the pipeline when None), as synth named
+    them: `staging.account = '222222222222'`."""
+    report_path = assembly / "validation-report.json"
+    if not report_path.exists():
+        return []
+    stages = stage_names(assembly)
+    found = []
+    for plugin in _read_json(report_path).get("pluginReports", []):
+        for violation in plugin.get("violations", []):
+            if violation.get("ruleName") != f"Annotation::{EXAMPLE_VALUE}":
+                continue
+            for construct in violation.get("violatingConstructs", []):
+                if stage is None or split_path(construct.get("constructPath", ""), stages)[0] == stage:
+                    found.append(violation.get("description", "").split(" is an example value")[0])
+    return sorted(set(found))
+
+
 def _metadata_files(assembly: Path) -> Iterable[Path]:
     yield from sorted(assembly.rglob("*.metadata.json"))
 
@@ -137,9 +160,18 @@ def summary(entries: Sequence[Entry]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def write_junit(path: Path, entries: Sequence[Entry]) -> None:
-    failures = sum(e.status == "open" or e.reason_missing for e in entries)
-    root = ElementTree.Element("testsuites", name="compliance", tests=str(len(entries)), failures=str(failures))
+def write_junit(path: Path, entries: Sequence[Entry], examples: Sequence[str] = ()) -> None:
+    failures = sum(e.status == "open" or e.reason_missing for e in entries) + len(examples)
+    root = ElementTree.Element(
+        "testsuites", name="compliance", tests=str(len(entries) + len(examples)), failures=str(failures)
+    )
+    if examples:
+        suite = ElementTree.SubElement(root, "testsuite", name="config/example values", tests=str(len(examples)),
+                                       failures=str(len(examples)), errors="0")
+        for example in examples:
+            case = ElementTree.SubElement(suite, "testcase", classname="config.example-values", name=example)
+            ElementTree.SubElement(case, "failure", message="an example value: set the real one before deploying",
+                                   type=EXAMPLE_VALUE).text = example
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
         groups.setdefault((entry.stage, entry.stack), []).append(entry)
@@ -168,15 +200,20 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(entries: Sequence[Entry], title: str) -> str:
+def render_markdown(entries: Sequence[Entry], title: str, examples: Sequence[str] = ()) -> str:
     counts = summary(entries)
     lines = [f"# {title}", "", "| pack | open | acknowledged |", "| --- | ---: | ---: |"]
     for pack in PACKS:
         lines.append(f"| {pack} | {counts[pack]['open']} | {counts[pack]['acknowledged']} |")
     missing = [e for e in entries if e.reason_missing]
     total_open = sum(c["open"] for c in counts.values())
-    verdict = "PASS" if not total_open and not missing else "FAIL"
-    lines += ["", f"**{verdict}**: {total_open} open finding(s), {len(missing)} acknowledgment(s) without a reason.", ""]
+    verdict = "PASS" if not total_open and not missing and not examples else "FAIL"
+    lines += ["", f"**{verdict}**: {total_open} open finding(s), {len(missing)} acknowledgment(s) without a reason, "
+              f"{len(examples)} example value(s) left in the config.", ""]
+    if examples:
+        lines += ["## Example values left in the config (nothing deploys until they are replaced)", ""]
+        lines += [f"- `{_cell(example)}`" for example in examples]
+        lines.append("")
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
         groups.setdefault((entry.stage, entry.stack), []).append(entry)
@@ -212,13 +249,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    examples = read_example_values(args.assembly, args.stage)
     title = f"Compliance report: {args.stage or 'all stages'}"
-    write_junit(args.junit, entries)
+    write_junit(args.junit, entries, examples)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render_markdown(entries, title))
+    args.markdown.write_text(render_markdown(entries, title, examples))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"summary": summary(entries), "entries": [asdict(e) for e in entries]}, indent=2))
+        args.json.write_text(json.dumps({"summary": summary(entries), "entries": [asdict(e) for e in entries],
+                                         "example_values": examples}, indent=2))
 
     counts = summary(entries)
     for pack in PACKS:
@@ -229,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"open: {entry.rule} at {entry.stage}/{entry.stack}/{entry.path}")
     for entry in missing:
         print(f"no reason: {entry.rule} acknowledged on {entry.stage}/{entry.stack}/{entry.path}")
-    return 1 if open_entries or missing else 0
+    for example in examples:
+        print(f"example value: {example} (set the real value before this deploys)")
+    return 1 if open_entries or missing or examples else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
-from aws_cdk import Environment, Stack, pipelines
+from aws_cdk import Annotations, Environment, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_iam as iam
@@ -17,6 +17,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from config.markers import EXAMPLE_VALUE
 from config.model import AppConfig, EnvironmentConfig
 from constructs_lib.compliance import acknowledge, wildcard_findings
 from constructs_lib.log_bucket import log_bucket
@@ -87,6 +88,10 @@ class PipelineStack(Stack):
             cdk_assets_cli_version=cdk_assets_version,
         )
 
+        for field, value in config.pipeline.example_values():
+            Annotations.of(self).add_warning_v2(
+                EXAMPLE_VALUE, f"{field} = {value!r} is an example value: set the real one before deploying the pipeline"
+            )
         self._project = config.project.name
         self.notifications = self._notifications_topic(config)
         stage_args = {"pipeline_account": config.pipeline.account, "pipeline_stack_name": self.stack_name}

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.markers import EXAMPLE_VALUE
 from constructs_lib.compliance_packs import PACK_NAMES as COMPLIANCE_PACKS
 from pipeline.compliance import read_acknowledgments, stage_names
 
@@ -32,6 +33,12 @@ class Finding:
     pack: str
     rule: str
     construct_path: str
+    severity: str = "error"
+    description: str = ""
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "error"
 
 
 def iter_stacks(assembly_dir: Path):
@@ -58,7 +65,8 @@ def read_findings(assembly_dir: Path) -> list[Finding]:
     for plugin in report.get("pluginReports", []):
         for violation in plugin.get("violations", []):
             for construct in violation.get("violatingConstructs", []):
-                findings.append(Finding(plugin["pluginName"], violation["ruleName"], construct.get("constructPath", "?")))
+                findings.append(Finding(plugin["pluginName"], violation["ruleName"], construct.get("constructPath", "?"),
+                                        violation.get("severity", "error"), violation.get("description", "")))
     return findings
 
 
@@ -78,9 +86,13 @@ def render(stacks: list[StackSummary], findings: list[Finding], acknowledged: Co
     lines.append(f"cdk-nag findings ({mode}):")
     for pack in COMPLIANCE_PACKS:
         lines.append(f"  {pack:<16} open {by_pack.get(pack, 0):>4}   acknowledged {acknowledged.get(pack, 0):>4}")
-    others = {p: n for p, n in by_pack.items() if p not in COMPLIANCE_PACKS}
+    others = Counter(f.pack for f in findings if f.pack not in COMPLIANCE_PACKS and f.blocking)
     for plugin, count in sorted(others.items()):
         lines.append(f"  {plugin:<16} errors {count:>4}  (not a compliance pack: always fails the build)")
+    examples = [f for f in findings if f.rule == f"Annotation::{EXAMPLE_VALUE}"]
+    if examples:
+        lines.append(f"Example values still in the config ({len(examples)}; the pipeline refuses to deploy what has one):")
+        lines += [f"  WARN {f.description.split(' is an example value')[0]}" for f in examples]
     return "\n".join(lines)
 
 
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     stacks = list(iter_stacks(args.assembly))
     findings = read_findings(args.assembly)
     print(render(stacks, findings, count_acknowledgments(args.assembly), args.report_only))
-    other_errors = [f for f in findings if f.pack not in COMPLIANCE_PACKS]
+    other_errors = [f for f in findings if f.pack not in COMPLIANCE_PACKS and f.blocking]
     for finding in other_errors:
         print(f"error: {finding.pack} {finding.rule} at {finding.construct_path}", file=sys.stderr)
     open_findings = [f for f in findings if f.pack in COMPLIANCE_PACKS]

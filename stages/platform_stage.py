@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from aws_cdk import Environment, Stage, Tags
+from aws_cdk import Annotations, Environment, Stage, Tags
 from constructs import Construct
 
+from config.markers import EXAMPLE_VALUE
 from config.model import EnvironmentConfig
 from constructs_lib.compliance import acknowledge
 from stacks.data_stack import DataStack
@@ -74,5 +75,10 @@ class PlatformStage(Stage):
                 "DefaultPolicy), written for that role and removed with it; no policy is shared between roles.",
             },
         )
+        # Synth works with the shipped example values; a deploy must not: the pipeline's pre-step reads these.
+        for field, value in config.example_values():
+            Annotations.of(self.network).add_warning_v2(
+                EXAMPLE_VALUE, f"{field} = {value!r} is an example value: set the real one before this environment deploys"
+            )
         for key, value in config.resource_tags.items():
             Tags.of(self).add(key, value)

@@ -154,3 +154,23 @@ def test_pipeline_step_modules_need_nothing_but_the_standard_library():
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import pipeline.compliance, pipeline.smoke; print('ok')"
     result = subprocess.run([str(bare), "-I", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_example_values_fail_their_stage_only(tmp_path):
+    """Synth warns (coder:example-value) about each example value left in the config; the stage's pre-step fails on
+    its own and names the field; another stage passes."""
+    assembly = make_assembly(tmp_path / "cdk.out")
+    (assembly / "validation-report.json").write_text(json.dumps({"pluginReports": [{
+        "pluginName": "Construct Annotations", "conclusion": "success",
+        "violations": [{"ruleName": "Annotation::coder:example-value", "severity": "warning",
+                        "description": "staging.account = '222222222222' is an example value: set the real one",
+                        "violatingConstructs": [{"constructPath": "App/Staging/Network"}]}],
+    }]}))
+    result = run("--assembly", str(assembly), "--stage", "Staging", *outputs(tmp_path))
+    assert result.returncode == 1
+    assert "example value: staging.account = '222222222222'" in result.stdout
+    assert "staging.account = '222222222222'" in (tmp_path / "out" / "c.md").read_text()
+    assert json.loads((tmp_path / "out" / "c.json").read_text())["example_values"] == ["staging.account = '222222222222'"]
+    assert 'failures="1"' in (tmp_path / "out" / "c.xml").read_text()
+    other = run("--assembly", str(assembly), "--stage", "Pipeline", *outputs(tmp_path))
+    assert other.returncode == 0, other.stdout

@@ -44,8 +44,9 @@ def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly
             assert "LogsKey" in json.dumps(group["KmsKeyId"]) and group["KmsKeyId"]["Fn::GetStackOutput"]
             counted += 1
     # 2 RDS exports, 2 Lambdas in Data (+ termination protection's in production); 3 services (+ ECS Exec sessions
-    # where allowed); 3 services and the probe
-    assert counted == 11 + env_config.ecs_exec + env_config.is_production
+    # where allowed); 3 services (+ Langfuse web replicas) and the probe
+    langfuse_web_replicas = env_config.services.langfuse_web_desired_count > 1
+    assert counted == 11 + env_config.ecs_exec + env_config.is_production + langfuse_web_replicas
 
 
 def test_rds_logs_monitoring_and_identifier(data, env_config):
@@ -94,15 +95,23 @@ def test_every_acknowledgment_has_a_reason(assembly):
 
 
 @pytest.mark.parametrize("stage_name", ["Pipeline", "Staging", "Production"])
-def test_compliance_report_passes_for_each_stage(assembly, tmp_path, stage_name):
+def test_compliance_report_of_each_stage_refuses_only_the_shipped_example_values(assembly, app_config, tmp_path, stage_name):
+    """No open finding anywhere; the shipped config's example values (placeholder accounts, all-zero Azure AD ids,
+    example domains) stop each stage's pre-step, each named with its field: nothing deploys with them."""
     result = subprocess.run(
         [sys.executable, "-m", "pipeline.compliance", "--assembly", str(assembly.directory), "--stage", stage_name,
          "--junit", str(tmp_path / "c.xml"), "--markdown", str(tmp_path / "c.md")],
         cwd=ROOT, capture_output=True, text=True,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    expected = (app_config.pipeline.example_values() if stage_name == "Pipeline"
+                else app_config.environment(stage_name).example_values())
+    assert expected and result.returncode == 1, result.stdout + result.stderr
+    named = [line.removeprefix("example value: ").split(" (set the real")[0]
+             for line in result.stdout.splitlines() if line.startswith("example value: ")]
+    assert sorted(named) == sorted(f"{field} = {value!r}" for field, value in expected)
+    assert "open:" not in result.stdout
     markdown = (tmp_path / "c.md").read_text()
-    assert "| AwsSolutions | 0 |" in markdown and "**PASS**" in markdown
+    assert "| AwsSolutions | 0 |" in markdown and "0 open finding(s)" in markdown and "**FAIL**" in markdown
 
 
 def test_backups_copy_to_a_vault_in_another_region_when_configured(assembly, variant):

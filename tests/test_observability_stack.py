@@ -59,9 +59,11 @@ def _secret_sources(container: dict) -> dict[str, tuple[str, str | None]]:
 # --- the seed's ObservabilityStack assertions ----------------------------------------------------------------
 
 
-def test_three_task_definitions_and_three_services(observability):
-    assert len(observability.of_type("AWS::ECS::TaskDefinition")) == 3
-    assert len(observability.of_type("AWS::ECS::Service")) == 3
+def test_task_definitions_and_services(observability, env_config):
+    """ClickHouse, the worker, the first web task; web replicas where more than one web task is configured."""
+    expected = 3 + (env_config.services.langfuse_web_desired_count > 1)
+    assert len(observability.of_type("AWS::ECS::TaskDefinition")) == expected
+    assert len(observability.of_type("AWS::ECS::Service")) == expected
 
 
 def test_langfuse_target_group_on_3000(observability):
@@ -91,7 +93,8 @@ def test_clickhouse_is_one_server_never_two(observability, env_config):
 
 def test_clickhouse_container(observability, env_config):
     task = _task(observability, "ClickHouse/Service")
-    assert (task["Cpu"], task["Memory"]) == ("1024", "4096")
+    size = env_config.tasks.clickhouse
+    assert (task["Cpu"], task["Memory"]) == (str(size.cpu), str(size.memory_mib))
     container = _container(observability, "ClickHouse/Service")
     assert container["Image"] == env_config.images.clickhouse
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [8123, 9000]
@@ -127,7 +130,8 @@ def test_clickhouse_data_on_efs_as_uid_101(observability):
 
 def test_clickhouse_cloud_map_name(observability, env_config):
     names = sorted(p["Name"] for p in observability.props("AWS::ServiceDiscovery::Service"))
-    assert names == ["clickhouse", "langfuse-web", "langfuse-worker"]
+    replicas = ["langfuse-web-replicas"] if env_config.services.langfuse_web_desired_count > 1 else []
+    assert names == sorted(["clickhouse", "langfuse-web", "langfuse-worker", *replicas])
 
 
 # --- Langfuse --------------------------------------------------------------------------------------------------
@@ -143,13 +147,21 @@ def test_langfuse_rule_priority_300(observability, env_config):
     assert rule["ListenerArn"]["Fn::GetStackOutput"]["StackName"].endswith("-Platform")
 
 
-@pytest.mark.parametrize(("path", "image_key", "port", "cpu", "memory"), [
-    ("Langfuse/Web", "langfuse", 3000, "1024", "2048"),
-    ("Langfuse/Worker", "langfuse_worker", 3030, "512", "1024"),
+MIGRATIONS_OFF = {"LANGFUSE_AUTO_POSTGRES_MIGRATION_DISABLED": "true", "LANGFUSE_AUTO_CLICKHOUSE_MIGRATION_DISABLED": "true"}
+
+
+@pytest.mark.parametrize(("path", "image_key", "port", "size", "migrates"), [
+    ("Langfuse/Web", "langfuse", 3000, "langfuse_web", True),
+    ("Langfuse/WebReplicas", "langfuse", 3000, "langfuse_web", False),
+    ("Langfuse/Worker", "langfuse_worker", 3030, "langfuse_worker", False),
 ])
-def test_langfuse_containers(observability, env_config, path, image_key, port, cpu, memory):
+def test_langfuse_containers(observability, env_config, path, image_key, port, size, migrates):
+    if path.endswith("Replicas") and env_config.services.langfuse_web_desired_count == 1:
+        assert not [r for r in observability.resources.values() if f"/{path}/" in r["Metadata"]["aws:cdk:path"]]
+        return
     task = _task(observability, path)
-    assert (task["Cpu"], task["Memory"]) == (cpu, memory)
+    size = getattr(env_config.tasks, size)
+    assert (task["Cpu"], task["Memory"]) == (str(size.cpu), str(size.memory_mib))
     assert "LangfuseTaskRole" in json.dumps(task["TaskRoleArn"])
     container = _container(observability, path)
     assert container["Image"] == getattr(env_config.images, image_key)
@@ -176,6 +188,12 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, c
         "LANGFUSE_INIT_ORG_NAME": "coder",
         "LANGFUSE_INIT_PROJECT_ID": "coder-gateway",
         "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
+        # People who sign up see the gateway's traces (as viewers) without an invitation.
+        "LANGFUSE_DEFAULT_ORG_ID": "coder",
+        "LANGFUSE_DEFAULT_ORG_ROLE": "VIEWER",
+        "LANGFUSE_DEFAULT_PROJECT_ID": "coder-gateway",
+        "LANGFUSE_DEFAULT_PROJECT_ROLE": "VIEWER",
+        **({} if migrates else MIGRATIONS_OFF),  # exactly one container migrates: the first web task
     }
     references = {name: environment.pop(name) for name in (
         "REDIS_HOST", "REDIS_PORT", "LANGFUSE_S3_EVENT_UPLOAD_BUCKET", "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET")}
@@ -201,13 +219,28 @@ def test_litellm_traces_land_in_the_initialised_project(assembly, stage, observa
     assert litellm["LANGFUSE_SECRET_KEY"] == langfuse["LANGFUSE_INIT_PROJECT_SECRET_KEY"]
 
 
+def test_one_web_task_migrates_alone_and_the_others_follow_it(observability, env_config):
+    web = _service(observability, "Langfuse/Web")
+    assert web["DesiredCount"] == 1
+    assert [s["CapacityProvider"] for s in web["CapacityProviderStrategy"]] == ["FARGATE"]  # never interrupted by Spot
+    assert web["DeploymentConfiguration"]["MinimumHealthyPercent"] == 0  # stop, then start: never two migrating
+    assert web["DeploymentConfiguration"]["MaximumPercent"] == 100
+    if env_config.services.langfuse_web_desired_count == 1:
+        return
+    replicas_id = observability.logical_id("/Observability/Langfuse/WebReplicas/Service/Service")
+    replicas = observability.resources[replicas_id]
+    assert replicas["Properties"]["DesiredCount"] == env_config.services.langfuse_web_desired_count - 1
+    assert replicas["Properties"]["LoadBalancers"] == web["LoadBalancers"]  # the same target group
+    assert replicas["Properties"]["HealthCheckGracePeriodSeconds"] == 300
+    assert observability.logical_id("/Observability/Langfuse/Web/Service/Service") in replicas["DependsOn"]
+
+
 def test_langfuse_health_checks_and_capacity(observability, env_config):
-    web, worker = _service(observability, "Langfuse/Web"), _service(observability, "Langfuse/Worker")
-    assert web["HealthCheckGracePeriodSeconds"] == 300  # migrations run at start
+    worker = _service(observability, "Langfuse/Worker")
     assert "HealthCheckGracePeriodSeconds" not in worker and worker.get("LoadBalancers", []) == []
     assert "http://127.0.0.1:3030/api/health" in _container(observability, "Langfuse/Worker")["HealthCheck"]["Command"][1]
-    counts = {"web": env_config.services.langfuse_web_desired_count, "worker": env_config.services.langfuse_worker_desired_count}
-    for name, service in (("web", web), ("worker", worker)):
+    counts = {"worker": env_config.services.langfuse_worker_desired_count}
+    for name, service in (("worker", worker),):
         assert service["DesiredCount"] == counts[name]
         providers = [s["CapacityProvider"] for s in service["CapacityProviderStrategy"]]
         # Spot only with two or more tasks, and one regular task kept as the base.

@@ -154,7 +154,9 @@ def test_coder_container(platform, env_config):
         "CODER_OIDC_CLIENT_ID": env_config.oidc.client_id,
         "CODER_OIDC_ALLOW_SIGNUPS": "true",
         "CODER_OIDC_EMAIL_DOMAIN": ",".join(env_config.oidc.allowed_email_domains),  # company.com in the shipped file
-        "CODER_OIDC_SCOPES": "openid,profile,email",
+        "CODER_OIDC_EMAIL_FIELD": "upn",  # Entra ID users without a mail attribute
+        "CODER_OIDC_SCOPES": "openid,profile,email,offline_access",  # refresh tokens: sessions renew
+        "CODER_DERP_FORCE_WEBSOCKETS": "true",  # the relay's HTTP upgrade fails behind an ALB
         "CODER_TELEMETRY": "false",
         "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",
     }
@@ -197,9 +199,7 @@ def test_litellm_container(platform, env_config):
     assert environment.pop("LITELLM_CONFIG_BUCKET_OBJECT_KEY").endswith(".yaml")
     assert environment == {
         "AWS_REGION_NAME": env_config.region,
-        "DEFAULT_ENFORCEMENT_LEVEL": "standard",
-        "GUARDRAILS_ENABLED": "true",
-        "LANGFUSE_HOST": f"https://langfuse.{env_config.domain}",
+        "LANGFUSE_OTEL_HOST": f"https://langfuse.{env_config.domain}",  # the langfuse_otel callback
         "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
         "CUSTOM_LLM_API_BASE": api_base,
         "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
