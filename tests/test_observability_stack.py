@@ -230,7 +230,8 @@ def test_one_web_task_migrates_alone_and_the_others_follow_it(observability, env
     replicas_id = observability.logical_id("/Observability/Langfuse/WebReplicas/Service/Service")
     replicas = observability.resources[replicas_id]
     assert replicas["Properties"]["DesiredCount"] == env_config.services.langfuse_web_desired_count - 1
-    assert replicas["Properties"]["LoadBalancers"] == web["LoadBalancers"]  # the same target group
+    target_group = [(lb["TargetGroupArn"], lb["ContainerPort"]) for lb in web["LoadBalancers"]]
+    assert [(lb["TargetGroupArn"], lb["ContainerPort"]) for lb in replicas["Properties"]["LoadBalancers"]] == target_group
     assert replicas["Properties"]["HealthCheckGracePeriodSeconds"] == 300
     assert observability.logical_id("/Observability/Langfuse/Web/Service/Service") in replicas["DependsOn"]
 
