@@ -15,6 +15,9 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 # Third-party packages of Lambda handlers (pinned, hashed, pure Python), copied into their assets at synth.
 LAMBDA_DEPS := $(patsubst constructs_lib/lambdas/%/requirements.txt,build/lambda-deps/%/.installed,$(wildcard constructs_lib/lambdas/*/requirements.txt))
+# The real LiteLLM proxy the tests run (its own venv: its pins conflict with ours), at the config's image version.
+LITELLM_VENV := build/litellm-venv
+LITELLM_STAMP := $(LITELLM_VENV)/.installed
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
 
@@ -42,8 +45,15 @@ build/lambda-deps/%/.installed: constructs_lib/lambdas/%/requirements.txt $(PY_S
 	  --implementation cp --python-version $(LAMBDA_PYTHON) --platform manylinux2014_x86_64 --target $(@D) -r $<
 	touch $@
 
+$(LITELLM_STAMP): tests/litellm/constraints.txt config/environments.toml $(PY_STAMP)
+	version=$$($(VENV)/bin/python -m tests.litellm_version); \
+	rm -rf $(LITELLM_VENV) && $(PYTHON) -m venv $(LITELLM_VENV) && \
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --progress-bar off "litellm[proxy,proxy-runtime]==$$version" \
+	  -c tests/litellm/constraints.txt
+	touch $@
+
 # The database bootstrap tests start a real PostgreSQL server: install Debian's server package when it is missing.
-test-deps: ## Install the PostgreSQL server the tests start (Debian package, only if missing)
+test-deps: $(LITELLM_STAMP) ## Install what the tests run besides Python packages: PostgreSQL (Debian, if missing), the LiteLLM proxy
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
 	sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 	echo "Installing PostgreSQL server (apt-get)"; \

@@ -80,6 +80,8 @@ class LiteLLMService(Construct):
             # and completions: over HTTPS through the internal ALB, never plain HTTP in the VPC.
             "LANGFUSE_OTEL_HOST": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",
             "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
+            # The model price map bundled with this version, not one downloaded from GitHub at every start.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "CUSTOM_LLM_API_BASE": api_base,
             "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
             "LITELLM_CONFIG_BUCKET_NAME": config_file.s3_bucket_name,

@@ -75,6 +75,22 @@ def test_oidc_client_secret_version_is_optional():
     assert production.oidc.client_secret_version == ""
 
 
+def test_example_values_are_named_with_their_fields():
+    staging, production = load_config().environments
+    named = dict(production.example_values())
+    assert named["production.account"] == "333333333333"
+    assert named["production.domain"] == "coder.company.com"
+    assert named["production.oidc.client_id"] == "00000000-0000-0000-0000-000000000000"
+    real = parse_config(
+        BASE.replace("333333333333", "480516523312").replace('domain = "coder.company.com"', 'domain = "coder.acme-corp.io"')
+        .replace('allowed_email_domains = ["company.com"]', 'allowed_email_domains = ["acme-corp.io"]')
+        .replace("00000000-0000-0000-0000-000000000000", "7f3c2a10-5d4e-4b8a-9c61-2e8f0b1d4a77"), "real.toml",
+    )
+    assert real.environment("production").example_values() == []
+    assert [field for field, _ in real.environment("staging").example_values()] == [
+        "staging.account", "staging.images.key_provisioner", "staging.domain"]
+
+
 def test_config_is_frozen():
     config = load_config()
     with pytest.raises(ValidationError):
@@ -225,6 +241,15 @@ BAD_INPUTS = {
     "backup copy not a vault ARN": (
         replace('copy_vault_arn = ""', 'copy_vault_arn = "arn:aws:s3:::copies"'),
         ["staging.backup.copy_vault_arn = 'arn:aws:s3:::copies'", "not a backup vault ARN"],
+    ),
+    "task memory Fargate does not pair with the CPU": (
+        replace("langfuse_worker = { cpu = 512, memory_mib = 1024 }", "langfuse_worker = { cpu = 512, memory_mib = 8192 }"),
+        ["staging.tasks.langfuse_worker.memory_mib = 8192", "Fargate does not run 512 CPU units with it",
+         "Allowed: 1024 to 4096 in steps of 1024"],
+    ),
+    "task CPU not a Fargate size": (
+        replace("clickhouse = { cpu = 1024, memory_mib = 4096 }", "clickhouse = { cpu = 1000, memory_mib = 4096 }"),
+        ["staging.tasks.clickhouse.cpu = 1000", "not a Fargate CPU size", "256, 512, 1024, 2048, 4096, 8192, 16384"],
     ),
     "approval not a boolean": (
         replace("requires_approval = true", 'requires_approval = "yes"'),

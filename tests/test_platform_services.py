@@ -200,6 +200,7 @@ def test_litellm_container(platform, env_config):
     assert environment == {
         "AWS_REGION_NAME": env_config.region,
         "LANGFUSE_OTEL_HOST": f"https://langfuse.{env_config.domain}",  # the langfuse_otel callback
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # the bundled price map, no download at start
         "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
         "CUSTOM_LLM_API_BASE": api_base,
         "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
