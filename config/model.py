@@ -441,6 +441,26 @@ class TasksConfig(Section):
     clickhouse: TaskSize = _size(1024, 4096)
 
 
+LAYERS = ("Network", "Data", "Platform", "Observability")
+MIN_ALLOWANCE_REASON = 25
+
+
+class AllowedChange(Section):
+    """A release may replace or remove this stateful resource of this environment (python -m pipeline.changes)."""
+
+    stack: Annotated[StrictStr, Field(description="the layer: Network, Data, Platform or Observability")]
+    logical_id: text(r"^[A-Za-z0-9]{1,255}$", "not a CloudFormation logical id", "the resource's logical id in that stack")
+    reason: Annotated[
+        StrictStr, Field(min_length=MIN_ALLOWANCE_REASON, description=f"why losing it is intended ({MIN_ALLOWANCE_REASON}+ characters)")
+    ]
+
+    @model_validator(mode="after")
+    def _known_layer(self) -> AllowedChange:
+        if self.stack not in LAYERS:
+            report([Problem(("stack",), self.stack, "not a layer of the platform", ", ".join(LAYERS))])
+        return self
+
+
 class FeaturesConfig(Section):
     enable_docker_workspaces: flag()
     enable_workspace_direct_access: flag()
@@ -483,6 +503,11 @@ class EnvironmentConfig(Section):
     oidc: OidcConfig
     features: FeaturesConfig
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    # Intended replacements or removals of stateful resources; anything else of the kind blocks the release.
+    allowed_changes: Annotated[
+        tuple[AllowedChange, ...],
+        Field(description="[[environments.allowed_changes]]: stateful resources a release may replace, with a reason"),
+    ] = ()
 
     _project: str = PrivateAttr(default="")  # set by AppConfig: the project every name starts with
 

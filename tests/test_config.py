@@ -251,6 +251,15 @@ BAD_INPUTS = {
         replace("clickhouse = { cpu = 1024, memory_mib = 4096 }", "clickhouse = { cpu = 1000, memory_mib = 4096 }"),
         ["staging.tasks.clickhouse.cpu = 1000", "not a Fargate CPU size", "256, 512, 1024, 2048, 4096, 8192, 16384"],
     ),
+    "allowed change without a real reason": (
+        BASE + '\n[[environments.allowed_changes]]\nstack = "Data"\nlogical_id = "Postgres9DC8BB04"\nreason = "planned"\n',
+        ["production.allowed_changes[0].reason = 'planned'", "at least 25 characters"],
+    ),
+    "allowed change in an unknown stack": (
+        BASE + '\n[[environments.allowed_changes]]\nstack = "Database"\nlogical_id = "Postgres9DC8BB04"\n'
+        'reason = "moving to a new engine with a restored snapshot"\n',
+        ["production.allowed_changes[0].stack = 'Database'", "not a layer of the platform"],
+    ),
     "approval not a boolean": (
         replace("requires_approval = true", 'requires_approval = "yes"'),
         ["production.requires_approval = 'yes'", "expected true or false, got str"],

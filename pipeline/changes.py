@@ -1,0 +1,473 @@
+"""What a release changes, stack by stack, and whether it would destroy data.
+
+    python -m pipeline.changes --base BASE --assembly NEW [--stage NAME] [--config FILE]
+                               [--markdown F] [--junit F] [--json F] [--notify TOPIC_ARN]
+
+NEW is a cloud assembly (cdk.out). BASE is another one (e.g. synthesized from an older commit), or `deployed`: each
+stack's current template, read with cloudformation:GetTemplate through its environment's CDK bootstrap lookup role
+(its ARN is in NEW's manifest; the role is read-only and trusts the pipeline account after `cdk bootstrap --trust`).
+A stack that does not exist yet is all additions. Stacks are matched by account, region and name.
+
+For each stack: resources added, removed and changed; for a changed one, the properties that changed and whether
+CloudFormation replaces it (from CloudFormation's own resource schemas, `createOnlyProperties`, as cfn-lint ships
+them), following replacements through references ("may be replaced" where it cannot be known offline). IAM statements
+and security-group rules added or removed are rows of their own. Replacing or removing a stateful resource (database,
+cache, file system, bucket, table, secret, key, backup vault), a renamed one included, blocks, unless the environment
+allows that change in the config (`allowed_changes`, with a reason).
+
+Exit status: 0 nothing blocking; 1 something blocking (listed); 2 bad input (unreadable assembly, unknown stage, no
+credentials, an AWS error), one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
+
+PIPELINE_STAGE = "Pipeline"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "environments.toml"
+STATEFUL_TYPES = frozenset({
+    "AWS::RDS::DBInstance", "AWS::RDS::DBCluster", "AWS::ElastiCache::ReplicationGroup", "AWS::EFS::FileSystem",
+    "AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SecretsManager::Secret", "AWS::KMS::Key",
+    "AWS::Backup::BackupVault",
+})
+IGNORED_TYPES = frozenset({"AWS::CDK::Metadata"})
+POLICY_PROPERTIES = ("PolicyDocument", "KeyPolicy", "AssumeRolePolicyDocument")
+RULE_TYPES = {"AWS::EC2::SecurityGroupIngress": "ingress", "AWS::EC2::SecurityGroupEgress": "egress"}
+
+
+class ReviewError(Exception):
+    """Bad input: reported as one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class StackTemplate:
+    stage: str
+    name: str
+    account: str
+    region: str
+    template: dict
+    lookup_role: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.account, self.region, self.name)
+
+
+@dataclass
+class Change:
+    stage: str
+    stack: str
+    logical_id: str
+    type: str
+    action: str  # add, remove, modify
+    properties: list[str] = field(default_factory=list)
+    replacement: str = "no"  # no, yes, maybe
+    stateful: bool = False
+    allowed: str | None = None  # the config's reason, when an allowance covers this change
+
+    @property
+    def destructive(self) -> bool:
+        return self.stateful and (self.action == "remove" or self.replacement in ("yes", "maybe"))
+
+    @property
+    def blocking(self) -> bool:
+        return self.destructive and self.allowed is None
+
+
+@dataclass(frozen=True)
+class Row:
+    """An IAM statement or a security-group rule added (+) or removed (-)."""
+
+    stage: str
+    stack: str
+    kind: str  # iam, network
+    sign: str
+    logical_id: str
+    text: str
+
+
+@dataclass
+class Review:
+    changes: list[Change]
+    rows: list[Row]
+    unused_allowances: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "added": sum(c.action == "add" for c in self.changes),
+            "removed": sum(c.action == "remove" for c in self.changes),
+            "changed": sum(c.action == "modify" for c in self.changes),
+            "replaced": sum(c.replacement in ("yes", "maybe") for c in self.changes),
+            "blocking": sum(c.blocking for c in self.changes),
+        }
+
+    def summary(self, scope: str) -> str:
+        counts = self.counts()
+        blocking = [f"{c.stack}/{c.logical_id}" for c in self.changes if c.blocking]
+        return (f"{scope}: {counts['added']} added, {counts['changed']} changed, {counts['removed']} removed, "
+                f"{counts['replaced']} replaced, blocking: {', '.join(blocking) or 'none'}")
+
+
+# --- reading assemblies and deployed stacks -----------------------------------------------------------------------
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ReviewError(f"{path}: not found (is this a cloud assembly? run `make synth` first)") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ReviewError(f"{path}: {error}") from None
+
+
+def read_assembly(directory: Path, stage: str = PIPELINE_STAGE) -> list[StackTemplate]:
+    manifest = _json(directory / "manifest.json")
+    stacks = []
+    for artifact_id, artifact in manifest.get("artifacts", {}).items():
+        props = artifact.get("properties", {})
+        if artifact["type"] == "cdk:cloud-assembly":
+            name = (artifact.get("displayName") or props["directoryName"].split("-")[-1]).split("/")[-1]
+            stacks += read_assembly(directory / props["directoryName"], name)
+        elif artifact["type"] == "aws:cloudformation:stack":
+            account, region = artifact["environment"].removeprefix("aws://").split("/")
+            role = (props.get("lookupRole") or {}).get("arn")
+            stacks.append(StackTemplate(stage, props.get("stackName", artifact_id), account, region,
+                                        _json(directory / props["templateFile"]), role))
+    return stacks
+
+
+def deployed(stacks: Sequence[StackTemplate], session_factory=None) -> list[StackTemplate]:
+    """The templates now deployed, read through each environment's lookup role; {} for a stack not there yet."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    make_session = session_factory or boto3.session.Session
+    base = make_session()
+    sessions: dict[str, object] = {}
+    found = []
+    for stack in stacks:
+        if not stack.lookup_role:
+            raise ReviewError(f"{stack.name}: the assembly names no lookup role (was it synthesized by cdk synth?)")
+        role = stack.lookup_role.replace("${AWS::Partition}", "aws").replace("${AWS::Region}", stack.region)
+        try:
+            if role not in sessions:
+                credentials = base.client("sts", region_name=stack.region).assume_role(
+                    RoleArn=role, RoleSessionName="release-review")["Credentials"]
+                sessions[role] = make_session(
+                    aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"],
+                    aws_session_token=credentials["SessionToken"], region_name=stack.region)
+            client = sessions[role].client("cloudformation", region_name=stack.region)
+            try:
+                body = client.get_template(StackName=stack.name, TemplateStage="Original")["TemplateBody"]
+            except ClientError as error:
+                if error.response["Error"]["Code"] == "ValidationError" and "does not exist" in str(error):
+                    body = {}
+                else:
+                    raise
+        except NoCredentialsError:
+            raise ReviewError("no AWS credentials: run with the pipeline account's credentials") from None
+        except (ClientError, BotoCoreError) as error:
+            raise ReviewError(f"{stack.name} in {stack.account}/{stack.region} through {role}: {error}") from None
+        template = json.loads(body) if isinstance(body, str) else body
+        found.append(StackTemplate(stack.stage, stack.name, stack.account, stack.region, template or {}, role))
+    return found
+
+
+# --- what changes -------------------------------------------------------------------------------------------------
+
+
+def _create_only(region: str, resource_type: str) -> set[str]:
+    """Top-level properties whose change makes CloudFormation replace the resource (its resource schema)."""
+    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
+
+    try:
+        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(region, resource_type).schema
+    except Exception:  # a custom resource or a type the schemas do not know: updated in place
+        return set()
+    return {path.split("/")[2] for path in schema.get("createOnlyProperties", []) if path.startswith("/properties/")}
+
+
+def _references(value) -> set[str]:
+    """Logical ids a value refers to (Ref, GetAtt, ${...} in Sub)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        if "Ref" in value and isinstance(value["Ref"], str):
+            found.add(value["Ref"])
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            found.add(target[0] if isinstance(target, list) else str(target).split(".")[0])
+        for item in value.values():
+            found |= _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _references(item)
+    elif isinstance(value, str) and "${" in value:
+        found |= {part.split("}")[0].split(".")[0] for part in value.split("${")[1:]}
+    return found
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _statements(resource: dict) -> set[str]:
+    props = resource.get("Properties", {})
+    documents = [props[name] for name in POLICY_PROPERTIES if isinstance(props.get(name), dict)]
+    documents += [p.get("PolicyDocument", {}) for p in props.get("Policies", []) if isinstance(p, dict)]
+    found = set()
+    for document in documents:
+        statements = document.get("Statement", [])
+        for statement in statements if isinstance(statements, list) else [statements]:
+            found.add(_canonical(statement))
+    return found
+
+
+def _sg_rules(resource: dict) -> set[str]:
+    props = resource.get("Properties", {})
+    if resource.get("Type") == "AWS::EC2::SecurityGroup":
+        return {f"{direction} {_canonical(rule)}" for direction in ("Ingress", "Egress")
+                for rule in props.get(f"SecurityGroup{direction}", [])}
+    if resource.get("Type") in RULE_TYPES:
+        return {f"{RULE_TYPES[resource['Type']]} {_canonical(props)}"}
+    return set()
+
+
+def diff_stack(stage: str, stack: str, region: str, old: dict, new: dict) -> tuple[list[Change], list[Row]]:
+    old_resources = {k: v for k, v in old.get("Resources", {}).items() if v.get("Type") not in IGNORED_TYPES}
+    new_resources = {k: v for k, v in new.get("Resources", {}).items() if v.get("Type") not in IGNORED_TYPES}
+    changes: dict[str, Change] = {}
+    for lid in new_resources.keys() - old_resources.keys():
+        kind = new_resources[lid]["Type"]
+        changes[lid] = Change(stage, stack, lid, kind, "add", stateful=kind in STATEFUL_TYPES)
+    for lid in old_resources.keys() - new_resources.keys():
+        kind = old_resources[lid]["Type"]
+        changes[lid] = Change(stage, stack, lid, kind, "remove", stateful=kind in STATEFUL_TYPES)
+    for lid in old_resources.keys() & new_resources.keys():
+        before, after = _strip(old_resources[lid]), _strip(new_resources[lid])
+        if before == after:
+            continue
+        kind = after["Type"]
+        old_props, new_props = before.get("Properties", {}), after.get("Properties", {})
+        changed = sorted(k for k in old_props.keys() | new_props.keys() if old_props.get(k) != new_props.get(k))
+        changed += sorted(k for k in before.keys() | after.keys() if k != "Properties" and before.get(k) != after.get(k))
+        replaced = before["Type"] != kind or bool(set(changed) & _create_only(region, kind))
+        changes[lid] = Change(stage, stack, lid, kind, "modify", changed, "yes" if replaced else "no", kind in STATEFUL_TYPES)
+    _follow_replacements(changes, new_resources, region, stage, stack)
+    rows = []
+    for lid in sorted(old_resources.keys() | new_resources.keys()):
+        before, after = old_resources.get(lid, {}), new_resources.get(lid, {})
+        for kind, read in (("iam", _statements), ("network", _sg_rules)):
+            old_items, new_items = read(before), read(after)
+            rows += [Row(stage, stack, kind, "+", lid, item) for item in sorted(new_items - old_items)]
+            rows += [Row(stage, stack, kind, "-", lid, item) for item in sorted(old_items - new_items)]
+    return sorted(changes.values(), key=lambda c: c.logical_id), rows
+
+
+def _strip(resource: dict) -> dict:
+    """A resource without what CDK writes for people (its construct path), which CloudFormation ignores."""
+    stripped = json.loads(json.dumps(resource))
+    stripped.get("Metadata", {}).pop("aws:cdk:path", None)
+    if not stripped.get("Metadata"):
+        stripped.pop("Metadata", None)
+    return stripped
+
+
+def _follow_replacements(changes: dict[str, Change], resources: dict, region: str, stage: str, stack: str) -> None:
+    """A resource whose create-only property refers to a replaced one gets a new value there: it may be replaced."""
+    while True:
+        replaced = {lid for lid, c in changes.items() if c.replacement in ("yes", "maybe") or c.action == "remove"}
+        grew = False
+        for lid, resource in resources.items():
+            current = changes.get(lid)
+            if current is not None and (current.action == "add" or current.replacement in ("yes", "maybe")):
+                continue
+            kind, props = resource["Type"], resource.get("Properties", {})
+            inputs = [name for name in _create_only(region, kind) if _references(props.get(name)) & replaced]
+            if not inputs:
+                continue
+            if current is None:
+                current = changes[lid] = Change(stage, stack, lid, kind, "modify", stateful=kind in STATEFUL_TYPES)
+            current.properties = sorted(set(current.properties) | {f"{name} (refers to a replaced resource)" for name in inputs})
+            current.replacement = "maybe"
+            grew = True
+        if not grew:
+            return
+
+
+# --- allowances -----------------------------------------------------------------------------------------------------
+
+
+def read_allowances(config: Path) -> dict[str, list[dict]]:
+    """{environment name: [{stack, logical_id, reason}]} from the config file (validated at synth)."""
+    try:
+        data = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ReviewError(f"{config}: {error}") from None
+    return {e.get("name", ""): list(e.get("allowed_changes", [])) for e in data.get("environments", [])}
+
+
+def apply_allowances(changes: list[Change], allowances: dict[str, list[dict]], stages: Iterable[str]) -> list[str]:
+    unused = []
+    for stage in stages:
+        for allowance in allowances.get(stage.lower(), []):
+            stack = f"{stage}-{allowance['stack']}"
+            matched = [c for c in changes if c.stage == stage and c.stack == stack and c.logical_id == allowance["logical_id"]
+                       and c.destructive]
+            for change in matched:
+                change.allowed = allowance["reason"]
+            if not matched:
+                unused.append(f"{stage.lower()}: {allowance['stack']}/{allowance['logical_id']} matches no destructive "
+                              "change: remove the allowance")
+    return unused
+
+
+def review(base: Sequence[StackTemplate], new: Sequence[StackTemplate], allowances: dict[str, list[dict]]) -> Review:
+    old_by_key = {s.key: s for s in base}
+    changes, rows = [], []
+    for stack in new:
+        old = old_by_key.get(stack.key)
+        found, found_rows = diff_stack(stack.stage, stack.name, stack.region, old.template if old else {}, stack.template)
+        changes += found
+        rows += found_rows
+    new_keys = {s.key for s in new}
+    for stack in base:
+        if stack.key not in new_keys and stack.stage in {s.stage for s in new}:
+            found, found_rows = diff_stack(stack.stage, stack.name, stack.region, stack.template, {})
+            changes += found
+            rows += found_rows
+    unused = apply_allowances(changes, allowances, sorted({s.stage for s in new} - {PIPELINE_STAGE}))
+    return Review(changes, rows, unused)
+
+
+# --- reports --------------------------------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _describe(change: Change) -> str:
+    replacement = {"yes": "**replaced**", "maybe": "**may be replaced**", "no": "in place"}[change.replacement]
+    what = {"add": "added", "remove": "**removed**", "modify": f"{', '.join(change.properties)}: {replacement}"}[change.action]
+    return what
+
+
+def render_markdown(result: Review, title: str) -> str:
+    counts = result.counts()
+    lines = [f"# {title}", "", "| added | changed | removed | replaced | blocking |", "| ---: | ---: | ---: | ---: | ---: |",
+             f"| {counts['added']} | {counts['changed']} | {counts['removed']} | {counts['replaced']} | {counts['blocking']} |",
+             "", f"**{'BLOCKED' if counts['blocking'] else 'OK'}**: {result.summary('this release')}", ""]
+    destructive = [c for c in result.changes if c.destructive]
+    if destructive:
+        lines += ["## Data at risk", "", "| stack | resource | type | change | status |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {_cell(_describe(c))} | "
+                  f"{'allowed: ' + _cell(c.allowed) if c.allowed else '**blocking**'} |" for c in destructive]
+        lines.append("")
+    if result.unused_allowances:
+        lines += ["## Allowances that match nothing", ""] + [f"- {u}" for u in result.unused_allowances] + [""]
+    for kind, heading in (("iam", "IAM statements"), ("network", "Security-group rules")):
+        rows = [r for r in result.rows if r.kind == kind]
+        if rows:
+            lines += [f"## {heading}", "", "| | stack | resource | statement |", "| --- | --- | --- | --- |"]
+            lines += [f"| {r.sign} | {r.stack} | `{r.logical_id}` | `{_cell(r.text)}` |" for r in rows]
+            lines.append("")
+    others = [c for c in result.changes if not c.destructive]
+    if others:
+        lines += ["## Every other change", "", "| stack | resource | type | change |", "| --- | --- | --- | --- |"]
+        lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {_cell(_describe(c))} |" for c in others]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_junit(path: Path, result: Review) -> None:
+    cases = result.changes
+    root = ElementTree.Element("testsuites", name="release-review", tests=str(len(cases)),
+                               failures=str(sum(c.blocking for c in cases)))
+    by_stack: dict[str, list[Change]] = {}
+    for change in cases:
+        by_stack.setdefault(change.stack, []).append(change)
+    for stack, group in by_stack.items():
+        suite = ElementTree.SubElement(root, "testsuite", name=stack, tests=str(len(group)),
+                                       failures=str(sum(c.blocking for c in group)), errors="0")
+        for change in group:
+            case = ElementTree.SubElement(suite, "testcase", classname=stack, name=f"{change.logical_id} ({change.type})")
+            if change.blocking:
+                ElementTree.SubElement(case, "failure", message="destroys data: allow it in the config with a reason",
+                                       type=change.action).text = _describe(change)
+            else:
+                ElementTree.SubElement(case, "system-out").text = _describe(change) + (
+                    f" (allowed: {change.allowed})" if change.allowed else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _select(stacks: list[StackTemplate], stage: str | None) -> tuple[list[StackTemplate], str | None]:
+    if stage is None:
+        return stacks, None
+    names = {s.stage.lower(): s.stage for s in stacks}
+    if stage.lower() not in names:
+        raise ReviewError(f"stage {stage!r} is not in the assembly (stages: {', '.join(sorted(set(names.values())))})")
+    chosen = names[stage.lower()]
+    return [s for s in stacks if s.stage == chosen], chosen
+
+
+def main(argv: Sequence[str] | None = None, session_factory=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.changes", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="a cloud assembly directory, or `deployed`")
+    parser.add_argument("--assembly", required=True, type=Path, help="the new cloud assembly (cdk.out)")
+    parser.add_argument("--stage", help="one environment (case-insensitive), or Pipeline; default: all")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the environments file (allowed_changes)")
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--junit", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--notify", metavar="TOPIC_ARN", help="publish the summary to this SNS topic")
+    args = parser.parse_args(argv)
+    try:
+        new, stage = _select(read_assembly(args.assembly), args.stage)
+        if args.base == "deployed":
+            base = deployed(new, session_factory)
+        else:
+            base = [s for s in read_assembly(Path(args.base)) if s.stage in {n.stage for n in new}]
+        result = review(base, new, read_allowances(args.config))
+    except ReviewError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scope = f"Release review of {stage or 'every environment'}"
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(render_markdown(result, scope))
+    if args.junit:
+        write_junit(args.junit, result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"summary": result.counts(), "changes": [asdict(c) | {"blocking": c.blocking}
+                                         for c in result.changes], "rows": [asdict(r) for r in result.rows],
+                                         "unused_allowances": result.unused_allowances}, indent=2))
+    print(result.summary(scope))
+    for change in result.changes:
+        if change.destructive:
+            state = f"allowed: {change.allowed}" if change.allowed else "BLOCKING"
+            print(f"  {state}: {change.stack}/{change.logical_id} ({change.type}) {_describe(change)}")
+    for unused in result.unused_allowances:
+        print(f"  unused allowance: {unused}")
+    if args.notify:
+        try:
+            import boto3
+
+            boto3.client("sns", region_name=args.notify.split(":")[3]).publish(
+                TopicArn=args.notify, Subject=scope[:100], Message=result.summary(scope))
+        except Exception as error:  # the review stands; say the notification failed
+            print(f"error: could not publish the summary to {args.notify}: {error}", file=sys.stderr)
+            return 2
+    return 1 if result.counts()["blocking"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""`python -m pipeline.changes`: what a release changes and whether it destroys data, against another assembly or
+against what is deployed (a real moto server over HTTP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from moto.server import ThreadedMotoServer
+
+from tests.assembly import ROOT
+from tests.test_config import BASE
+
+ALLOW_DATABASE = ('\n[[environments.allowed_changes]]\nstack = "Data"\nlogical_id = "Postgres9DC8BB04"\n'
+                  'reason = "moving to a new instance restored from the final snapshot (change 4711)"\n')
+
+
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.changes", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.fixture
+def edit(assembly, tmp_path):
+    """A copy of the session's assembly (templates and manifests) whose templates a test edits."""
+    copy = tmp_path / "new.out"
+    shutil.copytree(assembly.directory, copy, ignore=shutil.ignore_patterns("asset.*"))
+
+    def change(stack: str, mutate) -> Path:
+        template_file = copy / assembly.templates[stack].path.relative_to(assembly.directory)
+        template = json.loads(template_file.read_text())
+        mutate(template["Resources"])
+        template_file.write_text(json.dumps(template))
+        return copy
+
+    return change
+
+
+def report(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+    result = run(*args, "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
+                 "--junit", str(tmp_path / "r.xml"))
+    data = json.loads((tmp_path / "r.json").read_text()) if (tmp_path / "r.json").exists() else {}
+    return result, data, (tmp_path / "r.md").read_text() if (tmp_path / "r.md").exists() else ""
+
+
+def changed(data: dict, logical_id: str) -> dict:
+    (found,) = [c for c in data["changes"] if c["logical_id"] == logical_id]
+    return found
+
+
+def test_no_change_is_an_empty_review(assembly, tmp_path):
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(assembly.directory))
+    assert result.returncode == 0, result.stderr
+    assert data["summary"] == {"added": 0, "removed": 0, "changed": 0, "replaced": 0, "blocking": 0}
+    assert "blocking: none" in result.stdout
+
+
+def test_a_harmless_change_passes_and_names_the_service_and_property(assembly, edit, tmp_path):
+    def more_litellm(resources):
+        resources["LiteLLMService775F31C1"]["Properties"]["DesiredCount"] = 3
+
+    new = edit("Production-Platform", more_litellm)
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new), "--stage", "Production")
+    assert result.returncode == 0, result.stdout + result.stderr
+    change = changed(data, "LiteLLMService775F31C1")
+    assert (change["action"], change["properties"], change["replacement"]) == ("modify", ["DesiredCount"], "no")
+    assert data["summary"]["changed"] == 1 and data["summary"]["blocking"] == 0
+    assert "| Production-Platform | `LiteLLMService775F31C1` | AWS::ECS::Service | DesiredCount: in place |" in markdown
+
+
+def test_a_config_variant_is_reviewed_per_environment(assembly, variant, tmp_path):
+    """The session's config variant (a pinned OIDC secret version and a backup copy in staging) changes staging in
+    place and leaves production alone."""
+    result, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(variant.assembly.directory),
+                             "--stage", "staging")
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = {c["logical_id"]: c for c in data["changes"]}
+    rule = [c for lid, c in names.items() if lid.startswith("KeyProvisionerServiceRule200")]
+    assert rule and rule[0]["properties"] == ["Actions"] and rule[0]["replacement"] == "no"
+    assert any(lid.startswith("BackupPlan") and c["properties"] == ["BackupPlan"] for lid, c in names.items())
+    quiet, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(variant.assembly.directory),
+                            "--stage", "Production")
+    assert [c["logical_id"] for c in data["changes"] if c["stack"] != "Production-Data" or "Planted" not in c["logical_id"]] == []
+
+
+def test_replacing_the_database_blocks_and_names_it(assembly, edit, tmp_path):
+    def rename_instance(resources):
+        resources["Postgres9DC8BB04"]["Properties"]["DBInstanceIdentifier"] = "coder-production-postgres-2"
+
+    new = edit("Production-Data", rename_instance)
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new), "--stage", "production")
+    assert result.returncode == 1
+    change = changed(data, "Postgres9DC8BB04")
+    assert (change["replacement"], change["blocking"], change["properties"]) == ("yes", True, ["DBInstanceIdentifier"])
+    assert "BLOCKING: Production-Data/Postgres9DC8BB04 (AWS::RDS::DBInstance) DBInstanceIdentifier: **replaced**" in result.stdout
+    assert markdown.index("## Data at risk") < markdown.index("## Every other change") if "## Every other change" in markdown else True
+    assert 'failures="1"' in (tmp_path / "r.xml").read_text()
+
+
+def test_an_intended_replacement_allowed_in_config_passes_and_shows_allowed(assembly, edit, tmp_path):
+    def rename_instance(resources):
+        resources["Postgres9DC8BB04"]["Properties"]["DBInstanceIdentifier"] = "coder-production-postgres-2"
+
+    config = tmp_path / "allowed.toml"
+    config.write_text(BASE + ALLOW_DATABASE)
+    new = edit("Production-Data", rename_instance)
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new),
+                                    "--stage", "Production", "--config", str(config))
+    assert result.returncode == 0, result.stdout
+    assert changed(data, "Postgres9DC8BB04")["allowed"].startswith("moving to a new instance")
+    assert "allowed: moving to a new instance" in markdown
+
+
+def test_an_allowance_that_matches_nothing_is_reported(assembly, tmp_path):
+    config = tmp_path / "allowed.toml"
+    config.write_text(BASE + ALLOW_DATABASE)
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(assembly.directory),
+                                    "--config", str(config))
+    assert result.returncode == 0
+    assert data["unused_allowances"] == [
+        "production: Data/Postgres9DC8BB04 matches no destructive change: remove the allowance"]
+    assert "## Allowances that match nothing" in markdown
+
+
+def test_a_renamed_stateful_construct_blocks(assembly, edit, tmp_path):
+    def rename_bucket(resources):
+        resources["TerraformStateBucketRenamed"] = resources.pop("TerraformStateBucket68BE559E")
+
+    new = edit("Staging-Data", rename_bucket)
+    result, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new), "--stage", "Staging")
+    assert result.returncode == 1
+    removed = changed(data, "TerraformStateBucket68BE559E")
+    assert (removed["action"], removed["blocking"]) == ("remove", True)
+    assert changed(data, "TerraformStateBucketRenamed")["action"] == "add"
+
+
+def test_iam_statements_and_ingress_rules_are_rows_of_their_own(assembly, edit, tmp_path):
+    def open_up(resources):
+        policy = resources["CoderTaskRoleDefaultPolicyC9F64219"]["Properties"]["PolicyDocument"]
+        policy["Statement"].append({"Action": "iam:*", "Effect": "Allow", "Resource": "*"})
+        resources["AlbOpen"] = {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": {
+            "GroupId": "sg-0123", "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "CidrIp": "0.0.0.0/0"}}
+
+    new = edit("Staging-Platform", open_up)
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new), "--stage", "Staging")
+    assert result.returncode == 0  # reviewable, not destructive
+    rows = {(r["kind"], r["sign"], r["logical_id"]): r["text"] for r in data["rows"]}
+    assert rows[("iam", "+", "CoderTaskRoleDefaultPolicyC9F64219")] == '{"Action":"iam:*","Effect":"Allow","Resource":"*"}'
+    assert '"CidrIp":"0.0.0.0/0"' in rows[("network", "+", "AlbOpen")] and '"FromPort":22' in rows[("network", "+", "AlbOpen")]
+    assert markdown.index("## IAM statements") < markdown.index("## Security-group rules") < markdown.index("## Every other change")
+
+
+def test_a_replacement_cascades_through_references(assembly, edit, tmp_path):
+    """A renamed database subnet group is replaced (DBSubnetGroupName is create-only); the database names it in its
+    own create-only DBSubnetGroupName, by reference: it may be replaced too, and that blocks."""
+    def rename_subnet_group(resources):
+        resources["PostgresSubnetGroup9F8A4D6E"]["Properties"]["DBSubnetGroupName"] = "coder-production-data-subnets"
+
+    new = edit("Production-Data", rename_subnet_group)
+    result, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new), "--stage", "Production")
+    assert result.returncode == 1
+    group = changed(data, "PostgresSubnetGroup9F8A4D6E")
+    assert (group["replacement"], group["blocking"]) == ("yes", False)  # not stateful itself
+    database = changed(data, "Postgres9DC8BB04")
+    assert (database["replacement"], database["blocking"]) == ("maybe", True)
+    assert database["properties"] == ["DBSubnetGroupName (refers to a replaced resource)"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--base", "nowhere", "--assembly", "nowhere"), "nowhere/manifest.json: not found"),
+    (("--base", "{assembly}", "--assembly", "{assembly}", "--stage", "Prod"), "stage 'Prod' is not in the assembly"),
+    (("--base", "{assembly}", "--assembly", "{assembly}", "--config", "missing.toml"), "missing.toml"),
+])
+def test_bad_input_exits_2_with_one_line(assembly, args, message):
+    result = run(*(a.replace("{assembly}", str(assembly.directory)) for a in args))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- against what is deployed -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def aws_env(endpoint: str, **extra: str) -> dict:
+    return {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-west-2", **extra}
+
+
+def test_deployed_mode_reads_each_stack_through_its_lookup_role(assembly, moto_endpoint, tmp_path):
+    import boto3
+
+    # The stack lives in staging's account: moto scopes an assumed role's session to the role's account.
+    role = "arn:aws:iam::222222222222:role/cdk-hnb659fds-lookup-role-222222222222-us-west-2"
+    sts = boto3.client("sts", endpoint_url=moto_endpoint, region_name="us-west-2",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    credentials = sts.assume_role(RoleArn=role, RoleSessionName="setup")["Credentials"]
+    cloudformation = boto3.client("cloudformation", endpoint_url=moto_endpoint, region_name="us-west-2",
+                                  aws_access_key_id=credentials["AccessKeyId"],
+                                  aws_secret_access_key=credentials["SecretAccessKey"],
+                                  aws_session_token=credentials["SessionToken"])
+    older = {"Resources": {"RetiredTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "retired"}}}}
+    cloudformation.create_stack(StackName="Staging-Observability", TemplateBody=json.dumps(older))
+    result = run("--base", "deployed", "--assembly", str(assembly.directory), "--stage", "staging",
+                 "--json", str(tmp_path / "r.json"), env=aws_env(moto_endpoint))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((tmp_path / "r.json").read_text())
+    removed = [c for c in data["changes"] if c["action"] == "remove"]
+    assert [(c["stack"], c["logical_id"]) for c in removed] == [("Staging-Observability", "RetiredTopic")]
+    new_in_network = [c for c in data["changes"] if c["stack"] == "Staging-Network"]
+    assert new_in_network and all(c["action"] == "add" for c in new_in_network)  # not deployed yet: all additions
+    assert data["summary"]["added"] == sum(len(assembly.stack("Staging", layer).resources) - 1
+                                           for layer in ("Network", "Data", "Platform", "Observability"))
+
+
+class Refusing(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = (b'<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to '
+                b"perform: sts:AssumeRole</Message></Error></ErrorResponse>")
+        self.send_response(403)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_deployed_mode_denied_or_without_credentials_exits_2(assembly):
+    server = HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        denied = run("--base", "deployed", "--assembly", str(assembly.directory), "--stage", "Production",
+                     env=aws_env(f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert denied.returncode == 2
+    assert "AccessDenied" in denied.stderr and "cdk-hnb659fds-lookup-role-333333333333-us-west-2" in denied.stderr
+    assert "Traceback" not in denied.stderr
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    bare.update({"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+                 "AWS_EC2_METADATA_DISABLED": "true"})
+    nothing = run("--base", "deployed", "--assembly", str(assembly.directory), "--stage", "Production", env=bare)
+    assert nothing.returncode == 2 and "no AWS credentials" in nothing.stderr and "Traceback" not in nothing.stderr
