@@ -30,6 +30,7 @@ SMOKE_DEADLINE_SECONDS = 240
 # CodeBuild image with Node.js 22 and Python 3.12 runtimes.
 BUILD_IMAGE = codebuild.LinuxBuildImage.STANDARD_7_0
 SYNTH_COMMAND = "make synth"
+CDK_QUALIFIER = "hnb659fds"  # the CDK bootstrap's default qualifier: its roles are cdk-<qualifier>-<role>-<account>-<region>
 
 
 class PipelineStack(Stack):
@@ -96,17 +97,20 @@ class PipelineStack(Stack):
         self.notifications = self._notifications_topic(config)
         stage_args = {"pipeline_account": config.pipeline.account, "pipeline_stack_name": self.stack_name}
         # One Stage per environment, in promotion order. Each: its compliance report (a finding stops the pipeline
-        # before anything deploys), the approval where the environment asks for one (after the report, so that the
-        # reviewer can open it), the four stacks, then the smoke tests (a failure stops the promotion).
+        # before anything deploys) and its release review (what the release changes there; a change that would
+        # destroy data stops it), the approval where the environment asks for one (after both, so that the reviewer
+        # can open them), the four stacks, then the smoke tests (a failure stops the promotion).
         self.stages: list[PlatformStage] = []
         previous = None
         for environment in config.environments:
             stage = PlatformStage(self, environment.stage_id, config=environment, **stage_args)
             compliance = self._compliance_step(stage, source, synth)
-            pre: list[pipelines.Step] = [compliance]
+            review = self._review_step(stage, source, synth)
+            pre: list[pipelines.Step] = [compliance, review]
             if environment.requires_approval:
                 approval = self._approval_step(environment, previous)
                 approval.add_step_dependency(compliance)
+                approval.add_step_dependency(review)
                 pre.append(approval)
             self.pipeline.add_stage(stage, pre=pre, post=[self._smoke_step(stage, source)])
             self.stages.append(stage)
@@ -128,11 +132,12 @@ class PipelineStack(Stack):
         return pipelines.ManualApprovalStep(
             f"PromoteTo{environment.stage_id}",
             comment=(
-                f"{before}Review {environment.name}'s compliance report, then approve to deploy the same commit to "
-                f"{environment.name} ({environment.account})."
+                f"{before}Review what this release changes in {environment.name} (the link, and the e-mail with its "
+                f"summary) and its compliance report, then approve to deploy the same commit to {environment.name} "
+                f"({environment.account})."
             ),
             notification_topic=self.notifications,
-            review_url=self._report_url(self._compliance_project_name(environment.stage_id)),
+            review_url=self._report_url(self._review_project_name(environment.stage_id), "changes"),
         )
 
     def _pipeline_logging_and_acknowledgments(self, config: AppConfig) -> None:
@@ -193,6 +198,7 @@ class PipelineStack(Stack):
                 conditions={"StringEquals": {"kms:ViaService": f"sns.{self.region}.amazonaws.com"}},
             )
         )
+        self._notifications_key = key
         topic = sns.Topic(
             self,
             "Notifications",
@@ -208,11 +214,52 @@ class PipelineStack(Stack):
     def _compliance_project_name(self, stage_name: str) -> str:
         return f"{self._project}-compliance-{stage_name.lower()}"
 
-    def _report_url(self, project_name: str) -> str:
-        """The CodeBuild report group of a compliance step (CodeBuild names it `<project>-<report>`)."""
+    def _review_project_name(self, stage_name: str) -> str:
+        return f"{self._project}-review-{stage_name.lower()}"
+
+    def _report_url(self, project_name: str, report: str = "compliance") -> str:
+        """The CodeBuild report group of a step (CodeBuild names it `<project>-<report>`)."""
         return (
             f"https://{self.region}.console.aws.amazon.com/codesuite/codebuild/{self.account}/testReports/"
-            f"reportGroups/{project_name}-compliance?region={self.region}"
+            f"reportGroups/{project_name}-{report}?region={self.region}"
+        )
+
+    def _review_step(
+        self, stage: PlatformStage, source: pipelines.IFileSetProducer, synth: pipelines.IFileSetProducer
+    ) -> pipelines.CodeBuildStep:
+        """Before the Stage deploys: what the release changes against the templates deployed in that environment
+        (read through the environment's CDK bootstrap lookup role). A change that would destroy data, unless the
+        config allows it, fails the step. JUnit to CodeBuild Reports, Markdown and JSON as artifacts; the summary to
+        the notifications topic, so the approver's e-mail says what the release will do."""
+        config = stage.config
+        name = stage.stage_name
+        lookup_role = (f"arn:{self.partition}:iam::{config.account}:role/"
+                       f"cdk-{CDK_QUALIFIER}-lookup-role-{config.account}-{config.region}")
+        return pipelines.CodeBuildStep(
+            f"Review{name}",
+            project_name=self._review_project_name(name),
+            input=source,
+            additional_inputs={"cdk.out": synth},
+            # cfn-lint for CloudFormation's resource schemas (what replaces a resource), boto3 to read the stacks.
+            install_commands=["python -m pip install --quiet --disable-pip-version-check -c constraints.txt boto3 cfn-lint"],
+            commands=[
+                f"python -m pipeline.changes --base deployed --assembly cdk.out --stage {name}"
+                " --junit reports/changes.xml --markdown reports/changes.md --json reports/changes.json"
+                ' --notify "$NOTIFICATIONS_TOPIC"'
+            ],
+            env={"NOTIFICATIONS_TOPIC": self.notifications.topic_arn},
+            primary_output_directory="reports",
+            build_environment=codebuild.BuildEnvironment(build_image=BUILD_IMAGE),
+            partial_build_spec=codebuild.BuildSpec.from_object(yaml.safe_load((BUILDSPECS / "changes.yml").read_text())),
+            role_policy_statements=[
+                iam.PolicyStatement(sid="ReadDeployedTemplates", actions=["sts:AssumeRole"], resources=[lookup_role]),
+                iam.PolicyStatement(sid="PublishSummary", actions=["sns:Publish"], resources=[self.notifications.topic_arn]),
+                iam.PolicyStatement(
+                    sid="EncryptSummary",
+                    actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                    resources=[self._notifications_key.key_arn],
+                ),
+            ],
         )
 
     def _compliance_step(

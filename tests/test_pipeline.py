@@ -81,7 +81,7 @@ def _build_spec(pipeline, project: dict) -> dict:
 
 def test_asset_publishing_installs_the_pinned_cdk_assets_and_nothing_is_latest(pipeline, stages):
     specs = [_build_spec(pipeline, p) for p in pipeline.props("AWS::CodeBuild::Project")]
-    assert len(specs) == 7 and not [s for s in specs if "@latest" in json.dumps(s)], "an unpinned tool in a build"
+    assert len(specs) == 9 and not [s for s in specs if "@latest" in json.dumps(s)], "an unpinned tool in a build"
     assert stages["Assets"]
     for action in stages["Assets"]:
         project = pipeline.resources[action["Configuration"]["ProjectName"]["Ref"]]["Properties"]
@@ -168,18 +168,45 @@ def test_compliance_step_runs_before_the_stage_deploys(pipeline, stages, stage_n
     assert spec["artifacts"]["base-directory"] == "reports"  # the Markdown report is the step's artifact
 
 
-def test_approval_notifies_and_links_to_productions_report(pipeline, stages, app_config):
+def test_approval_notifies_and_links_to_productions_release_review(pipeline, stages, app_config):
     production = stages["Production"]
     (approval,) = [a for a in production if a["ActionTypeId"]["Category"] == "Approval"]
     (compliance,) = [a for a in production if a["Name"] == "ComplianceProduction"]
-    assert compliance["RunOrder"] < approval["RunOrder"]  # the report exists when the reviewer opens it
+    (review,) = [a for a in production if a["Name"] == "ReviewProduction"]
+    # Both reports exist when the approver opens them.
+    assert compliance["RunOrder"] < approval["RunOrder"] and review["RunOrder"] < approval["RunOrder"]
     config = approval["Configuration"]
     assert config["NotificationArn"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}
     region, account = app_config.pipeline.region, app_config.pipeline.account
     assert config["ExternalEntityLink"] == (
         f"https://{region}.console.aws.amazon.com/codesuite/codebuild/{account}/testReports/reportGroups/"
-        f"coder-compliance-production-compliance?region={region}"
+        f"coder-review-production-changes?region={region}"
     )
+    assert "what this release changes in production" in config["CustomData"]
+
+
+@pytest.mark.parametrize("stage_name", ["Staging", "Production"])
+def test_release_review_runs_before_the_stage_deploys_against_what_is_deployed(pipeline, stages, stage_name, app_config):
+    env = app_config.environment(stage_name)
+    actions = stages[stage_name]
+    (step,) = [a for a in actions if a["Name"] == f"Review{stage_name}"]
+    deploys = [a for a in actions if a["ActionTypeId"]["Category"] == "Deploy"]
+    assert step["RunOrder"] < min(a["RunOrder"] for a in deploys)  # a blocking change stops it before any deploy
+    project, spec = _project_spec(pipeline, step)
+    assert project["Name"] == f"coder-review-{stage_name.lower()}"
+    assert spec["phases"]["build"]["commands"] == [
+        f"python -m pipeline.changes --base deployed --assembly cdk.out --stage {stage_name} --junit reports/changes.xml"
+        ' --markdown reports/changes.md --json reports/changes.json --notify "$NOTIFICATIONS_TOPIC"'
+    ]
+    assert spec["reports"]["changes"] == {"base-directory": "reports", "files": ["changes.xml"], "file-format": "JUNITXML"}
+    variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+    assert variables["NOTIFICATIONS_TOPIC"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}
+    role_id = project["ServiceRole"]["Fn::GetAtt"][0]
+    (policy,) = [p for p in pipeline.props("AWS::IAM::Policy") if p["Roles"] == [{"Ref": role_id}]]
+    statements = {s.get("Sid"): s for s in policy["PolicyDocument"]["Statement"]}
+    assert statements["ReadDeployedTemplates"]["Resource"] == (
+        f"arn:aws:iam::{env.account}:role/cdk-hnb659fds-lookup-role-{env.account}-{env.region}")
+    assert statements["PublishSummary"]["Resource"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}
 
 
 def test_notifications_topic_is_encrypted_and_https_only(pipeline, app_config):
