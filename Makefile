@@ -21,7 +21,7 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
 
-.PHONY: help setup test-deps synth test lint schema clean
+.PHONY: help setup test-deps synth diff test lint schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,6 +69,26 @@ synth: setup ## Synthesize the whole app into cdk.out, offline; fails on any ope
 	elapsed_ms=$$(( ($$(date +%s%N) - start) / 1000000 )); \
 	echo "Synthesized $(OUT) in $$((elapsed_ms / 1000)).$$(( (elapsed_ms % 1000) / 100 )) s (full CDK output: build/synth.log)"
 	@python -m pipeline.synth_summary $(OUT)
+
+# What a release would change: BASE (a git ref) synthesized in a worktree (cached per commit under build/diff/), against
+# the working tree's synth. BASE synthesizes with its own default config, as it would have deployed.
+BASE ?= HEAD~1
+DIFF_DIR = build/diff
+diff: synth ## Compare BASE's templates (git ref, default HEAD~1) with the working tree's: what the release changes, what it would destroy
+	@sha=$$(git rev-parse --verify --quiet "$(BASE)^{commit}") || { echo "error: $(BASE) is not a commit" >&2; exit 2; }; \
+	base=$(DIFF_DIR)/$$sha; \
+	if [ ! -f $$base/cdk.out/manifest.json ]; then \
+	  echo "Synthesizing $(BASE) ($$sha) in a worktree"; rm -rf $$base; mkdir -p $$base; \
+	  git worktree add --detach --force $$base/src $$sha >/dev/null 2>&1; \
+	  ln -s $(CURDIR)/node_modules $$base/src/node_modules; ln -s $(CURDIR)/$(VENV) $$base/src/$(VENV); \
+	  mkdir -p $$base/src/build; ln -s $(CURDIR)/build/lambda-deps $$base/src/build/lambda-deps; \
+	  (cd $$base/src && cdk synth --quiet --output $(CURDIR)/$$base/cdk.out > $(CURDIR)/$$base/synth.log 2>&1) \
+	    || { tail -20 $$base/synth.log >&2; git worktree remove --force $$base/src; rm -rf $$base/cdk.out; exit 2; }; \
+	  git worktree remove --force $$base/src; \
+	fi; \
+	python -m pipeline.changes --base $$base/cdk.out --assembly $(OUT) --config $(CONFIG) \
+	  --markdown $(DIFF_DIR)/changes.md --junit $(DIFF_DIR)/changes.xml --json $(DIFF_DIR)/changes.json; \
+	status=$$?; echo "Report: $(DIFF_DIR)/changes.md"; exit $$status
 
 test: setup test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
 	ruff check .
