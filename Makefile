@@ -21,7 +21,7 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
 
-.PHONY: help setup test-deps synth diff test lint schema clean
+.PHONY: help setup test-deps synth diff bootstrap doctor test lint schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -89,6 +89,12 @@ diff: synth ## Compare BASE's templates (git ref, default HEAD~1) with the worki
 	python -m pipeline.changes --base $$base/cdk.out --assembly $(OUT) --config $(CONFIG) \
 	  --markdown $(DIFF_DIR)/changes.md --junit $(DIFF_DIR)/changes.xml --json $(DIFF_DIR)/changes.json; \
 	status=$$?; echo "Report: $(DIFF_DIR)/changes.md"; exit $$status
+
+bootstrap: setup ## Print the one-time set-up for CONFIG (cdk bootstrap of each account, connection, first deploy); ARGS="--apply --profile NAME=PROFILE ..." runs it
+	python -m pipeline.bootstrap --config $(CONFIG) $(ARGS)
+
+doctor: setup ## Check the set-up with the pipeline account's credentials: bootstrap and trust, connection, e-mail, secrets, last run
+	python -m pipeline.doctor --config $(CONFIG) $$( [ -f $(OUT)/manifest.json ] && echo --assembly $(OUT) ) $(ARGS)
 
 test: setup test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
 	ruff check .

@@ -1,0 +1,236 @@
+"""`make bootstrap` and `make doctor`: the one-time set-up printed and checked, against a moto server over HTTP
+(AWS_ENDPOINT_URL), with botocore's Stubber for what moto lacks (CodeConnections, CodePipeline executions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto.server import ThreadedMotoServer
+
+from pipeline import bootstrap, doctor
+from tests.assembly import ROOT
+from tests.test_config import BASE
+
+PIPELINE, STAGING, PRODUCTION = "480516523312", "590627634423", "601738745534"
+CONNECTION = f"arn:aws:codeconnections:us-west-2:{PIPELINE}:connection/7d1e0a40-5b2c-4f1e-9a3d-6c8b2e4f1a90"
+REAL = (BASE.replace("111111111111", PIPELINE).replace("222222222222", STAGING).replace("333333333333", PRODUCTION)
+        .replace("00000000-0000-0000-0000-000000000000", "7f3c2a10-5d4e-4b8a-9c61-2e8f0b1d4a77")
+        .replace(f"arn:aws:codeconnections:us-west-2:{PIPELINE}:connection/00000000-0000-4000-8000-000000000000", CONNECTION)
+        .replace("company.com", "acme-corp.io").replace("example-org/", "acme/")
+        .replace('notification_email = ""', 'notification_email = "oncall@acme-corp.io"'))
+OLD_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                      "Principal": {"AWS": "arn:aws:iam::999999999999:root"}}]}
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(endpoint, monkeypatch, tmp_path):
+    """A fresh moto world: credentials per account (moto scopes an assumed role's session to the role's account)."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))  # noqa: S310 - loopback
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    base = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-west-2")
+
+    def account(number: str) -> boto3.session.Session:
+        credentials = base.client("sts").assume_role(RoleArn=f"arn:aws:iam::{number}:role/admin",
+                                                     RoleSessionName="setup")["Credentials"]
+        return boto3.session.Session(aws_access_key_id=credentials["AccessKeyId"],
+                                     aws_secret_access_key=credentials["SecretAccessKey"],
+                                     aws_session_token=credentials["SessionToken"], region_name="us-west-2")
+
+    config = tmp_path / "real.toml"
+    config.write_text(REAL)
+    return account, config
+
+
+def stubbed(session_maker, connection_status="AVAILABLE", execution_status=None):
+    """Sessions whose CodeConnections and CodePipeline clients answer from Stubber."""
+
+    class Session(boto3.session.Session):
+        def client(self, service, *args, **kwargs):
+            client = super().client(service, *args, **kwargs)
+            if service == "codeconnections":
+                stub = Stubber(client)
+                stub.add_response("get_connection", {"Connection": {"ConnectionStatus": connection_status,
+                                                                    "ConnectionArn": CONNECTION}})
+                stub.activate()
+            if service == "codepipeline" and execution_status:
+                stub = Stubber(client)
+                stub.add_response("list_pipeline_executions", {"pipelineExecutionSummaries": [
+                    {"pipelineExecutionId": "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f", "status": execution_status}]})
+                stub.activate()
+            return client
+
+    def factory(**kwargs):
+        if not kwargs:  # the doctor's own credentials: the pipeline account's
+            credentials = session_maker().get_credentials()
+            kwargs = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key,
+                      "aws_session_token": credentials.token, "region_name": "us-west-2"}
+        return Session(**kwargs)
+
+    return factory
+
+
+def bootstrap_account(session, trusted: str | None, version: str = "21", qualifier: str = "hnb659fds") -> None:
+    """What `cdk bootstrap` leaves: the CDKToolkit stack, the version parameter and (with trust) the roles."""
+    session.client("cloudformation").create_stack(StackName="CDKToolkit", TemplateBody=json.dumps(
+        {"Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}}))
+    session.client("ssm").put_parameter(Name=f"/cdk-bootstrap/{qualifier}/version", Value=version, Type="String")
+    account = session.client("sts").get_caller_identity()["Account"]
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
+        "AWS": f"arn:aws:iam::{trusted or account}:root"}}]}
+    for kind in ("lookup", "deploy", "file-publishing"):
+        session.client("iam").create_role(RoleName=f"cdk-{qualifier}-{kind}-role-{account}-us-west-2",
+                                          AssumeRolePolicyDocument=json.dumps(trust))
+
+
+def run_doctor(capsys, config, factory) -> tuple[int, str]:
+    code = doctor.main(["--config", str(config)], session_factory=factory)
+    return code, capsys.readouterr().out
+
+
+def test_an_empty_account_fails_and_names_the_bootstrap_commands(aws, capsys):
+    account, config = aws
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE), connection_status="PENDING"))
+    assert code == 1
+    assert f"PASS credentials: account {PIPELINE}, the pipeline account" in out
+    assert "FAIL pipeline account bootstrapped: no CDKToolkit stack in us-west-2" in out
+    assert f"fix: npx cdk bootstrap aws://{PIPELINE}/us-west-2 --qualifier hnb659fds" in out
+    assert f"FAIL staging ({STAGING}/us-west-2) deploy role: cdk-hnb659fds-deploy-role-{STAGING}-us-west-2 not found" in out
+    assert f"--trust {PIPELINE} --trust-for-lookup {PIPELINE}" in out
+    assert "FAIL source connection: PENDING" in out and "Update pending connection" in out
+    assert "WARN after the first deploy: CoderPipeline is not deployed yet" in out
+
+
+def test_a_fully_bootstrapped_set_up_passes(aws, capsys):
+    account, config = aws
+    bootstrap_account(account(PIPELINE), None)
+    for number in (STAGING, PRODUCTION):
+        bootstrap_account(account(number), PIPELINE)
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert code == 0, out
+    assert "FAIL" not in out
+    for where in (f"staging ({STAGING}/us-west-2)", f"production ({PRODUCTION}/us-west-2)"):
+        for kind in ("lookup", "deploy", "file-publishing"):
+            assert f"PASS {where} {kind} role: trusts the pipeline account {PIPELINE}" in out
+        assert f"PASS {where} bootstrap version: 21 (>= 6)" in out
+    assert "PASS source connection: AVAILABLE" in out and "PASS example values: none left in the config" in out
+
+
+def test_a_role_without_trust_and_an_old_version_fail(aws, capsys):
+    account, config = aws
+    bootstrap_account(account(PIPELINE), None)
+    bootstrap_account(account(STAGING), "999999999999")  # bootstrapped without --trust of the pipeline account
+    bootstrap_account(account(PRODUCTION), PIPELINE, version="5")
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert code == 1
+    assert f"FAIL staging ({STAGING}/us-west-2) deploy role: does not trust the pipeline account {PIPELINE}" in out
+    assert f"FAIL production ({PRODUCTION}/us-west-2) bootstrap version: 5, older than the 6 required" in out
+
+
+def test_after_the_first_deploy_secrets_subscription_and_runs_are_checked(aws, capsys):
+    account, config = aws
+    pipeline = account(PIPELINE)
+    bootstrap_account(pipeline, None)
+    for number in (STAGING, PRODUCTION):
+        bootstrap_account(account(number), PIPELINE)
+    pipeline.client("cloudformation").create_stack(StackName="CoderPipeline", TemplateBody=json.dumps(
+        {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}}))
+    topic = pipeline.client("sns").create_topic(Name="coder-pipeline-notifications")["TopicArn"]
+    pipeline.client("sns").subscribe(TopicArn=topic, Protocol="email", Endpoint="oncall@acme-corp.io")
+    for number, prefix in ((STAGING, "staging"), (PRODUCTION, "prod")):
+        secrets = account(number).client("secretsmanager")
+        for short in doctor.OPERATOR_SECRETS:
+            secrets.create_secret(Name=f"{prefix}/{short}", SecretString="placeholder-from-the-deploy")
+        secrets.put_secret_value(SecretId=f"{prefix}/litellm/anthropic-api-key", SecretString="sk-ant-real")
+    code, out = run_doctor(capsys, config, stubbed(lambda: pipeline, execution_status="Failed"))
+    assert code == 1
+    assert "PASS prod/litellm/anthropic-api-key: set by a person" in out
+    assert "FAIL prod/coder/oidc: still the generated placeholder" in out
+    assert "fix: aws secretsmanager put-secret-value --secret-id prod/coder/oidc" in out
+    assert "notification e-mail: oncall@acme-corp.io" in out
+    assert "FAIL last pipeline run: Failed" in out and "get-pipeline-execution --pipeline-name coder-platform" in out
+
+
+def test_wrong_account_and_example_values_fail(aws, capsys):
+    account, _ = aws
+    code, out = run_doctor(capsys, ROOT / "config" / "environments.toml", stubbed(lambda: account("123456789012")))
+    assert code == 1
+    assert "FAIL credentials: account 123456789012, not the pipeline account 111111111111" in out
+    assert "FAIL example value: production.account = '333333333333'" in out
+
+
+def test_no_credentials_exit_2_without_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    result = subprocess.run([sys.executable, "-m", "pipeline.doctor"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no AWS credentials") and "Traceback" not in result.stderr
+
+
+# --- make bootstrap -----------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_prints_every_step_in_order_for_the_default_config(capsys):
+    assert bootstrap.main([]) == 0
+    out = capsys.readouterr().out
+    pipeline = "npx cdk bootstrap aws://111111111111/us-west-2 --qualifier hnb659fds"
+    staging = ("npx cdk bootstrap aws://222222222222/us-west-2 --qualifier hnb659fds --cloudformation-execution-policies "
+               "arn:aws:iam::aws:policy/AdministratorAccess --trust 111111111111 --trust-for-lookup 111111111111")
+    production = staging.replace("222222222222", "333333333333")
+    steps = [pipeline, staging, production, "Update pending connection", "make doctor", "npx cdk deploy CoderPipeline"]
+    positions = [out.index(step) for step in steps]
+    assert positions == sorted(positions)
+    assert "--trust" not in out.splitlines()[out.splitlines().index(next(line for line in out.splitlines()
+                                                                          if pipeline in line))]
+
+
+def test_bootstrap_covers_the_three_environment_example(capsys):
+    assert bootstrap.main(["--config", str(ROOT / "config" / "examples" / "three-environments.toml")]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[3] for line in out.splitlines() if "npx cdk bootstrap" in line] == [
+        "aws://111111111111/us-west-2", "aws://444444444444/us-west-2", "aws://222222222222/us-west-2",
+        "aws://333333333333/us-west-2"]
+
+
+def test_bootstrap_apply_runs_with_profiles_and_stops_at_the_first_failure(capsys):
+    calls = []
+
+    class Result:
+        def __init__(self, code):
+            self.returncode = code
+
+    def run(command):
+        calls.append(command)
+        return Result(1 if "aws://222222222222/us-west-2" in command else 0)
+
+    code = bootstrap.main(["--apply", "--profile", "pipeline=tools", "--profile", "staging=stg",
+                           "--profile", "333333333333=prd"], run=run)
+    assert code == 1
+    assert [c[-1] for c in calls] == ["tools", "stg"]  # production never ran
+    assert "bootstrapping staging (222222222222/us-west-2) failed" in capsys.readouterr().err
+
+
+def test_bootstrap_apply_refuses_a_missing_profile_before_running_anything(capsys):
+    calls = []
+    assert bootstrap.main(["--apply", "--profile", "pipeline=tools"], run=calls.append) == 2
+    assert calls == [] and "no --profile for staging" in capsys.readouterr().err
