@@ -441,6 +441,28 @@ class TasksConfig(Section):
     clickhouse: TaskSize = _size(1024, 4096)
 
 
+def percent(default: int, what: str) -> Any:
+    return Annotated[StrictInt, Field(ge=1, le=100, description=f"{what}: a percentage from 1 to 100")]
+
+
+class AlarmsConfig(Section):
+    """Who hears about trouble, and the thresholds of the environment's alarms (defaults a platform team would pick)."""
+
+    email: text(EMAIL, "not an e-mail address", '"" (the [pipeline] notification_email) or an e-mail address') = ""
+    alb_5xx_percent: percent(5, "the load balancer's own 5xx, per request") = 5
+    target_5xx_percent: percent(5, "a service's 5xx, per request it gets") = 5
+    response_time_p95_seconds: integer(1, 600, "p95 response time of the API services (not Coder), seconds") = 30
+    ecs_cpu_percent: percent(85, "a service's CPU") = 85
+    ecs_memory_percent: percent(85, "a service's memory") = 85
+    rds_cpu_percent: percent(80, "the database's CPU") = 80
+    rds_free_storage_percent: percent(10, "free storage left, of the storage autoscaling ceiling") = 10
+    rds_freeable_memory_mib: integer(16, 1048576, "the database's freeable memory floor, MiB") = 256
+    rds_connections: integer(1, 100000, "database connections") = 200
+    redis_memory_percent: percent(80, "Redis memory used (noeviction: writes fail at 100 %)") = 80
+    redis_cpu_percent: percent(80, "Redis engine CPU") = 80
+    efs_io_limit_percent: percent(90, "the file system's I/O limit used") = 90
+
+
 LAYERS = ("Network", "Data", "Platform", "Observability")
 MIN_ALLOWANCE_REASON = 25
 
@@ -503,6 +525,7 @@ class EnvironmentConfig(Section):
     oidc: OidcConfig
     features: FeaturesConfig
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     # Intended replacements or removals of stateful resources; anything else of the kind blocks the release.
     allowed_changes: Annotated[
         tuple[AllowedChange, ...],
@@ -510,6 +533,7 @@ class EnvironmentConfig(Section):
     ] = ()
 
     _project: str = PrivateAttr(default="")  # set by AppConfig: the project every name starts with
+    _pipeline_email: str = PrivateAttr(default="")  # set by AppConfig: the pipeline's notification e-mail
 
     @model_validator(mode="after")
     def _in_region(self) -> EnvironmentConfig:
@@ -554,6 +578,11 @@ class EnvironmentConfig(Section):
     @property
     def is_production(self) -> bool:
         return self.name == PRODUCTION
+
+    @property
+    def alarm_email(self) -> str | None:
+        """Where this environment's alarms are e-mailed: its own address, else the pipeline's (filled in by AppConfig)."""
+        return self.alarms.email or self._pipeline_email or None
 
     @property
     def ecs_exec(self) -> bool:
@@ -618,6 +647,7 @@ class AppConfig(Section):
     def _across_environments(self) -> AppConfig:
         for environment in self.environments:
             environment._project = self.project.name
+            environment._pipeline_email = self.pipeline.notification_email
         problems: list[Problem] = []
         seen: dict[str, int] = {}
         for index, environment in enumerate(self.environments):

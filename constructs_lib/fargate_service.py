@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aws_cdk import Duration, SecretValue, Stack
+from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
@@ -18,6 +19,7 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from config.model import ECR_IMAGE
+from constructs_lib.alarms import FIVE_MINUTES, ONE_MINUTE, Alarms
 from constructs_lib.compliance import acknowledge
 from constructs_lib.python_lambda import encrypted_log_group
 from constructs_lib.service_catalogue import AppService
@@ -65,6 +67,7 @@ class ServiceRuntime:
     logs_key: kms.IKey  # encrypts the services' log groups
     secrets_key: kms.IKey  # encrypts the secrets the containers receive
     ecs_exec_log_group: str | None  # where the cluster logs ECS Exec sessions; None: no ECS Exec in this environment
+    alarms: Alarms  # the environment's alarm topic and thresholds
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,11 @@ class FargateService(Construct):
         task_role: iam.IRole,
         listener: Listener | None = None,
         target_group: elbv2.IApplicationTargetGroup | None = None,
+        target_group_alarms: Sequence[str] = (),
     ) -> None:
         """`listener`: the service's catalogue routes go there, to a target group of its own. `target_group`: the
-        service joins another service's target group instead (more tasks behind the same routes)."""
+        service joins another service's target group instead (more tasks behind the same routes), and rolls back on
+        that group's alarms (`target_group_alarms`)."""
         super().__init__(scope, construct_id)
         _validate(spec, listener)
         if listener is not None and target_group is not None:
@@ -232,6 +237,11 @@ class FargateService(Construct):
             )
 
         spot = spec.stateless and spec.use_spot
+        # A deployment behind the ALB rolls back when its target group's 5xx or unhealthy-host alarm fires.
+        self.deployment_alarm_names: tuple[str, ...] = (
+            (f"{runtime.alarms.prefix}-{spec.name}-5xx", f"{runtime.alarms.prefix}-{spec.name}-unhealthy-hosts")
+            if listener is not None else tuple(target_group_alarms)
+        )
         self.service = ecs.FargateService(
             self,
             "Service",
@@ -243,6 +253,9 @@ class FargateService(Construct):
             assign_public_ip=False,
             enable_execute_command=runtime.ecs_exec_log_group is not None,
             circuit_breaker=ecs.DeploymentCircuitBreaker(enable=True, rollback=True),
+            deployment_alarms=ecs.DeploymentAlarmConfig(
+                alarm_names=list(self.deployment_alarm_names), behavior=ecs.AlarmBehavior.ROLLBACK_ON_ALARM
+            ) if self.deployment_alarm_names else None,
             min_healthy_percent=spec.min_healthy_percent,
             max_healthy_percent=spec.max_healthy_percent,
             health_check_grace_period=spec.health_check_grace if listener or target_group else None,
@@ -285,6 +298,9 @@ class FargateService(Construct):
             )
         self.target_group: elbv2.IApplicationTargetGroup | None = target_group
         self.rules: list[elbv2.ApplicationListenerRule] = []
+        # The load balancer's own name attribute: CDK's target-group metrics split it out of the listener's ARN, an
+        # expression CloudFormation linters refuse once the listener lives in another stack.
+        self._load_balancer_name = listener.listener.load_balancer.load_balancer_full_name if listener else None
         if target_group is not None:
             self.service.attach_to_application_target_group(target_group)
         if listener is not None:
@@ -317,6 +333,87 @@ class FargateService(Construct):
                         action=_action(listener.sign_in if route.sign_in else None, self.target_group),
                     )
                 )
+        self.alarms = self._alarms(runtime.cluster, runtime.alarms, spec.service)
+
+    def target_metric(self, metric: str, statistic: str, period: Duration, label: str | None = None) -> cloudwatch.Metric:
+        """A metric of this service's own target group (AWS/ApplicationELB), e.g. UnHealthyHostCount."""
+        assert self.target_group is not None and self._load_balancer_name is not None, "only for a routed service"
+        return cloudwatch.Metric(
+            namespace="AWS/ApplicationELB", metric_name=metric, statistic=statistic, period=period, label=label,
+            dimensions_map={"LoadBalancer": self._load_balancer_name, "TargetGroup": self.target_group.target_group_full_name},
+        )
+
+    @property
+    def routed(self) -> bool:
+        return self._load_balancer_name is not None
+
+    def _alarms(self, cluster: ecs.ICluster, alarms: Alarms, service: AppService) -> list[cloudwatch.Alarm]:
+        """Tasks below desired, CPU and memory; behind the ALB also 5xx rate, unhealthy hosts (the deployment alarms)
+        and, for API services, p95 response time."""
+        limits, title, name = alarms.thresholds, service.title, service.name
+
+        def insights(metric: str) -> cloudwatch.Metric:
+            return cloudwatch.Metric(
+                namespace="ECS/ContainerInsights", metric_name=metric, statistic="Average", period=FIVE_MINUTES,
+                dimensions_map={"ClusterName": cluster.cluster_name, "ServiceName": self.service.service_name},
+            )
+
+        made = [
+            alarms.alarm(
+                self, "TasksBelowDesiredAlarm", name=f"{name}-tasks-below-desired", threshold=0,
+                metric=cloudwatch.MathExpression(expression="desired - running", period=FIVE_MINUTES, label="missing tasks",
+                                                 using_metrics={"desired": insights("DesiredTaskCount"),
+                                                                "running": insights("RunningTaskCount")}),
+                description=f"{title}: fewer tasks running than desired for 15 minutes. Look first at the service's "
+                "events in the ECS console (why tasks stopped), then at its log group.",
+            ),
+            alarms.alarm(
+                self, "CpuAlarm", name=f"{name}-cpu", threshold=limits.ecs_cpu_percent,
+                metric=self.service.metric_cpu_utilization(period=FIVE_MINUTES),
+                description=f"{title}: CPU above {limits.ecs_cpu_percent} % for 15 minutes. Look first at its request "
+                "rate on the dashboard; then raise the task size ([environments.tasks]) or the desired count.",
+            ),
+            alarms.alarm(
+                self, "MemoryAlarm", name=f"{name}-memory", threshold=limits.ecs_memory_percent,
+                metric=self.service.metric_memory_utilization(period=FIVE_MINUTES),
+                description=f"{title}: memory above {limits.ecs_memory_percent} % for 15 minutes: tasks are close to "
+                "being killed for memory. Look first at the dashboard's memory graph, then raise the task's memory.",
+            ),
+        ]
+        if not self.routed:
+            return made
+        five_xx = cloudwatch.MathExpression(
+            expression="100 * errors / requests", period=ONE_MINUTE, label="5xx %",
+            using_metrics={
+                "errors": self.target_metric("HTTPCode_Target_5XX_Count", "Sum", ONE_MINUTE),
+                "requests": self.target_metric("RequestCount", "Sum", ONE_MINUTE),
+            },
+        )
+        deployment = [
+            alarms.alarm(
+                self, "ErrorRateAlarm", name=f"{name}-5xx", metric=five_xx, threshold=limits.target_5xx_percent, datapoints=2,
+                description=f"{title}: more than {limits.target_5xx_percent} % of its requests answered 5xx (2 of 3 "
+                "minutes). A deployment running now rolls back. Look first at the service's log group for errors.",
+            ),
+            alarms.alarm(
+                self, "UnhealthyHostsAlarm", name=f"{name}-unhealthy-hosts", threshold=0, periods=2,
+                metric=self.target_metric("UnHealthyHostCount", "Maximum", ONE_MINUTE),
+                description=f"{title}: a target fails the ALB's health check ({service.health_path}) for 2 minutes. "
+                "A deployment running now rolls back. Look first at the target group's health in the EC2 console.",
+            ),
+        ]
+        for alarm in deployment:
+            self.service.node.add_dependency(alarm)  # ECS names them in the service: they must exist first
+        made += deployment
+        if not service.long_lived_connections:
+            made.append(alarms.alarm(
+                self, "LatencyAlarm", name=f"{name}-p95-response-time", threshold=limits.response_time_p95_seconds,
+                metric=self.target_metric("TargetResponseTime", "p95", FIVE_MINUTES),
+                description=f"{title}: p95 response time above {limits.response_time_p95_seconds} s for 15 minutes. "
+                "Look first at its CPU and at what it waits on (LLM providers for LiteLLM, ClickHouse for Langfuse).",
+            ))
+        return made
+
 
 
 def _image(scope: Construct, image: str) -> ecs.ContainerImage:

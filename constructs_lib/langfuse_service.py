@@ -142,6 +142,7 @@ class LangfuseServices(Construct):
                 spec=web_spec(LANGFUSE_WEB_REPLICAS, web_count - 1, MIGRATIONS_OFF, use_spot=web_count - 1 >= 2),
                 task_role=task_role,
                 target_group=self.web.target_group,
+                target_group_alarms=self.web.deployment_alarm_names,
             )
             self.web_replicas.node.add_dependency(self.web)  # new versions start once the migrating task is healthy
         self.worker = FargateService(

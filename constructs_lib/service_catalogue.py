@@ -51,6 +51,7 @@ class AppService:
     routes: tuple[Route, ...] = ()
     smoke: Smoke | None = None
     extra_ports: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # label -> port
+    long_lived_connections: bool = False  # WebSockets held open for hours: no response-time alarm
 
     def url(self, namespace: str, scheme: str = "http") -> str:
         """How other services reach it inside the VPC, through Cloud Map."""
@@ -77,6 +78,7 @@ CODER = AppService(
     placement=Placement.SERVICES,
     routes=(Route(100, "coder"), Route(500, "*")),  # workspace apps on subdomains
     smoke=Smoke("/api/v2/buildinfo"),
+    long_lived_connections=True,  # agents and the web terminal hold WebSockets open
 )
 LITELLM = AppService(
     name="litellm",

@@ -117,6 +117,7 @@ class PipelineStack(Stack):
             previous = environment
 
         self.pipeline.build_pipeline()
+        self._roll_back_production_on_failure(config)
         self._pipeline_logging_and_acknowledgments(config)
         self.pipeline.pipeline.notify_on(
             "NotifyOnFailure",
@@ -139,6 +140,16 @@ class PipelineStack(Stack):
             notification_topic=self.notifications,
             review_url=self._report_url(self._review_project_name(environment.stage_id), "changes"),
         )
+
+    def _roll_back_production_on_failure(self, config: AppConfig) -> None:
+        """CodePipeline V2 stage rollback: when an action of production's stage fails (a deploy, the smoke tests),
+        the stage is run again with the last successful execution's artifacts: the stacks go back to the previous
+        release's templates and assets. Data changes (database migrations, secrets put by hand) stay."""
+        names = [stage.stage_name for stage in self.pipeline.pipeline.stages]
+        cfn: codepipeline.CfnPipeline = self.pipeline.pipeline.node.default_child  # type: ignore[assignment]
+        for environment in config.environments:
+            if environment.is_production:
+                cfn.add_property_override(f"Stages.{names.index(environment.stage_id)}.OnFailure", {"Result": "ROLLBACK"})
 
     def _pipeline_logging_and_acknowledgments(self, config: AppConfig) -> None:
         """The artifact bucket logs to a bucket of its own; the CDK Pipelines internals are acknowledged here, in one

@@ -11,6 +11,7 @@ from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_efs as efs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -45,6 +46,7 @@ class DataStackOutputs:
     lock_table: dynamodb.ITable
     secrets: Mapping[str, secretsmanager.ISecret]  # keyed by name without the environment prefix
     data_key: kms.IKey
+    functions: Mapping[str, lambda_.IFunction]  # the Lambdas CloudFormation calls here, by title (their error alarms)
 
 
 class DataStack(Stack):
@@ -142,9 +144,14 @@ class DataStack(Stack):
         )
 
         self._backup_plan(database, file_system, lock_table)
+        functions: dict[str, lambda_.IFunction] = {
+            "database bootstrap": self.app_databases.function,
+            "secret initializer": self.node.find_child("SecretFieldsInitializer"),
+        }
         if config.is_production:
             # The pipeline's deploy actions ignore `termination_protection`: the stack applies it to itself.
-            TerminationProtection(self, "TerminationProtection", logs_key=network.logs_key)
+            protection = TerminationProtection(self, "TerminationProtection", logs_key=network.logs_key)
+            functions["termination protection"] = protection.function
         self.outputs = DataStackOutputs(
             database=database,
             redis=redis,
@@ -153,6 +160,7 @@ class DataStack(Stack):
             lock_table=lock_table,
             secrets=secrets.secrets,
             data_key=self.data_key,
+            functions=functions,
         )
 
     def _backup_plan(

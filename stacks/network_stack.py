@@ -13,6 +13,7 @@ from aws_cdk import aws_servicediscovery as servicediscovery
 from constructs import Construct
 
 from config.model import Bucket, EnvironmentConfig
+from constructs_lib.alarms import Alarms, AlarmTopic
 from constructs_lib.compliance import acknowledge
 from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
 from constructs_lib.internal_load_balancer import DIRECT_ACCESS_PORT
@@ -68,6 +69,7 @@ class NetworkStackOutputs:
     data_subnets: ec2.SubnetSelection
     access_logs_bucket: s3.IBucket  # ALB, S3 server access and VPC flow logs (SSE-S3: what log delivery supports)
     logs_key: kms.IKey  # encrypts every CloudWatch Logs log group of the environment
+    alarms: Alarms  # the environment's alarm topic and thresholds: every layer's alarms go there
 
 
 class NetworkStack(Stack):
@@ -158,6 +160,8 @@ class NetworkStack(Stack):
             },
         )
         logs_key = self._logs_key(config)
+        # First layer: every later layer sends its alarms here.
+        alarm_topic = AlarmTopic(self, "Alarms", qualifier=config.qualifier, email=config.alarm_email)
 
         self.outputs = NetworkStackOutputs(
             vpc=self.vpc,
@@ -168,6 +172,7 @@ class NetworkStack(Stack):
             data_subnets=ec2.SubnetSelection(subnet_group_name=DATA_SUBNETS),
             access_logs_bucket=access_logs,
             logs_key=logs_key,
+            alarms=Alarms(alarm_topic.topic, config.alarms, config.qualifier),
         )
 
     def _access_logs_bucket(self, config: EnvironmentConfig) -> s3.IBucket:

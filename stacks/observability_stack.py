@@ -12,6 +12,7 @@ from constructs import Construct
 from config.model import Bucket, EnvironmentConfig
 from constructs_lib.clickhouse_service import ClickHouseService
 from constructs_lib.langfuse_service import LangfuseServices, langfuse_environment
+from constructs_lib.operations import Operations, Watched
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.smoke_probe import SmokeOutputs, SmokeProbe
 from stacks.data_stack import DataStackOutputs
@@ -90,6 +91,24 @@ class ObservabilityStack(Stack):
             load_balancer=platform.load_balancer,
             target_groups=[*platform.target_groups.values(), self.langfuse.web.target_group],
             logs_key=network.logs_key,
+        )
+        services = [*platform.services, self.clickhouse.service, self.langfuse.web, self.langfuse.worker]
+        if self.langfuse.web_replicas is not None:
+            services.append(self.langfuse.web_replicas)
+        # The last layer sees every other: alarms on the environment's shared tiers and the dashboard live here.
+        self.operations = Operations(
+            self,
+            "Operations",
+            alarms=network.alarms,
+            watched=Watched(
+                load_balancer=platform.load_balancer,
+                database=data.database.instance,
+                database_max_storage_gb=config.database.max_allocated_storage_gb,
+                redis_group_id=data.redis.replication_group.ref,
+                file_system_id=data.file_system.file_system_id,
+                functions={**data.functions, "smoke probe": self.smoke_probe.function},
+                services=services,
+            ),
         )
         self.outputs = ObservabilityStackOutputs(
             langfuse_target_group=self.langfuse.web.target_group, smoke=self.smoke_probe.outputs

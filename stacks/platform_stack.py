@@ -16,7 +16,7 @@ from config.model import Bucket, EnvironmentConfig
 from constructs_lib.bucket_access import READ_WRITE, grant_objects
 from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
 from constructs_lib.ecs_exec import EcsExec
-from constructs_lib.fargate_service import ServiceRuntime, task_role
+from constructs_lib.fargate_service import FargateService, ServiceRuntime, task_role
 from constructs_lib.internal_load_balancer import InternalLoadBalancer
 from constructs_lib.key_provisioner_service import KeyProvisionerService
 from constructs_lib.litellm_service import LiteLLMService
@@ -39,6 +39,7 @@ class PlatformStackOutputs:
     langfuse_task_role: iam.IRole
     runtime: ServiceRuntime  # for the Observability layer's services
     target_groups: dict[str, elbv2.IApplicationTargetGroup]  # coder, litellm, key-provisioner
+    services: tuple[FargateService, ...]  # for the Observability layer's dashboard
 
 
 class PlatformStack(Stack):
@@ -114,6 +115,7 @@ class PlatformStack(Stack):
             logs_key=network.logs_key,
             secrets_key=data.data_key,
             ecs_exec_log_group=ecs_exec.log_group_name if ecs_exec else None,
+            alarms=network.alarms,
         )
         coder = CoderService(
             self,
@@ -151,6 +153,7 @@ class PlatformStack(Stack):
             langfuse_task_role=self._langfuse_task_role(data, ecs_exec.policy if ecs_exec else None),
             runtime=runtime,
             target_groups={name: svc.service.target_group for name, svc in self.services.items()},
+            services=tuple(svc.service for svc in self.services.values()),
         )
         self._bridge_parameters(network, data, balancer.direct_access_listener)
 
