@@ -12,6 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PY_STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 # Third-party packages of Lambda handlers (pinned, hashed, pure Python), copied into their assets at synth.
 LAMBDA_DEPS := $(patsubst constructs_lib/lambdas/%/requirements.txt,build/lambda-deps/%/.installed,$(wildcard constructs_lib/lambdas/*/requirements.txt))
@@ -21,17 +22,24 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
 
-.PHONY: help setup test-deps synth diff bootstrap doctor test lint schema clean
+.PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  Variables: CONFIG=path/to/environments.toml (default $(CONFIG))"
 
-setup: $(PY_STAMP) $(NODE_STAMP) $(LAMBDA_DEPS) ## Create .venv, install the pinned Node.js + CDK CLI and the Lambda packages
+setup: $(PY_STAMP) $(NODE_STAMP) $(LAMBDA_DEPS) ## What synth needs: .venv with the runtime packages, the pinned Node.js + CDK CLI, the Lambda packages
 
-$(PY_STAMP): requirements.txt requirements-dev.txt constraints.txt
+setup-dev: setup $(DEV_STAMP) ## setup, plus the test and lint tools (requirements-dev.txt)
+
+# Set-up by need: synth installs requirements.txt only; the tests add requirements-dev.txt. Every pin is in constraints.txt.
+$(PY_STAMP): requirements.txt constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --progress-bar off -r requirements.txt -c constraints.txt
+	touch $@
+
+$(DEV_STAMP): requirements-dev.txt constraints.txt $(PY_STAMP)
 	$(VENV)/bin/python -m pip install --quiet --progress-bar off -r requirements-dev.txt -c constraints.txt
 	touch $@
 
@@ -74,7 +82,7 @@ synth: setup ## Synthesize the whole app into cdk.out, offline; fails on any ope
 # the working tree's synth. BASE synthesizes with its own default config, as it would have deployed.
 BASE ?= HEAD~1
 DIFF_DIR = build/diff
-diff: synth ## Compare BASE's templates (git ref, default HEAD~1) with the working tree's: what the release changes, what it would destroy
+diff: synth $(DEV_STAMP) ## Compare BASE's templates (git ref, default HEAD~1) with the working tree's: what the release changes, what it would destroy
 	@sha=$$(git rev-parse --verify --quiet "$(BASE)^{commit}") || { echo "error: $(BASE) is not a commit" >&2; exit 2; }; \
 	base=$(DIFF_DIR)/$$sha; \
 	if [ ! -f $$base/cdk.out/manifest.json ]; then \
@@ -96,14 +104,14 @@ bootstrap: setup ## Print the one-time set-up for CONFIG (cdk bootstrap of each 
 doctor: setup ## Check the set-up with the pipeline account's credentials: bootstrap and trust, connection, e-mail, secrets, last run
 	python -m pipeline.doctor --config $(CONFIG) $$( [ -f $(OUT)/manifest.json ] && echo --assembly $(OUT) ) $(ARGS)
 
-test: setup test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
+test: setup-dev test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
 	ruff check .
-	python -m pytest
+	python -m pytest -n auto --dist loadfile
 
 schema: setup ## Regenerate config/environments.schema.json from the config model (config/model.py)
 	python -m config.schema
 
-lint: setup ## ruff on the Python code
+lint: setup-dev ## ruff on the Python code
 	ruff check .
 
 clean: ## Remove generated output (keeps .venv and node_modules)

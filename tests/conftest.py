@@ -1,7 +1,9 @@
-"""One real `cdk synth` (the CDK CLI, the pinned Node.js, the app's cdk.json) per test session."""
+"""One real `cdk synth` (the CDK CLI, the pinned Node.js, the app's cdk.json) per test run, shared by the xdist
+workers: the first worker that needs an assembly synthesizes it under a file lock, the others read it."""
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from filelock import FileLock
 from moto import mock_aws
 
 from config.loader import DEFAULT_CONFIG_PATH, load_config
@@ -45,11 +48,24 @@ def cdk_synth(outdir: Path, *args: str) -> None:
         raise AssertionError(f"cdk synth failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-5000:]}")
 
 
+def shared(tmp_path_factory, name: str, build) -> Path:
+    """`build(directory)` once per test run, whichever worker comes first; every worker gets the directory."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's directory, above the workers' own
+    directory = root / f"shared-{name}"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not (directory / ".done").exists():
+            directory.mkdir(exist_ok=True)
+            build(directory)
+            (directory / ".done").write_text("")
+    return directory
+
+
 @pytest.fixture(scope="session")
 def assembly(tmp_path_factory) -> Assembly:
-    outdir = tmp_path_factory.mktemp("cdk") / "cdk.out"
-    cdk_synth(outdir)
-    return Assembly.load(outdir)
+    directory = shared(tmp_path_factory, "cdk", lambda d: cdk_synth(d / "cdk.out"))
+    return Assembly.load(directory / "cdk.out")
 
 
 THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
@@ -58,9 +74,8 @@ THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
 @pytest.fixture(scope="session")
 def three_environments(tmp_path_factory) -> Assembly:
     """The committed three-environment example, synthesized by the real CLI as the README says."""
-    outdir = tmp_path_factory.mktemp("three") / "cdk.out"
-    cdk_synth(outdir, "-c", f"config={THREE_ENVIRONMENTS}")
-    return Assembly.load(outdir)
+    directory = shared(tmp_path_factory, "three", lambda d: cdk_synth(d / "cdk.out", "-c", f"config={THREE_ENVIRONMENTS}"))
+    return Assembly.load(directory / "cdk.out")
 
 
 VARIANT_EMAIL = "platform-oncall@example.com"
@@ -79,7 +94,13 @@ def variant(tmp_path_factory) -> VariantSynth:
     """The session's only other synth: the real CLI on tests/apps/planted_finding.py (the app plus unacknowledged
     buckets, which must fail synth) with a config variant (a notification e-mail, a pinned OIDC secret version and a
     backup copy vault in staging). The app writes its whole assembly before the CLI refuses it, so the variant's templates are readable."""
-    directory = tmp_path_factory.mktemp("variant")
+    directory = shared(tmp_path_factory, "variant", _synthesize_variant)
+    result = json.loads((directory / "result.json").read_text())
+    return VariantSynth(subprocess.CompletedProcess(result["args"], result["returncode"], result["stdout"], result["stderr"]),
+                        Assembly.load(directory / "cdk.out"))
+
+
+def _synthesize_variant(directory: Path) -> None:
     base = DEFAULT_CONFIG_PATH.read_text()
     text = base.replace('notification_email = ""', f'notification_email = "{VARIANT_EMAIL}"', 1).replace(
         'client_secret_version = ""', f'client_secret_version = "{VARIANT_SECRET_VERSION}"', 1
@@ -92,7 +113,8 @@ def variant(tmp_path_factory) -> VariantSynth:
          "-c", f"config={directory / 'variant.toml'}", "--output", str(outdir)],
         cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
     )
-    return VariantSynth(result, Assembly.load(outdir))
+    (directory / "result.json").write_text(json.dumps(
+        {"args": result.args, "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}))
 
 
 @pytest.fixture(scope="session")
