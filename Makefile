@@ -67,7 +67,9 @@ test-deps: $(LITELLM_STAMP) ## Install what the tests run besides Python package
 	echo "Installing PostgreSQL server (apt-get)"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 
-synth: setup ## Synthesize the whole app into cdk.out, offline; fails on any open cdk-nag finding
+# The Python, Node.js and Lambda installs are independent: make runs them side by side.
+synth: ## Synthesize the whole app into cdk.out, offline; fails on any open cdk-nag finding
+	@$(MAKE) --no-print-directory -j3 setup
 	@rm -rf $(OUT); mkdir -p build
 	@start=$$(date +%s%N); \
 	if ! cdk synth --quiet --output $(OUT) -c config=$(CONFIG) > build/synth.log 2>&1; then \
@@ -104,7 +106,8 @@ bootstrap: setup ## Print the one-time set-up for CONFIG (cdk bootstrap of each 
 doctor: setup ## Check the set-up with the pipeline account's credentials: bootstrap and trust, connection, e-mail, secrets, last run
 	python -m pipeline.doctor --config $(CONFIG) $$( [ -f $(OUT)/manifest.json ] && echo --assembly $(OUT) ) $(ARGS)
 
-test: setup-dev test-deps ## ruff, then the whole test suite (one real synth, cfn-lint, config, PostgreSQL bootstrap)
+test: ## ruff, then the whole test suite on every core (real CDK synths, cfn-lint, moto, PostgreSQL, the LiteLLM proxy)
+	@$(MAKE) --no-print-directory -j3 setup-dev test-deps
 	ruff check .
 	python -m pytest -n auto --dist loadfile
 
