@@ -36,7 +36,9 @@ setup-dev: setup $(DEV_STAMP) ## setup, plus the test and lint tools (requiremen
 $(PY_STAMP): requirements.txt constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --progress-bar off -r requirements.txt -c constraints.txt
+	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-compile -r requirements.txt -c constraints.txt
+	@# pip byte-compiles one file at a time; compileall uses every core (the CDK app never writes .pyc itself).
+	$(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
 	touch $@
 
 $(DEV_STAMP): requirements-dev.txt constraints.txt $(PY_STAMP)

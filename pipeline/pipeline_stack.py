@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
-from aws_cdk import Annotations, Environment, Stack, pipelines
+from aws_cdk import Annotations, Duration, Environment, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_iam as iam
@@ -21,6 +21,7 @@ from config.markers import EXAMPLE_VALUE
 from config.model import AppConfig, EnvironmentConfig
 from constructs_lib.compliance import acknowledge, wildcard_findings
 from constructs_lib.log_bucket import log_bucket
+from constructs_lib.secure_bucket import SecureBucket
 from constructs_lib.smoke_probe import smoke_role_arn
 from stages.platform_stage import PlatformStage
 
@@ -60,6 +61,12 @@ class PipelineStack(Stack):
             connection_arn=config.pipeline.connection_arn,
             trigger_on_push=True,
         )
+        self._logs_bucket = log_bucket(
+            self,
+            "AccessLogsBucket",
+            bucket_name=f"{config.project.name}-pipeline-access-logs-{self.account}-{self.region}",
+            s3_access_prefix="artifacts/",
+        )
         synth = pipelines.CodeBuildStep(
             "Synth",
             input=source,
@@ -69,9 +76,10 @@ class PipelineStack(Stack):
             build_environment=codebuild.BuildEnvironment(
                 build_image=BUILD_IMAGE, compute_type=codebuild.ComputeType.MEDIUM
             ),
-            partial_build_spec=codebuild.BuildSpec.from_object(
-                {"phases": {"install": {"runtime-versions": {"nodejs": "22", "python": "3.12"}}}}
-            ),
+            # pip's and npm's downloads, kept between runs under a key of the lock files: a push that changes no
+            # pin installs from the cache.
+            cache=codebuild.Cache.bucket(self._build_cache(config), prefix="synth"),
+            partial_build_spec=codebuild.BuildSpec.from_object(yaml.safe_load((BUILDSPECS / "synth.yml").read_text())),
         )
         self.pipeline = pipelines.CodePipeline(
             self,
@@ -154,12 +162,7 @@ class PipelineStack(Stack):
     def _pipeline_logging_and_acknowledgments(self, config: AppConfig) -> None:
         """The artifact bucket logs to a bucket of its own; the CDK Pipelines internals are acknowledged here, in one
         place, by what each wildcard or default is for (it fails synth on a wildcard it cannot explain)."""
-        logs_bucket = log_bucket(
-            self,
-            "AccessLogsBucket",
-            bucket_name=f"{config.project.name}-pipeline-access-logs-{self.account}-{self.region}",
-            s3_access_prefix="artifacts/",
-        )
+        logs_bucket = self._logs_bucket
         artifacts: s3.CfnBucket = self.pipeline.pipeline.artifact_bucket.node.default_child  # type: ignore[assignment]
         artifacts.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
             destination_bucket_name=logs_bucket.bucket_name, log_file_prefix="artifacts/"
@@ -190,6 +193,25 @@ class PipelineStack(Stack):
                     {f"AwsSolutions-IAM5[{finding}]": _pipeline_wildcard_reason(finding)
                      for finding in wildcard_findings(document)},
                 )
+
+    def _build_cache(self, config: AppConfig) -> s3.IBucket:
+        """pip and npm downloads of the Synth step: public packages only, kept 30 days, rebuilt on any miss."""
+        made = SecureBucket(
+            self,
+            "BuildCache",
+            bucket_name=f"{config.project.name}-pipeline-build-cache-{self.account}-{self.region}",
+            versioned=False,
+            expiration=Duration.days(30),
+            access_logs=(self._logs_bucket.bucket_name, "artifacts/"),
+        )
+        cache_only = ("It holds only the pip and npm caches of the Synth step: public packages from PyPI and npm, "
+                      "pinned and hash-checked by the lock files; no project data.")
+        acknowledge(made, {
+            "S3DefaultEncryptionKMS": cache_only + " Encrypted with S3-managed keys.",
+            "S3BucketVersioningEnabled": cache_only + " A miss rebuilds it from the registries.",
+            "S3BucketReplicationEnabled": cache_only + " A miss rebuilds it from the registries.",
+        })
+        return made.bucket
 
     def _notifications_topic(self, config: AppConfig) -> sns.Topic:
         """Approval requests and pipeline failures. Encrypted with its own key; HTTPS publishing only."""

@@ -55,6 +55,15 @@ def test_synth_runs_make_synth_on_node_22(pipeline, stages):
     assert spec["artifacts"]["base-directory"] == "cdk.out"
     assert project["Environment"]["Image"] == "aws/codebuild/standard:7.0"
     assert project["Environment"]["PrivilegedMode"] is False  # no Docker in the pipeline
+    # pip's and npm's downloads cached between runs, keyed by the lock files.
+    assert spec["cache"]["key"].startswith("synth-$(codebuild-hash-files constraints.txt package-lock.json")
+    assert spec["cache"]["paths"] == ["/root/.cache/pip/**/*", "/root/.npm/**/*"]
+    assert project["Cache"]["Type"] == "S3"
+    bucket = pipeline.logical_id("/BuildCache/Bucket/Resource")
+    assert project["Cache"]["Location"] == {"Fn::Join": ["/", [{"Ref": bucket}, "synth"]]}
+    cache = pipeline.resources[bucket]["Properties"]
+    assert cache["LifecycleConfiguration"]["Rules"][-1]["ExpirationInDays"] == 30
+    assert cache["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] is True
 
 
 def test_self_mutation_uses_the_pinned_cli(pipeline, stages):
@@ -82,6 +91,9 @@ def _build_spec(pipeline, project: dict) -> dict:
 def test_asset_publishing_installs_the_pinned_cdk_assets_and_nothing_is_latest(pipeline, stages):
     specs = [_build_spec(pipeline, p) for p in pipeline.props("AWS::CodeBuild::Project")]
     assert len(specs) == 9 and not [s for s in specs if "@latest" in json.dumps(s)], "an unpinned tool in a build"
+    # Each step installs only what it runs: synth's set-up (make synth), boto3 (+ cfn-lint's schemas for the review).
+    installs = {json.dumps(s["phases"].get("install", {}).get("commands", [])) for s in specs}
+    assert not [i for i in installs if "requirements-dev" in i or "pytest" in i or "moto" in i]
     assert stages["Assets"]
     for action in stages["Assets"]:
         project = pipeline.resources[action["Configuration"]["ProjectName"]["Ref"]]["Properties"]
