@@ -349,6 +349,8 @@ class PipelineStack(Stack):
 _PIPELINE_WILDCARDS = (
     (r"^Action::s3:(GetObject|GetBucket|List|DeleteObject|Abort)\*$|^Resource::<PipelineArtifactsBucket[0-9A-F]+\.Arn>/\*$",
      "CDK Pipelines' own grant on its artifact bucket: each action reads and writes the run's artifacts there."),
+    (r"^Resource::<BuildCacheBucket[0-9A-F]+\.Arn>/\*$",
+     "The Synth step's build cache: CodeBuild reads and writes its cache archives (pip and npm downloads) there."),
     (r"^Action::kms:(GenerateDataKey|ReEncrypt)\*$",
      "CDK Pipelines' own grant on the artifact bucket's KMS key, which encrypts artifacts shared across accounts."),
     (r"^Resource::arn:[^:]+:(logs|codebuild):[^:]+:\d+:(log-group:/aws/codebuild/|report-group/)",
