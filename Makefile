@@ -55,7 +55,8 @@ build/lambda-deps/%/.installed: constructs_lib/lambdas/%/requirements.txt $(PY_S
 	  --implementation cp --python-version $(LAMBDA_PYTHON) --platform manylinux2014_x86_64 --target $(@D) -r $<
 	touch $@
 
-$(LITELLM_STAMP): tests/litellm/constraints.txt config/environments.toml $(PY_STAMP)
+# Reinstalled when its pins change; the config's LiteLLM image must carry the pinned version (a test checks).
+$(LITELLM_STAMP): tests/litellm/constraints.txt $(PY_STAMP)
 	version=$$($(VENV)/bin/python -m tests.litellm_version); \
 	rm -rf $(LITELLM_VENV) && $(PYTHON) -m venv $(LITELLM_VENV) && \
 	$(LITELLM_VENV)/bin/python -m pip install --quiet --progress-bar off "litellm[proxy,proxy-runtime]==$$version" \
