@@ -17,6 +17,7 @@ import boto3
 import pytest
 from filelock import FileLock
 from moto import mock_aws
+from moto.server import ThreadedMotoServer
 
 from config.loader import DEFAULT_CONFIG_PATH, load_config
 from tests.assembly import ROOT, Assembly
@@ -157,6 +158,25 @@ def postgres():
     server = PostgresServer.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """A real moto server over HTTP on loopback for the session (AWS_ENDPOINT_URL points clients at it)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def moto_endpoint(moto_server):
+    """The session's moto server, emptied for this test."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"))  # noqa: S310 - loopback
+    return moto_server
 
 
 @pytest.fixture

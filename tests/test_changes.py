@@ -13,7 +13,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from tests.assembly import ROOT
 from tests.test_config import BASE
@@ -188,15 +187,6 @@ def test_bad_input_exits_2_with_one_line(assembly, args, message):
 
 
 # --- against what is deployed -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def aws_env(endpoint: str, **extra: str) -> dict:

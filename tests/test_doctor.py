@@ -11,7 +11,6 @@ import sys
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto.server import ThreadedMotoServer
 
 from pipeline import bootstrap, doctor
 from tests.assembly import ROOT
@@ -28,22 +27,10 @@ OLD_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action"
                                                       "Principal": {"AWS": "arn:aws:iam::999999999999:root"}}]}
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def aws(endpoint, monkeypatch, tmp_path):
+def aws(moto_endpoint, monkeypatch, tmp_path):
     """A fresh moto world: credentials per account (moto scopes an assumed role's session to the role's account)."""
-    import urllib.request
-
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"))  # noqa: S310 - loopback
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     base = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-west-2")
