@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-PIPELINE_STAGE = "Pipeline"
+from pipeline.assembly import PIPELINE_STAGE, AssemblyError, markdown_cell, read_json, stage_name
+
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "environments.toml"
 STATEFUL_TYPES = frozenset({
     "AWS::RDS::DBInstance", "AWS::RDS::DBCluster", "AWS::ElastiCache::ReplicationGroup", "AWS::EFS::FileSystem",
@@ -42,8 +43,8 @@ POLICY_PROPERTIES = ("PolicyDocument", "KeyPolicy", "AssumeRolePolicyDocument")
 RULE_TYPES = {"AWS::EC2::SecurityGroupIngress": "ingress", "AWS::EC2::SecurityGroupEgress": "egress"}
 
 
-class ReviewError(Exception):
-    """Bad input: reported as one line, exit 2."""
+class ReviewError(AssemblyError):
+    """Bad input: reported as one line, exit 2 (as an unreadable assembly is)."""
 
 
 @dataclass(frozen=True)
@@ -118,28 +119,18 @@ class Review:
 # --- reading assemblies and deployed stacks -----------------------------------------------------------------------
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReviewError(f"{path}: not found (is this a cloud assembly? run `make synth` first)") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise ReviewError(f"{path}: {error}") from None
-
-
 def read_assembly(directory: Path, stage: str = PIPELINE_STAGE) -> list[StackTemplate]:
-    manifest = _json(directory / "manifest.json")
+    manifest = read_json(directory / "manifest.json")
     stacks = []
     for artifact_id, artifact in manifest.get("artifacts", {}).items():
         props = artifact.get("properties", {})
         if artifact["type"] == "cdk:cloud-assembly":
-            name = (artifact.get("displayName") or props["directoryName"].split("-")[-1]).split("/")[-1]
-            stacks += read_assembly(directory / props["directoryName"], name)
+            stacks += read_assembly(directory / props["directoryName"], stage_name(artifact))
         elif artifact["type"] == "aws:cloudformation:stack":
             account, region = artifact["environment"].removeprefix("aws://").split("/")
             role = (props.get("lookupRole") or {}).get("arn")
             stacks.append(StackTemplate(stage, props.get("stackName", artifact_id), account, region,
-                                        _json(directory / props["templateFile"]), role))
+                                        read_json(directory / props["templateFile"]), role))
     return stacks
 
 
@@ -349,10 +340,6 @@ def review(base: Sequence[StackTemplate], new: Sequence[StackTemplate], allowanc
 # --- reports --------------------------------------------------------------------------------------------------------
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def _describe(change: Change) -> str:
     replacement = {"yes": "**replaced**", "maybe": "**may be replaced**", "no": "in place"}[change.replacement]
     what = {"add": "added", "remove": "**removed**", "modify": f"{', '.join(change.properties)}: {replacement}"}[change.action]
@@ -367,8 +354,8 @@ def render_markdown(result: Review, title: str) -> str:
     destructive = [c for c in result.changes if c.destructive]
     if destructive:
         lines += ["## Data at risk", "", "| stack | resource | type | change | status |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {_cell(_describe(c))} | "
-                  f"{'allowed: ' + _cell(c.allowed) if c.allowed else '**blocking**'} |" for c in destructive]
+        lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {markdown_cell(_describe(c))} | "
+                  f"{'allowed: ' + markdown_cell(c.allowed) if c.allowed else '**blocking**'} |" for c in destructive]
         lines.append("")
     if result.unused_allowances:
         lines += ["## Allowances that match nothing", ""] + [f"- {u}" for u in result.unused_allowances] + [""]
@@ -376,12 +363,12 @@ def render_markdown(result: Review, title: str) -> str:
         rows = [r for r in result.rows if r.kind == kind]
         if rows:
             lines += [f"## {heading}", "", "| | stack | resource | statement |", "| --- | --- | --- | --- |"]
-            lines += [f"| {r.sign} | {r.stack} | `{r.logical_id}` | `{_cell(r.text)}` |" for r in rows]
+            lines += [f"| {r.sign} | {r.stack} | `{r.logical_id}` | `{markdown_cell(r.text)}` |" for r in rows]
             lines.append("")
     others = [c for c in result.changes if not c.destructive]
     if others:
         lines += ["## Every other change", "", "| stack | resource | type | change |", "| --- | --- | --- | --- |"]
-        lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {_cell(_describe(c))} |" for c in others]
+        lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {markdown_cell(_describe(c))} |" for c in others]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -436,7 +423,7 @@ def main(argv: Sequence[str] | None = None, session_factory=None) -> int:
         else:
             base = [s for s in read_assembly(Path(args.base)) if s.stage in {n.stage for n in new}]
         result = review(base, new, read_allowances(args.config))
-    except ReviewError as error:
+    except AssemblyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     scope = f"Release review of {stage or 'every environment'}"

@@ -29,13 +29,9 @@ from xml.etree import ElementTree
 from config.markers import EXAMPLE_VALUE
 from constructs_lib.compliance_packs import MIN_REASON_LENGTH
 from constructs_lib.compliance_packs import PACK_NAMES as PACKS
+from pipeline.assembly import PIPELINE_STAGE, AssemblyError, markdown_cell, read_json, stage_name, violations
 
 ACKNOWLEDGED_RULES = "aws:cdk:acknowledged-rules"
-PIPELINE_STAGE = "Pipeline"
-
-
-class AssemblyError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -70,53 +66,30 @@ def split_path(construct_path: str, stages: set[str]) -> tuple[str, str, str]:
 
 
 def stage_names(assembly: Path) -> set[str]:
-    manifest = _read_json(assembly / "manifest.json")
-    names = set()
-    for artifact in manifest.get("artifacts", {}).values():
-        if artifact.get("type") == "cdk:cloud-assembly":
-            names.add(artifact.get("displayName") or artifact["properties"]["directoryName"].split("-")[-1])
-    return {n.split("/")[-1] for n in names}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AssemblyError(f"{path}: not found (is this a cloud assembly? run `make synth` first)") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise AssemblyError(f"{path}: {error}") from None
+    manifest = read_json(assembly / "manifest.json")
+    return {stage_name(a) for a in manifest.get("artifacts", {}).values() if a.get("type") == "cdk:cloud-assembly"}
 
 
 def read_findings(assembly: Path, stages: set[str]) -> list[Entry]:
-    report_path = assembly / "validation-report.json"
-    if not report_path.exists():
-        return []  # no plugin reported anything
     entries = []
-    for plugin in _read_json(report_path).get("pluginReports", []):
-        for violation in plugin.get("violations", []):
-            for construct in violation.get("violatingConstructs", []):
-                stage, stack, path = split_path(construct.get("constructPath", "?"), stages)
-                rule = violation["ruleName"]
-                entries.append(Entry(stage, stack, pack_of(rule), rule, path, "open", violation.get("description", "")))
+    for _plugin, violation, construct_path in violations(assembly):
+        stage, stack, path = split_path(construct_path, stages)
+        rule = violation["ruleName"]
+        entries.append(Entry(stage, stack, pack_of(rule), rule, path, "open", violation.get("description", "")))
     return entries
 
 
 def read_example_values(assembly: Path, stage: str | None) -> list[str]:
     """The example values left in the config for `stage` (every stage and the pipeline when None), as synth named
     them: `staging.account = '222222222222'`."""
-    report_path = assembly / "validation-report.json"
-    if not report_path.exists():
-        return []
     stages = stage_names(assembly)
-    found = []
-    for plugin in _read_json(report_path).get("pluginReports", []):
-        for violation in plugin.get("violations", []):
-            if violation.get("ruleName") != f"Annotation::{EXAMPLE_VALUE}":
-                continue
-            for construct in violation.get("violatingConstructs", []):
-                if stage is None or split_path(construct.get("constructPath", ""), stages)[0] == stage:
-                    found.append(violation.get("description", "").split(" is an example value")[0])
-    return sorted(set(found))
+    found = {
+        violation.get("description", "").split(" is an example value")[0]
+        for _plugin, violation, construct_path in violations(assembly)
+        if violation.get("ruleName") == f"Annotation::{EXAMPLE_VALUE}"
+        and (stage is None or split_path(construct_path, stages)[0] == stage)
+    }
+    return sorted(found)
 
 
 def _metadata_files(assembly: Path) -> Iterable[Path]:
@@ -126,7 +99,7 @@ def _metadata_files(assembly: Path) -> Iterable[Path]:
 def read_acknowledgments(assembly: Path, stages: set[str]) -> list[Entry]:
     entries = []
     for metadata_file in _metadata_files(assembly):
-        for construct_path, items in _read_json(metadata_file).items():
+        for construct_path, items in read_json(metadata_file).items():
             for item in items:
                 if item.get("type") != ACKNOWLEDGED_RULES:
                     continue
@@ -196,10 +169,6 @@ def write_junit(path: Path, entries: Sequence[Entry], examples: Sequence[str] = 
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(entries: Sequence[Entry], title: str, examples: Sequence[str] = ()) -> str:
     counts = summary(entries)
     lines = [f"# {title}", "", "| pack | open | acknowledged |", "| --- | ---: | ---: |"]
@@ -212,7 +181,7 @@ def render_markdown(entries: Sequence[Entry], title: str, examples: Sequence[str
               f"{len(examples)} example value(s) left in the config.", ""]
     if examples:
         lines += ["## Example values left in the config (nothing deploys until they are replaced)", ""]
-        lines += [f"- `{_cell(example)}`" for example in examples]
+        lines += [f"- `{markdown_cell(example)}`" for example in examples]
         lines.append("")
     groups: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
@@ -222,13 +191,16 @@ def render_markdown(entries: Sequence[Entry], title: str, examples: Sequence[str
         open_entries = [e for e in group if e.status == "open"]
         if open_entries:
             lines += ["### Open findings", "", "| pack | rule | resource | description |", "| --- | --- | --- | --- |"]
-            lines += [f"| {e.pack} | `{_cell(e.rule)}` | `{_cell(e.path)}` | {_cell(e.detail)} |" for e in open_entries]
+            lines += [
+                f"| {e.pack} | `{markdown_cell(e.rule)}` | `{markdown_cell(e.path)}` | {markdown_cell(e.detail)} |"
+                for e in open_entries
+            ]
             lines.append("")
         acknowledged = [e for e in group if e.status == "acknowledged"]
         if acknowledged:
             lines += ["### Acknowledged", "", "| pack | rule | on | reason |", "| --- | --- | --- | --- |"]
             lines += [
-                f"| {e.pack} | `{_cell(e.rule)}` | `{_cell(e.path)}` | {_cell(e.detail) or '**(no reason)**'} |"
+                f"| {e.pack} | `{markdown_cell(e.rule)}` | `{markdown_cell(e.path)}` | {markdown_cell(e.detail) or '**(no reason)**'} |"
                 for e in acknowledged
             ]
             lines.append("")

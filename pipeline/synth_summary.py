@@ -17,6 +17,7 @@ from pathlib import Path
 
 from config.markers import EXAMPLE_VALUE
 from constructs_lib.compliance_packs import PACK_NAMES as COMPLIANCE_PACKS
+from pipeline.assembly import violations
 from pipeline.compliance import read_acknowledgments, stage_names
 
 
@@ -57,17 +58,11 @@ def iter_stacks(assembly_dir: Path):
 
 
 def read_findings(assembly_dir: Path) -> list[Finding]:
-    report_path = assembly_dir / "validation-report.json"
-    if not report_path.exists():
-        return []
-    report = json.loads(report_path.read_text())
-    findings = []
-    for plugin in report.get("pluginReports", []):
-        for violation in plugin.get("violations", []):
-            for construct in violation.get("violatingConstructs", []):
-                findings.append(Finding(plugin["pluginName"], violation["ruleName"], construct.get("constructPath", "?"),
-                                        violation.get("severity", "error"), violation.get("description", "")))
-    return findings
+    return [
+        Finding(plugin, violation["ruleName"], construct_path, violation.get("severity", "error"),
+                violation.get("description", ""))
+        for plugin, violation, construct_path in violations(assembly_dir)
+    ]
 
 
 def count_acknowledgments(assembly_dir: Path) -> Counter:
