@@ -6,6 +6,10 @@ id, and CloudFormation would replace the resource: a new, empty database. A `Gro
 out of its resources' logical ids, as CDK already does for a child called `Default`: at synth, before any reference is
 resolved, it gives each element below it the id CDK would give it without the group. The committed logical-id lock
 (`tests/data/stateful_logical_ids.json`) and the template comparison in the tests prove a refactor kept them.
+
+The aspect that does it sits on an empty leaf of the group, not on the group: CDK calls an aspect once for every
+construct below the one it is added to, and each call from CDK (Node.js) into Python is a round trip; on the leaf it is
+called once, and walks the group's elements in one request.
 """
 
 from __future__ import annotations
@@ -32,23 +36,30 @@ class Group(Construct):
         stack = Stack.of(self)
         stack_path, path = stack.node.path, self.node.path
         below = path.removeprefix(f"{stack_path}/").split("/") if stack_path else path.split("/")
-        Aspects.of(self).add(_KeepLogicalIds(stack_path, len(below) - 1), priority=AspectPriority.MUTATING)
         if any(isinstance(scope, Group) for scope in self.node.scopes[:-1]):
             raise TypeError(f"{path}: a Group inside a Group")
+        keeper = Construct(self, _KEEPER_ID)
+        Aspects.of(keeper).add(_KeepLogicalIds(self, stack_path, len(below) - 1), priority=AspectPriority.MUTATING)
+
+
+_KEEPER_ID = "KeepLogicalIds"  # an empty construct: no element, so no logical id of its own
 
 
 @jsii.implements(IAspect)
 class _KeepLogicalIds:
     """Give every CloudFormation element below a group the logical id it would have without the group's id."""
 
-    def __init__(self, stack_path: str, group_depth: int) -> None:
+    def __init__(self, group: Construct, stack_path: str, group_depth: int) -> None:
+        self._group = group
         self._prefix = f"{stack_path}/" if stack_path else ""
         self._depth = group_depth  # the group's index in paths below the stack
 
     def visit(self, node: IConstruct) -> None:
-        if isinstance(node, CfnElement):
-            components = node.node.path.removeprefix(self._prefix).split("/")
-            node.override_logical_id(unique_id(components[: self._depth] + components[self._depth + 1 :]))
+        # Called once, for the leaf; at that point (mutating priority, before references resolve) the group is complete.
+        for element in self._group.node.find_all():
+            if isinstance(element, CfnElement):
+                components = element.node.path.removeprefix(self._prefix).split("/")
+                element.override_logical_id(unique_id(components[: self._depth] + components[self._depth + 1 :]))
 
 
 def unique_id(components: list[str]) -> str:

@@ -94,6 +94,21 @@ def test_a_group_keeps_its_resources_logical_ids():
     assert _logical_ids(plain) == _logical_ids(grouped) == ["Postgres9DC8BB04", "Secret"]
 
 
+def test_a_group_is_one_call_from_cdk_into_python_not_one_per_construct(monkeypatch):
+    """Each aspect call crosses from Node.js into Python: a group's aspect runs once, however many constructs it holds."""
+    from constructs_lib import stable_ids
+
+    visits = []
+    original = stable_ids._KeepLogicalIds.visit
+    monkeypatch.setattr(stable_ids._KeepLogicalIds, "visit", lambda self, node: visits.append(node) or original(self, node))
+    app = App()
+    group = Group(Stack(app, "Grouped"), "Many")
+    for index in range(20):
+        CfnResource(Construct(group, f"Part{index}"), "Resource", type="Test::Thing")
+    assert _logical_ids(Stack.of(group)) == sorted(unique_id([f"Part{i}", "Resource"]) for i in range(20))
+    assert len(visits) == 1
+
+
 def test_groups_do_not_nest():
     with pytest.raises(TypeError, match="a Group inside a Group"):
         Group(Group(Stack(App(), "S"), "Outer"), "Inner")
