@@ -112,7 +112,7 @@ doctor: setup ## Check the set-up with the pipeline account's credentials: boots
 test: ## ruff, then the whole test suite on every core (real CDK synths, cfn-lint, moto, PostgreSQL, the LiteLLM proxy)
 	@$(MAKE) --no-print-directory -j3 setup-dev test-deps
 	ruff check .
-	python -m pytest -n auto --dist loadfile
+	python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 schema: setup ## Regenerate config/environments.schema.json from the config model (config/model.py)
 	python -m config.schema

@@ -1,87 +1,82 @@
-"""One real `cdk synth` (the CDK CLI, the pinned Node.js, the app's cdk.json) per test run, shared by the xdist
-workers: the first worker that needs an assembly synthesizes it under a file lock, the others read it."""
+"""Shared fixtures. The real `cdk synth` runs (the CDK CLI, the pinned Node.js, the app's cdk.json) start in the
+background at collection, once per test run, and the xdist workers share them (tests/synths.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass
 from http.server import HTTPServer
-from pathlib import Path
 
 import boto3
 import pytest
-from filelock import FileLock
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
-from config.loader import DEFAULT_CONFIG_PATH, load_config
-from tests.assembly import ROOT, Assembly
+from config.loader import load_config
+from tests.assembly import Assembly
 from tests.certificates import LocalCA
 from tests.cfn_server import ResponseRecorder
 from tests.postgres_server import PostgresServer
+from tests.synths import FIXTURES, Synths
+from tests.tls_servers import SHUTDOWN_POLL
 
 # The Stages of the shipped config, in promotion order: Staging, Production.
 STAGES = tuple(environment.stage_id for environment in load_config().environments)
 
 
-def tool_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), str(ROOT / ".venv" / "bin"), env["PATH"]])
-    return env
+# The modules that run longest once their assembly is there: the LiteLLM proxy's start, the release review's runs,
+# cfn-lint over every template.
+LONGEST_AFTER_SYNTH = ("tests.test_litellm_proxy", "tests.test_changes", "tests.test_cfn_lint")
 
 
-def cdk_synth(outdir: Path, *args: str) -> None:
-    """Run the pinned CDK CLI exactly as `make synth` does (an open compliance finding fails it)."""
-    result = subprocess.run(
-        ["cdk", "synth", "--quiet", "--output", str(outdir), *args],
-        cwd=ROOT,
-        env=tool_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"cdk synth failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-5000:]}")
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection: start only the synths the selected tests read
+def pytest_collection_modifyitems(session, config, items):
+    """Start the synths the collected tests need, and run the modules that need none first (their servers and
+    processes wait a lot: the synths use those cores meanwhile). Modules stay whole: xdist runs one per worker."""
+    needed = {FIXTURES[name] for item in items for name in item.fixturenames if name in FIXTURES}
+    if not needed:
+        return
+    synths = _synths(config)
+    for name in sorted(needed):
+        synths.start(name)
+    reads_assembly = {item.module.__name__ for item in items if FIXTURES.keys() & set(item.fixturenames)}
+    # Stable sort: collection order otherwise. Of the modules that wait for an assembly, the longest go first, so that
+    # neither worker is left alone with one of them at the end (a scheduling hint only).
+    def rank(item) -> tuple[bool, int]:
+        name = item.module.__name__
+        longest = LONGEST_AFTER_SYNTH.index(name) if name in LONGEST_AFTER_SYNTH else len(LONGEST_AFTER_SYNTH)
+        return name in reads_assembly, longest
+
+    items.sort(key=rank)
 
 
-def shared(tmp_path_factory, name: str, build) -> Path:
-    """`build(directory)` once per test run, whichever worker comes first; every worker gets the directory."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the run's directory, above the workers' own
-    directory = root / f"shared-{name}"
-    with FileLock(str(root / f"shared-{name}.lock")):
-        if not (directory / ".done").exists():
-            directory.mkdir(exist_ok=True)
-            build(directory)
-            (directory / ".done").write_text("")
-    return directory
+def pytest_sessionfinish(session, exitstatus):
+    if hasattr(session.config, "_coder_synths"):
+        session.config._coder_synths.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+
+
+def _synths(config) -> Synths:
+    if not hasattr(config, "_coder_synths"):
+        # The run's directory, shared by its xdist workers (each worker's own is one level below it).
+        root = config._tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            root = root.parent
+        config._coder_synths = Synths(root)
+    return config._coder_synths
 
 
 @pytest.fixture(scope="session")
-def assembly(tmp_path_factory) -> Assembly:
-    directory = shared(tmp_path_factory, "cdk", lambda d: cdk_synth(d / "cdk.out"))
-    return Assembly.load(directory / "cdk.out")
-
-
-THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
+def assembly(request) -> Assembly:
+    return Assembly.load(_synths(request.config).assembly_directory("cdk"))
 
 
 @pytest.fixture(scope="session")
-def three_environments(tmp_path_factory) -> Assembly:
+def three_environments(request) -> Assembly:
     """The committed three-environment example, synthesized by the real CLI as the README says."""
-    directory = shared(tmp_path_factory, "three", lambda d: cdk_synth(d / "cdk.out", "-c", f"config={THREE_ENVIRONMENTS}"))
-    return Assembly.load(directory / "cdk.out")
-
-
-VARIANT_EMAIL = "platform-oncall@example.com"
-VARIANT_SECRET_VERSION = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
-VARIANT_COPY_VAULT = "arn:aws:backup:us-east-1:555555555555:backup-vault:coder-staging-copies"
+    return Assembly.load(_synths(request.config).assembly_directory("three"))
 
 
 @dataclass
@@ -91,31 +86,12 @@ class VariantSynth:
 
 
 @pytest.fixture(scope="session")
-def variant(tmp_path_factory) -> VariantSynth:
-    """The session's only other synth: the real CLI on tests/apps/planted_finding.py (the app plus unacknowledged
-    buckets, which must fail synth) with a config variant (a notification e-mail, a pinned OIDC secret version and a
-    backup copy vault in staging). The app writes its whole assembly before the CLI refuses it, so the variant's templates are readable."""
-    directory = shared(tmp_path_factory, "variant", _synthesize_variant)
-    result = json.loads((directory / "result.json").read_text())
-    return VariantSynth(subprocess.CompletedProcess(result["args"], result["returncode"], result["stdout"], result["stderr"]),
-                        Assembly.load(directory / "cdk.out"))
-
-
-def _synthesize_variant(directory: Path) -> None:
-    base = DEFAULT_CONFIG_PATH.read_text()
-    text = base.replace('notification_email = ""', f'notification_email = "{VARIANT_EMAIL}"', 1).replace(
-        'client_secret_version = ""', f'client_secret_version = "{VARIANT_SECRET_VERSION}"', 1
-    ).replace('copy_vault_arn = ""', f'copy_vault_arn = "{VARIANT_COPY_VAULT}"', 1)
-    assert text.count(VARIANT_EMAIL) == 1 and text.count(VARIANT_SECRET_VERSION) == 1 and text.count(VARIANT_COPY_VAULT) == 1
-    (directory / "variant.toml").write_text(text)
-    outdir = directory / "cdk.out"
-    result = subprocess.run(
-        ["cdk", "synth", "--quiet", "--app", f"{sys.executable} tests/apps/planted_finding.py",
-         "-c", f"config={directory / 'variant.toml'}", "--output", str(outdir)],
-        cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=600,
-    )
-    (directory / "result.json").write_text(json.dumps(
-        {"args": result.args, "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}))
+def variant(request) -> VariantSynth:
+    """The real CLI on tests/apps/planted_finding.py (the app plus unacknowledged buckets, which must fail synth)
+    with a config variant (see tests/synths.py). The app writes its whole assembly before the CLI refuses it, so the
+    variant's templates are readable."""
+    synths = _synths(request.config)
+    return VariantSynth(synths.result("variant"), Assembly.load(synths.directory("variant") / "cdk.out"))
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +120,7 @@ def response_url(tmp_path, monkeypatch):
     server.socket = tls.wrap_socket(server.socket, server_side=True)
     # The handler verifies the server certificate against the default trust store: make it trust this CA only.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca.bundle))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True)
     thread.start()
     yield f"https://127.0.0.1:{server.server_port}/response?signed=1"
     server.shutdown()

@@ -78,7 +78,7 @@ class PostgresServer:
         server = cls(directory, _free_port(), admin_password, superuser_password, bindir, run_as)
         server._run(
             bindir / "initdb", "-D", data, "-U", SUPERUSER, "--pwfile", directory / "pwfile",
-            "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-instructions",
+            "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-instructions", "--no-sync",
         )
         (data / "pg_hba.conf").write_text(
             "hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n"
@@ -86,6 +86,9 @@ class PostgresServer:
         options = (
             f"-p {server.port} -c listen_addresses=127.0.0.1 -k {directory} -c ssl=on "
             f"-c ssl_cert_file={cert_file} -c ssl_key_file={key_file} -c password_encryption=scram-sha-256"
+            # A throwaway server: nothing to keep across a crash, so no waiting on the disk (CREATE DATABASE and
+            # DROP DATABASE in every test otherwise wait for fsync behind the synths' writes).
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )
         server._run(bindir / "pg_ctl", "-D", data, "-o", options, "-l", directory / "server.log", "-w", "start")
         with server.connect(SUPERUSER, server.superuser_password) as su:

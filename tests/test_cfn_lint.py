@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from tests.assembly import ROOT
-from tests.conftest import tool_env
+from tests.synths import tool_env
 
 
 def test_every_template_passes_cfn_lint(assembly):

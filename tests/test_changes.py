@@ -16,6 +16,7 @@ import pytest
 
 from tests.assembly import ROOT
 from tests.test_config import BASE
+from tests.tls_servers import SHUTDOWN_POLL
 
 ALLOW_DATABASE = ('\n[[environments.allowed_changes]]\nstack = "Data"\nlogical_id = "Postgres9DC8BB04"\n'
                   'reason = "moving to a new instance restored from the final snapshot (change 4711)"\n')
@@ -237,7 +238,7 @@ class Refusing(BaseHTTPRequestHandler):
 
 def test_deployed_mode_denied_or_without_credentials_exits_2(assembly):
     server = HTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True).start()
     try:
         denied = run("--base", "deployed", "--assembly", str(assembly.directory), "--stage", "Production",
                      env=aws_env(f"http://127.0.0.1:{server.server_port}"))

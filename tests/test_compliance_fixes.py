@@ -115,7 +115,7 @@ def test_compliance_report_of_each_stage_refuses_only_the_shipped_example_values
 
 
 def test_backups_copy_to_a_vault_in_another_region_when_configured(assembly, variant):
-    from tests.conftest import VARIANT_COPY_VAULT
+    from tests.synths import VARIANT_COPY_VAULT
 
     (rule,) = variant.assembly.stack("Staging", "Data").one("AWS::Backup::BackupPlan")["BackupPlan"]["BackupPlanRule"]
     assert rule["CopyActions"] == [{"DestinationBackupVaultArn": VARIANT_COPY_VAULT, "Lifecycle": {"DeleteAfterDays": 35}}]

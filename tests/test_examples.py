@@ -6,7 +6,7 @@ import json
 
 from config.loader import load_config
 from pipeline.synth_summary import read_findings
-from tests.conftest import THREE_ENVIRONMENTS
+from tests.synths import THREE_ENVIRONMENTS
 
 
 def _stages(assembly) -> dict[str, list[dict]]:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import VARIANT_EMAIL
+from tests.synths import VARIANT_EMAIL
 from tests.test_config import BASE, problems_of
 
 LAYERS = ("Network", "Data", "Platform", "Observability")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app import pinned_cli_version, pinned_version
-from tests.conftest import VARIANT_EMAIL
+from tests.synths import VARIANT_EMAIL
 
 
 @pytest.fixture(scope="module")

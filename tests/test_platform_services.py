@@ -10,7 +10,7 @@ import pytest
 
 from constructs_lib.litellm_config import load_litellm_config
 from tests.assembly import ROOT
-from tests.conftest import VARIANT_SECRET_VERSION
+from tests.synths import VARIANT_SECRET_VERSION
 
 SECRET_LIKE_VALUE = re.compile(r"(sk-|pk-lf-|sk-lf-)[A-Za-z0-9]{16,}|-----BEGIN|AKIA[0-9A-Z]{16}")
 SECRET_LIKE_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL")

@@ -82,12 +82,12 @@ def test_one_service_answers_5xx(ca, tmp_path):
     routes = healthy_routes() | {f"ai.{DOMAIN}": fixed(503, "/health/readiness")}
     report = tmp_path / "smoke.xml"
     with alb(ca, routes) as server:
-        code, out, err, elapsed = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "3",
-                                          "--interval", "0.5", "--junit", str(report), *check_args(*CHECKS))
+        code, out, err, elapsed = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "1",
+                                          "--interval", "0.25", "--junit", str(report), *check_args(*CHECKS))
     assert code == 1
     assert "FAIL litellm" in out and "503 Service Unavailable" in out
     assert "PASS coder" in out and out.strip().endswith("3/4 passed")
-    assert elapsed < 3 + 5, "the run outlasted its deadline"
+    assert elapsed < 1 + 5, "the run outlasted its deadline"
     failures = [c for c in ElementTree.parse(report).getroot().iter("testcase") if c.find("failure") is not None]
     assert [c.get("name") for c in failures] == ["litellm"]
     assert failures[0].find("failure").get("message") == "503 Service Unavailable"
@@ -95,16 +95,16 @@ def test_one_service_answers_5xx(ca, tmp_path):
 
 def test_host_the_server_does_not_serve(ca):
     with alb(ca, healthy_routes()) as server:
-        code, out, err, _ = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "2",
-                                    "--interval", "0.5", *check_args(f"ghost=ghost.{DOMAIN}/health"))
+        code, out, err, _ = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "1",
+                                    "--interval", "0.25", *check_args(f"ghost=ghost.{DOMAIN}/health"))
     # ghost.<domain> is covered by the wildcard certificate, but no rule claims it: the listener's 404.
     assert code == 1 and "FAIL ghost" in out and "404 Not Found" in out
 
 
 def test_certificate_that_does_not_match_the_host(ca):
     with alb(ca, healthy_routes() | {"billing.example.test": fixed(200)}) as server:
-        code, out, err, _ = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "2",
-                                    "--interval", "0.5", *check_args("billing=billing.example.test/health"))
+        code, out, err, _ = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "1",
+                                    "--interval", "0.25", *check_args("billing=billing.example.test/health"))
     assert code == 1
     assert "FAIL billing" in out and "TLS error" in out and "Hostname mismatch" in out
     assert "Traceback" not in err
@@ -113,32 +113,32 @@ def test_certificate_that_does_not_match_the_host(ca):
 def test_untrusted_certificate_authority(ca, tmp_path):
     other_ca = LocalCA(tmp_path / "other")
     with alb(ca, healthy_routes()) as server:
-        code, out, _, _ = run_cli("--connect", server.address, "--ca-bundle", str(other_ca.bundle), "--deadline", "2",
+        code, out, _, _ = run_cli("--connect", server.address, "--ca-bundle", str(other_ca.bundle), "--deadline", "1",
                                   *check_args(CHECKS[0]))
     assert code == 1 and "TLS error" in out and "unable to get local issuer certificate" in out
 
 
 def test_unreachable_address_is_refused_not_a_traceback(ca):
-    code, out, err, elapsed = run_cli("--connect", closed_port(), "--ca-bundle", str(ca.bundle), "--deadline", "2",
-                                      "--interval", "0.5", *check_args(*CHECKS[:2]))
+    code, out, err, elapsed = run_cli("--connect", closed_port(), "--ca-bundle", str(ca.bundle), "--deadline", "1",
+                                      "--interval", "0.25", *check_args(*CHECKS[:2]))
     assert code == 1
     assert out.count("connection refused") == 2
-    assert "Traceback" not in err and elapsed < 2 + 5
+    assert "Traceback" not in err and elapsed < 1 + 5
 
 
 def test_silent_server_times_out_within_the_deadline(ca):
     with SilentServer() as silent:
-        code, out, err, elapsed = run_cli("--connect", silent.address, "--ca-bundle", str(ca.bundle), "--deadline", "3",
+        code, out, err, elapsed = run_cli("--connect", silent.address, "--ca-bundle", str(ca.bundle), "--deadline", "1.5",
                                           *check_args(CHECKS[0]))
     assert code == 1 and "FAIL coder" in out and "timeout" in out
-    assert elapsed < 3 + 5, f"took {elapsed:.1f} s for a 3 s deadline"
+    assert elapsed < 1.5 + 5, f"took {elapsed:.1f} s for a 1.5 s deadline"
 
 
 def test_service_that_turns_healthy_before_the_deadline_passes(ca):
-    routes = healthy_routes() | {f"slow.{DOMAIN}": healthy_after(1.5, "/health")}
+    routes = healthy_routes() | {f"slow.{DOMAIN}": healthy_after(0.6, "/health")}
     with alb(ca, routes) as server:
         code, out, err, elapsed = run_cli("--connect", server.address, "--ca-bundle", str(ca.bundle), "--deadline", "20",
-                                          "--interval", "0.5", *check_args(f"slow=slow.{DOMAIN}/health"))
+                                          "--interval", "0.2", *check_args(f"slow=slow.{DOMAIN}/health"))
     assert code == 0, out
     attempts = int(out.split("(")[1].split(" ")[0])
     assert attempts >= 3 and "PASS slow" in out
@@ -235,7 +235,7 @@ def test_target_health(aws, monkeypatch, capsys, tmp_path, states, ok, detail):
     report = tmp_path / "health.xml"
     # moto keeps each account apart: the role is in the account that holds the target group, as in a Stage.
     code = smoke.main(["--target-group", arn, "--role-arn", "arn:aws:iam::123456789012:role/smoke",
-                       "--region", "us-west-2", "--deadline", "1", "--interval", "0.2", "--junit", str(report)])
+                       "--region", "us-west-2", "--deadline", "0.5", "--interval", "0.1", "--junit", str(report)])
     out = capsys.readouterr().out
     assert code == (0 if ok else 1)
     assert detail in out

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+SHUTDOWN_POLL = 0.05  # seconds: how often a test server's loop checks for shutdown
+
 Responder = Callable[[str], tuple[int, dict[str, str]]]  # path -> (status, headers)
 
 
@@ -70,7 +72,8 @@ class FakeAlb:
                 pass  # failed handshakes are what some tests provoke
 
         self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits up to one poll interval: 0.5 s by default, at the end of every test.
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL}, daemon=True)
 
     @property
     def address(self) -> str:

@@ -1,0 +1,127 @@
+"""The test run's three real `cdk synth` runs, started in the background as soon as the tests are collected.
+
+A synth is mostly one core of CPU for ~10 s. Started when the first test asks for it, it left that test's worker
+waiting (and its core idle) for the whole synth; started at collection, it runs while the workers go through the
+tests that need no assembly (servers, moto, PostgreSQL, the LiteLLM proxy), which spend much of their time waiting.
+Whichever worker collects first starts each synth (an exclusive `.started` file); every worker reads the result.
+
+`python -m tests.synths NAME DIRECTORY` is the background job: it runs one synth and writes `result.json`, then
+`.done`, into DIRECTORY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from config.loader import DEFAULT_CONFIG_PATH
+from tests.assembly import ROOT
+
+THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
+VARIANT_EMAIL = "platform-oncall@example.com"
+VARIANT_SECRET_VERSION = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
+VARIANT_COPY_VAULT = "arn:aws:backup:us-east-1:555555555555:backup-vault:coder-staging-copies"
+
+# The fixture that reads each synth's assembly, and the synth's name (its directory under the run's directory).
+FIXTURES = {"assembly": "cdk", "three_environments": "three", "variant": "variant"}
+TIMEOUT_SECONDS = 600
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(ROOT / "node_modules" / ".bin"), str(ROOT / ".venv" / "bin"), env["PATH"]])
+    return env
+
+
+def _command(name: str, directory: Path) -> list[str]:
+    outdir = str(directory / "cdk.out")
+    if name == "cdk":  # exactly what `make synth` runs
+        return ["cdk", "synth", "--quiet", "--output", outdir]
+    if name == "three":  # the committed example, as the README says
+        return ["cdk", "synth", "--quiet", "--output", outdir, "-c", f"config={THREE_ENVIRONMENTS}"]
+    if name == "variant":
+        # The app plus unacknowledged buckets (tests/apps/planted_finding.py), which must fail synth, with a config
+        # variant: a notification e-mail, a pinned OIDC secret version and a backup copy vault in staging.
+        text = DEFAULT_CONFIG_PATH.read_text()
+        for old, new in (('notification_email = ""', VARIANT_EMAIL), ('client_secret_version = ""', VARIANT_SECRET_VERSION),
+                         ('copy_vault_arn = ""', VARIANT_COPY_VAULT)):
+            text = text.replace(old, old.replace('""', f'"{new}"'), 1)
+            if text.count(new) != 1:
+                raise RuntimeError(f"the variant could not set {new!r}: {DEFAULT_CONFIG_PATH} changed shape")
+        (directory / "variant.toml").write_text(text)
+        return ["cdk", "synth", "--quiet", "--app", f"{sys.executable} tests/apps/planted_finding.py",
+                "-c", f"config={directory / 'variant.toml'}", "--output", outdir]
+    raise ValueError(f"unknown synth {name!r}")
+
+
+def run(name: str, directory: Path) -> None:
+    """The background job: one synth, its outcome in result.json, then .done."""
+    try:
+        args = _command(name, directory)
+        result = subprocess.run(args, cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
+        outcome = {"args": args, "returncode": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+    except Exception as error:  # noqa: BLE001 - whatever went wrong, the waiting tests must see it, not time out
+        outcome = {"args": [name], "returncode": -1, "stdout": "", "stderr": f"{type(error).__name__}: {error}"}
+    (directory / "result.json").write_text(json.dumps(outcome))
+    (directory / ".done").write_text("")
+
+
+class Synths:
+    """The synths of one test run, under the run's directory (shared by its xdist workers)."""
+
+    def __init__(self, run_directory: Path) -> None:
+        self.root = run_directory
+        self.started: list[subprocess.Popen] = []
+
+    def directory(self, name: str) -> Path:
+        return self.root / f"synth-{name}"
+
+    def start(self, name: str) -> None:
+        """Start the synth unless another worker already did."""
+        directory = self.directory(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(directory / ".started", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+        log = open(directory / "job.log", "w")  # noqa: SIM115 - the job's own output, kept for a failed run
+        # A session of its own: an interrupted run stops the job, the CLI and the app together.
+        self.started.append(subprocess.Popen([sys.executable, "-m", "tests.synths", name, str(directory)], cwd=ROOT,
+                                             stdout=log, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True))
+        log.close()
+
+    def result(self, name: str) -> subprocess.CompletedProcess:
+        """Wait for the synth (starting it if nobody has) and return how the CLI ended."""
+        self.start(name)
+        done = self.directory(name) / ".done"
+        deadline = time.monotonic() + TIMEOUT_SECONDS + 60
+        while not done.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"synth {name} did not finish; see {self.directory(name) / 'job.log'}")
+            time.sleep(0.1)
+        outcome = json.loads((self.directory(name) / "result.json").read_text())
+        return subprocess.CompletedProcess(outcome["args"], outcome["returncode"], outcome["stdout"], outcome["stderr"])
+
+    def assembly_directory(self, name: str) -> Path:
+        """The cloud assembly of a synth that must pass (an open compliance finding fails it)."""
+        result = self.result(name)
+        if result.returncode != 0:
+            raise AssertionError(f"cdk synth failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-5000:]}")
+        return self.directory(name) / "cdk.out"
+
+    def finish(self, interrupted: bool) -> None:
+        """End of this worker's session: other workers may still need the synths it started, so wait for them; an
+        interrupted run stops them instead."""
+        for process in self.started:
+            if interrupted and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=TIMEOUT_SECONDS + 60)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], Path(sys.argv[2]))
