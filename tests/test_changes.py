@@ -3,6 +3,8 @@ against what is deployed (a real moto server over HTTP)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import changes
 from tests.assembly import ROOT
 from tests.test_config import BASE
 from tests.tls_servers import SHUTDOWN_POLL
@@ -22,9 +25,20 @@ ALLOW_DATABASE = ('\n[[environments.allowed_changes]]\nstack = "Data"\nlogical_i
                   'reason = "moving to a new instance restored from the final snapshot (change 4711)"\n')
 
 
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.changes", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env=env)
+def run(*args: str, env: dict | None = None, process: bool = False) -> subprocess.CompletedProcess:
+    """The review as the pipeline runs it: `python -m pipeline.changes` in a process of its own when `process` or an
+    environment is given; otherwise its main() in this process (the same code, without paying the interpreter's
+    start and cfn-lint's import on every call)."""
+    if process or env is not None:
+        return subprocess.run([sys.executable, "-m", "pipeline.changes", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120, env=env)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = changes.main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return subprocess.CompletedProcess(["pipeline.changes", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -43,9 +57,9 @@ def edit(assembly, tmp_path):
     return change
 
 
-def report(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+def report(tmp_path: Path, *args: str, process: bool = False) -> tuple[subprocess.CompletedProcess, dict, str]:
     result = run(*args, "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
-                 "--junit", str(tmp_path / "r.xml"))
+                 "--junit", str(tmp_path / "r.xml"), process=process)
     data = json.loads((tmp_path / "r.json").read_text()) if (tmp_path / "r.json").exists() else {}
     return result, data, (tmp_path / "r.md").read_text() if (tmp_path / "r.md").exists() else ""
 
@@ -56,7 +70,8 @@ def changed(data: dict, logical_id: str) -> dict:
 
 
 def test_no_change_is_an_empty_review(assembly, tmp_path):
-    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(assembly.directory))
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(assembly.directory),
+                                    process=True)
     assert result.returncode == 0, result.stderr
     assert data["summary"] == {"added": 0, "removed": 0, "changed": 0, "replaced": 0, "blocking": 0}
     assert "blocking: none" in result.stdout
