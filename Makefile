@@ -37,12 +37,16 @@ $(PY_STAMP): requirements.txt constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-compile -r requirements.txt -c constraints.txt
-	@# pip byte-compiles one file at a time; compileall uses every core (the CDK app never writes .pyc itself).
-	$(VENV)/bin/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
+	@# pip byte-compiles one file at a time; compileall uses every core. The CDK app runs optimized (`python -O`, see
+	@# cdk.json): its byte code is level 1. (jsii checks argument types in Python only when not optimized; its Node.js
+	@# kernel checks them again either way.)
+	$(VENV)/bin/python -m compileall -q -j 0 -o 1 $(VENV)/lib > /dev/null
 	touch $@
 
 $(DEV_STAMP): requirements-dev.txt constraints.txt $(PY_STAMP)
-	$(VENV)/bin/python -m pip install --quiet --progress-bar off -r requirements-dev.txt -c constraints.txt
+	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-compile -r requirements-dev.txt -c constraints.txt
+	@# The tests import the CDK libraries unoptimized, in-process: level 0 byte code as well.
+	$(VENV)/bin/python -m compileall -q -j 0 -o 0 $(VENV)/lib > /dev/null
 	touch $@
 
 $(NODE_STAMP): package.json package-lock.json

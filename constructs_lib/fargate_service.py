@@ -337,7 +337,8 @@ class FargateService(Construct):
 
     def target_metric(self, metric: str, statistic: str, period: Duration, label: str | None = None) -> cloudwatch.Metric:
         """A metric of this service's own target group (AWS/ApplicationELB), e.g. UnHealthyHostCount."""
-        assert self.target_group is not None and self._load_balancer_name is not None, "only for a routed service"
+        if self.target_group is None or self._load_balancer_name is None:
+            raise TypeError(f"{self.node.path}: target-group metrics exist only for a service behind the load balancer")
         return cloudwatch.Metric(
             namespace="AWS/ApplicationELB", metric_name=metric, statistic=statistic, period=period, label=label,
             dimensions_map={"LoadBalancer": self._load_balancer_name, "TargetGroup": self.target_group.target_group_full_name},

@@ -54,7 +54,7 @@ def _command(name: str, directory: Path) -> list[str]:
             if text.count(new) != 1:
                 raise RuntimeError(f"the variant could not set {new!r}: {DEFAULT_CONFIG_PATH} changed shape")
         (directory / "variant.toml").write_text(text)
-        return ["cdk", "synth", "--quiet", "--app", f"{sys.executable} tests/apps/planted_finding.py",
+        return ["cdk", "synth", "--quiet", "--app", f"{sys.executable} -O tests/apps/planted_finding.py",
                 "-c", f"config={directory / 'variant.toml'}", "--output", outdir]
     raise ValueError(f"unknown synth {name!r}")
 
