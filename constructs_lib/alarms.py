@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from aws_cdk import Duration, Stack
@@ -85,10 +86,14 @@ class Alarms:
             datapoints_to_alarm=datapoints or periods,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        action = actions.SnsAction(self.topic)
-        alarm.add_alarm_action(action)
-        alarm.add_ok_action(action)
+        alarm.add_alarm_action(self._action)
+        alarm.add_ok_action(self._action)
         return alarm
+
+    @functools.cached_property
+    def _action(self) -> actions.SnsAction:
+        """One action object for every alarm (it only names the topic): each object made costs a call into CDK."""
+        return actions.SnsAction(self.topic)
 
 
 ONE_MINUTE = Duration.minutes(1)
