@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(session, config, items):
     """Start the synths the collected tests need, and run the modules that need none first (their servers and
     processes wait a lot: the synths use those cores meanwhile). Modules stay whole: xdist runs one per worker."""
     needed = {FIXTURES[name] for item in items for name in item.fixturenames if name in FIXTURES}
-    if not needed:
+    if not needed or config.option.collectonly:
         return
     synths = _synths(config)
     for name in sorted(needed):
