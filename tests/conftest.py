@@ -23,6 +23,10 @@ from tests.postgres_server import PostgresServer
 from tests.synths import FIXTURES, Synths
 from tests.tls_servers import SHUTDOWN_POLL
 
+# moto builds every region's EC2 backend with its catalogue of public AMIs (a second and more per test that touches
+# EC2); no test uses an AMI.
+os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
 # The Stages of the shipped config, in promotion order: Staging, Production.
 STAGES = tuple(environment.stage_id for environment in load_config().environments)
 
