@@ -9,7 +9,9 @@ resolved, it gives each element below it the id CDK would give it without the gr
 
 The aspect that does it sits on an empty leaf of the group, not on the group: CDK calls an aspect once for every
 construct below the one it is added to, and each call from CDK (Node.js) into Python is a round trip; on the leaf it is
-called once, and walks the group's elements in one request.
+called once, and walks the group's elements in one request. An element that another aspect adds to the group after
+that walk (CDK visits in tree order) would keep the group's id in its logical id: a validation of the group fails
+synth then, naming it, rather than let CloudFormation replace the resource.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import re
 
 import jsii
 from aws_cdk import AspectPriority, Aspects, CfnElement, IAspect, Stack
-from constructs import Construct, IConstruct
+from constructs import Construct, IConstruct, IValidation
 
 _HIDDEN_ID = "Default"  # CDK leaves this id out of logical ids
 _HIDDEN_FROM_HUMAN_ID = "Resource"  # ... and this one out of their readable part
@@ -38,28 +40,43 @@ class Group(Construct):
         below = path.removeprefix(f"{stack_path}/").split("/") if stack_path else path.split("/")
         if any(isinstance(scope, Group) for scope in self.node.scopes[:-1]):
             raise TypeError(f"{path}: a Group inside a Group")
-        keeper = Construct(self, _KEEPER_ID)
-        Aspects.of(keeper).add(_KeepLogicalIds(self, stack_path, len(below) - 1), priority=AspectPriority.MUTATING)
+        keeper = _KeepLogicalIds(self, stack_path, len(below) - 1)
+        Aspects.of(Construct(self, _KEEPER_ID)).add(keeper, priority=AspectPriority.MUTATING)
+        self.node.add_validation(keeper)
 
 
 _KEEPER_ID = "KeepLogicalIds"  # an empty construct: no element, so no logical id of its own
 
 
-@jsii.implements(IAspect)
+@jsii.implements(IAspect, IValidation)
 class _KeepLogicalIds:
-    """Give every CloudFormation element below a group the logical id it would have without the group's id."""
+    """Give every CloudFormation element below a group the logical id it would have without the group's id; at
+    validation, refuse elements that arrived after."""
 
     def __init__(self, group: Construct, stack_path: str, group_depth: int) -> None:
         self._group = group
         self._prefix = f"{stack_path}/" if stack_path else ""
         self._depth = group_depth  # the group's index in paths below the stack
+        self._kept: set[str] = set()  # paths
+
+    def _elements(self) -> list[CfnElement]:
+        return [element for element in self._group.node.find_all() if isinstance(element, CfnElement)]
 
     def visit(self, node: IConstruct) -> None:
-        # Called once, for the leaf; at that point (mutating priority, before references resolve) the group is complete.
-        for element in self._group.node.find_all():
-            if isinstance(element, CfnElement):
-                components = element.node.path.removeprefix(self._prefix).split("/")
-                element.override_logical_id(unique_id(components[: self._depth] + components[self._depth + 1 :]))
+        # Called once, for the leaf, before references resolve (aspects run before CDK prepares the app).
+        for element in self._elements():
+            path = element.node.path
+            components = path.removeprefix(self._prefix).split("/")
+            element.override_logical_id(unique_id(components[: self._depth] + components[self._depth + 1 :]))
+            self._kept.add(path)
+
+    def validate(self) -> list[str]:
+        elements = self._elements()
+        if len(elements) == len(self._kept):  # a count in the usual case: no path read back from CDK
+            return []
+        late = ", ".join(sorted({element.node.path for element in elements} - self._kept))
+        return [f"{late}: added to the group after its logical ids were kept (by an aspect?), so its logical id would "
+                "carry the group's id; add it when the group is built"]
 
 
 def unique_id(components: list[str]) -> str:

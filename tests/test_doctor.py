@@ -52,8 +52,8 @@ def aws(moto_endpoint, monkeypatch, tmp_path):
         credentials = base.client("sts").assume_role(RoleArn=f"arn:aws:iam::{number}:role/admin",
                                                      RoleSessionName="setup")["Credentials"]
         return new_session(aws_access_key_id=credentials["AccessKeyId"],
-                                     aws_secret_access_key=credentials["SecretAccessKey"],
-                                     aws_session_token=credentials["SessionToken"], region_name="us-west-2")
+                           aws_secret_access_key=credentials["SecretAccessKey"],
+                           aws_session_token=credentials["SessionToken"], region_name="us-west-2")
 
     config = tmp_path / "real.toml"
     config.write_text(REAL)

@@ -109,6 +109,26 @@ def test_a_group_is_one_call_from_cdk_into_python_not_one_per_construct(monkeypa
     assert len(visits) == 1
 
 
+def test_an_element_added_to_a_group_after_its_ids_were_kept_fails_synth():
+    """CDK visits in tree order: an aspect that adds to a group once the group's ids are kept would leave the new
+    resource with the group's id in its logical id (CloudFormation would replace it on the move). Synth refuses."""
+    import jsii
+    from aws_cdk import Aspects, IAspect
+
+    @jsii.implements(IAspect)
+    class AddsLate:
+        def visit(self, node) -> None:
+            if node.node.id == "Early":  # visited after the group's keeper
+                CfnResource(Construct(node.node.scope, "Late"), "Resource", type="Test::Thing")
+
+    app = App()
+    stack = Stack(app, "Grouped")
+    CfnResource(Construct(Group(stack, "Database"), "Early"), "Resource", type="Test::Thing")
+    Aspects.of(stack).add(AddsLate())
+    with pytest.raises(RuntimeError, match=r"Grouped/Database/Late/Resource: added to the group after its logical ids"):
+        app.synth()
+
+
 def test_groups_do_not_nest():
     with pytest.raises(TypeError, match="a Group inside a Group"):
         Group(Group(Stack(App(), "S"), "Outer"), "Inner")
