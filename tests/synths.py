@@ -91,18 +91,23 @@ class Synths:
             return
         log = open(directory / "job.log", "w")  # noqa: SIM115 - the job's own output, kept for a failed run
         # A session of its own: an interrupted run stops the job, the CLI and the app together.
-        self.started.append(subprocess.Popen([sys.executable, "-m", "tests.synths", name, str(directory)], cwd=ROOT,
-                                             stdout=log, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True))
+        process = subprocess.Popen([sys.executable, "-m", "tests.synths", name, str(directory)], cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True)
         log.close()
+        self.started.append(process)
+        (directory / ".started").write_text(str(process.pid))  # for the other workers: is the job still alive?
 
     def result(self, name: str) -> subprocess.CompletedProcess:
         """Wait for the synth (starting it if nobody has) and return how the CLI ended."""
         self.start(name)
-        done = self.directory(name) / ".done"
+        directory = self.directory(name)
+        done = directory / ".done"
         deadline = time.monotonic() + TIMEOUT_SECONDS + 60
         while not done.exists():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"synth {name} did not finish; see {self.directory(name) / 'job.log'}")
+                raise TimeoutError(f"synth {name} did not finish; see {directory / 'job.log'}")
+            if not _alive(directory / ".started") and not done.exists():  # killed before it could write its result
+                raise RuntimeError(f"synth {name}'s job ended without a result:\n{(directory / 'job.log').read_text()[-3000:]}")
             time.sleep(0.1)
         outcome = json.loads((self.directory(name) / "result.json").read_text())
         return subprocess.CompletedProcess(outcome["args"], outcome["returncode"], outcome["stdout"], outcome["stderr"])
@@ -121,6 +126,18 @@ class Synths:
             if interrupted and process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=TIMEOUT_SECONDS + 60)
+
+
+def _alive(started: Path) -> bool:
+    """Whether the job whose pid `.started` holds is still running (not gone, not a zombie awaiting its parent)."""
+    pid = started.read_text().strip()
+    if not pid:
+        return True  # being started
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return not Path("/proc/self/stat").exists()  # no /proc here: rely on the timeout
+    return state != "Z"
 
 
 if __name__ == "__main__":
