@@ -7,11 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from aws_cdk import App, Validations
+from constructs_lib.jsii_kernel import limit_background_threads
 
-from config.loader import ConfigError, load_config
-from constructs_lib.compliance import compliance_plugins
-from pipeline.pipeline_stack import PipelineStack
+limit_background_threads()  # before the first aws_cdk import, which starts the CDK's Node.js kernel
+
+from aws_cdk import App, Validations  # noqa: E402
+
+from config.loader import ConfigError, load_config  # noqa: E402
+from constructs_lib.compliance import compliance_plugins  # noqa: E402
+from pipeline.pipeline_stack import PipelineStack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 

@@ -16,6 +16,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from config.loader import load_config
+from constructs_lib.jsii_kernel import limit_background_threads
 from tests.assembly import Assembly
 from tests.certificates import LocalCA
 from tests.cfn_server import ResponseRecorder
@@ -26,6 +27,8 @@ from tests.tls_servers import SHUTDOWN_POLL
 # moto builds every region's EC2 backend with its catalogue of public AMIs (a second and more per test that touches
 # EC2); no test uses an AMI.
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+# The tests that build constructs in-process start the CDK's Node.js kernel as the app does.
+limit_background_threads()
 
 # The Stages of the shipped config, in promotion order: Staging, Production.
 STAGES = tuple(environment.stage_id for environment in load_config().environments)

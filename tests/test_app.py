@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import pytest
+
+from constructs_lib.jsii_kernel import limit_background_threads
 from pipeline.synth_summary import COMPLIANCE_PACKS, read_findings
+from tests.assembly import ROOT
+from tests.synths import tool_env
 
 
 def test_synth_needs_no_lookups(assembly):
@@ -56,3 +63,51 @@ def test_no_environment_name_in_construct_ids(assembly):
         for path, construct_id in walk(stages[stage_id], stage_id):
             lowered = construct_id.lower()
             assert "staging" not in lowered and "production" not in lowered, path
+
+
+# Run in a fresh interpreter: imports the app, then prints the NODE_OPTIONS that each Node.js process below it (the
+# CDK's kernel: jsii's runtime and the program it starts) was started with.
+_KERNEL_OPTIONS = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+import app  # noqa: F401 - starts the kernel
+
+def children(pid):
+    for entry in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except (OSError, ValueError):
+            continue
+        if entry.isdigit() and stat.rsplit(")", 1)[1].split()[1] == str(pid):
+            yield int(entry)
+            yield from children(int(entry))
+
+found = []
+for pid in children(os.getpid()):
+    command = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+    environ = dict(v.split(b"=", 1) for v in open(f"/proc/{pid}/environ", "rb").read().split(b"\\0") if b"=" in v)
+    if os.path.basename(command[0]) == b"node":
+        found.append(environ.get(b"NODE_OPTIONS", b"").decode())
+print(json.dumps(found))
+"""
+
+
+def test_the_kernel_runs_with_one_v8_background_thread():
+    """The app's kernel gets `--v8-pool-size=1` (a quarter less CPU per synth on 2 cores) before it starts: both of
+    its Node.js processes were started with it."""
+    env = {k: v for k, v in tool_env().items() if k != "NODE_OPTIONS"}
+    result = subprocess.run([sys.executable, "-O", "-c", _KERNEL_OPTIONS], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["--v8-pool-size=1", "--v8-pool-size=1"]  # jsii-runtime.js and its program
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("--max-old-space-size=6000", "--max-old-space-size=6000 --v8-pool-size=1"),
+    ("--v8-pool-size=4 --max-old-space-size=6000", "--v8-pool-size=4 --max-old-space-size=6000"),
+    ("--v8-pool-size 2", "--v8-pool-size 2"),
+])
+def test_the_users_node_options_are_kept(given, expected):
+    environ = {"NODE_OPTIONS": given}
+    limit_background_threads(environ)
+    assert environ == {"NODE_OPTIONS": expected}

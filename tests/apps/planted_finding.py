@@ -9,6 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from constructs_lib.jsii_kernel import limit_background_threads  # noqa: E402
+
+limit_background_threads()  # as app.py does, before the first aws_cdk import
+
 from aws_cdk import App, RemovalPolicy  # noqa: E402
 from aws_cdk import aws_s3 as s3  # noqa: E402
 
