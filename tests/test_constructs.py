@@ -1,26 +1,30 @@
-"""Guards of the reusable constructs: what they refuse, with which message (no synth of the whole app needed)."""
+"""The reusable constructs in-process (no synth of the whole app needed): what their guards refuse, with which
+message, and construct groups that keep their resources' logical ids.
+
+The tests that build constructs live in this module and import the CDK (and what is built on it) when they run, not
+at collection: every pytest worker collects every module, and importing `aws_cdk` costs a worker about 2.5 s of CPU
+and a Node.js kernel. Only the worker that runs this module pays it.
+"""
 
 from __future__ import annotations
 
 import pytest
-from aws_cdk import App, Stack
 
-from constructs_lib import python_lambda
-from constructs_lib.fargate_service import Listener, ServiceSpec, _validate
 from constructs_lib.litellm_config import LiteLLMConfigError, load_litellm_config
-from constructs_lib.litellm_service import bedrock_model_arns
 from constructs_lib.service_catalogue import AppService, Placement, Route
 
 UNROUTED = AppService(name="svc", title="Service", port=8080, health_path="/health", placement=Placement.SERVICES)
 ROUTED = AppService(name="web", title="Web", port=8080, health_path="/health", placement=Placement.SERVICES,
                     routes=(Route(100, "web"),))
-LISTENER = Listener(listener=None, domain="example.com")  # type: ignore[arg-type]
 
 
-def spec(service: AppService = UNROUTED, **overrides) -> ServiceSpec:
+def validate(service: AppService = UNROUTED, listener: bool = False, **overrides) -> None:
+    """fargate_service's guard on a ServiceSpec of `service` (with `overrides`), given a listener or none."""
+    from constructs_lib.fargate_service import Listener, ServiceSpec, _validate
+
     values = dict(service=service, image="repo/image:1.0", cpu=256, memory_mib=512, desired_count=1)
     values.update(overrides)
-    return ServiceSpec(**values)
+    _validate(ServiceSpec(**values), Listener(listener=None, domain="example.com") if listener else None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -38,20 +42,20 @@ def spec(service: AppService = UNROUTED, **overrides) -> ServiceSpec:
 )
 def test_service_spec_refusals(overrides, message):
     with pytest.raises(ValueError, match=message):
-        _validate(spec(**overrides), None)
+        validate(**overrides)
 
 
 def test_listener_and_routes_go_together():
     with pytest.raises(ValueError, match="a listener, but the catalogue gives the service no routes"):
-        _validate(spec(UNROUTED), LISTENER)
+        validate(UNROUTED, listener=True)
     signed = AppService("ui", "UI", 80, "/health", Placement.SERVICES, routes=(Route(100, "ui", sign_in=True),))
     with pytest.raises(ValueError, match="a route with sign-in needs the listener's sign_in settings"):
-        _validate(spec(signed), LISTENER)
-    _validate(spec(ROUTED), LISTENER)
+        validate(signed, listener=True)
+    validate(ROUTED, listener=True)
 
 
 def test_service_spec_accepts_plain_configuration_and_spot_for_two_stateless_tasks():
-    _validate(spec(environment={"LITELLM_CONFIG_BUCKET_NAME": "b", "PORT": "8100"}, use_spot=True, desired_count=2), None)
+    validate(environment={"LITELLM_CONFIG_BUCKET_NAME": "b", "PORT": "8100"}, use_spot=True, desired_count=2)
 
 
 def write(tmp_path, text: str):
@@ -89,6 +93,10 @@ def test_litellm_config_needs_a_model_list(tmp_path, text):
 
 
 def test_bedrock_arns_for_profiles_and_plain_models(tmp_path):
+    from aws_cdk import App, Stack
+
+    from constructs_lib.litellm_service import bedrock_model_arns
+
     config = load_litellm_config(write(tmp_path, """
 model_list:
   - model_name: a
@@ -105,7 +113,98 @@ model_list:
 
 
 def test_lambda_asset_without_installed_dependencies_names_the_fix(tmp_path, monkeypatch):
+    from constructs_lib import python_lambda
+
     monkeypatch.setattr(python_lambda, "DEPENDENCIES_DIR", tmp_path)
     with pytest.raises(python_lambda.LambdaDependenciesMissing, match=r"run `make setup`.*db_bootstrap/requirements.txt"):
         python_lambda.dependencies_dir("db_bootstrap")
     assert python_lambda.dependencies_dir("secret_fields") is None  # no requirements: nothing to install
+
+
+# --- groups keep logical ids -------------------------------------------------------------------------------------
+
+
+def _logical_ids(stack) -> list[str]:
+    from aws_cdk import App
+
+    template = App.of(stack).synth().get_stack_by_name(stack.stack_name).template
+    return sorted(template["Resources"])
+
+
+def test_unique_id_is_cdks():
+    from aws_cdk import App, CfnResource, Stack
+    from constructs import Construct
+
+    from constructs_lib.stable_ids import unique_id
+
+    stack = Stack(App(), "Plain")
+    inner = Construct(Construct(stack, "Outer"), "Inner-Part")
+    resources = [CfnResource(inner, "Resource", type="Test::Thing"), CfnResource(stack, "Top", type="Test::Thing"),
+                 CfnResource(Construct(stack, "Default"), "Resource", type="Test::Thing")]
+    ids = {stack.resolve(r.logical_id) for r in resources}
+    assert ids == {unique_id(["Outer", "Inner-Part", "Resource"]), unique_id(["Top"]), unique_id(["Default", "Resource"])}
+
+
+def test_a_group_keeps_its_resources_logical_ids():
+    from aws_cdk import App, CfnResource, Stack
+    from constructs import Construct
+
+    from constructs_lib.stable_ids import Group
+
+    app = App()
+    plain, grouped = Stack(app, "Plain"), Stack(app, "Grouped")
+    for scope in (plain, Group(grouped, "Database")):
+        CfnResource(Construct(scope, "Postgres"), "Resource", type="Test::Thing")
+        CfnResource(scope, "Secret", type="Test::Thing")
+    assert _logical_ids(plain) == _logical_ids(grouped) == ["Postgres9DC8BB04", "Secret"]
+
+
+def test_a_group_is_one_call_from_cdk_into_python_not_one_per_construct(monkeypatch):
+    """Each aspect call crosses from Node.js into Python: a group's aspect runs once, however many constructs it holds."""
+    from aws_cdk import App, CfnResource, Stack
+    from constructs import Construct
+
+    from constructs_lib import stable_ids
+    from constructs_lib.stable_ids import Group, unique_id
+
+    visits = []
+    original = stable_ids._KeepLogicalIds.visit
+    monkeypatch.setattr(stable_ids._KeepLogicalIds, "visit", lambda self, node: visits.append(node) or original(self, node))
+    app = App()
+    group = Group(Stack(app, "Grouped"), "Many")
+    for index in range(20):
+        CfnResource(Construct(group, f"Part{index}"), "Resource", type="Test::Thing")
+    assert _logical_ids(Stack.of(group)) == sorted(unique_id([f"Part{i}", "Resource"]) for i in range(20))
+    assert len(visits) == 1
+
+
+def test_an_element_added_to_a_group_after_its_ids_were_kept_fails_synth():
+    """CDK visits in tree order: an aspect that adds to a group once the group's ids are kept would leave the new
+    resource with the group's id in its logical id (CloudFormation would replace it on the move). Synth refuses."""
+    import jsii
+    from aws_cdk import App, Aspects, CfnResource, IAspect, Stack
+    from constructs import Construct
+
+    from constructs_lib.stable_ids import Group
+
+    @jsii.implements(IAspect)
+    class AddsLate:
+        def visit(self, node) -> None:
+            if node.node.id == "Early":  # visited after the group's keeper
+                CfnResource(Construct(node.node.scope, "Late"), "Resource", type="Test::Thing")
+
+    app = App()
+    stack = Stack(app, "Grouped")
+    CfnResource(Construct(Group(stack, "Database"), "Early"), "Resource", type="Test::Thing")
+    Aspects.of(stack).add(AddsLate())
+    with pytest.raises(RuntimeError, match=r"Grouped/Database/Late/Resource: added to the group after its logical ids"):
+        app.synth()
+
+
+def test_groups_do_not_nest():
+    from aws_cdk import App, Stack
+
+    from constructs_lib.stable_ids import Group
+
+    with pytest.raises(TypeError, match="a Group inside a Group"):
+        Group(Group(Stack(App(), "S"), "Outer"), "Inner")

@@ -6,8 +6,6 @@ import json
 
 import pytest
 
-from stacks.network_stack import INTERFACE_ENDPOINTS
-
 SECURITY_GROUPS = {
     "alb": "AlbSecurityGroup",
     "services": "EcsServicesSecurityGroup",
@@ -125,7 +123,7 @@ def test_interface_endpoints(network, env_config):
     assert services == sorted(
         ["ecr.api", "ecr.dkr", "secretsmanager", "logs", "sts", "bedrock-runtime", "ecs", "elasticfilesystem", "ssm"]
     )
-    assert len(interfaces) == len(INTERFACE_ENDPOINTS) == 9
+    assert len(interfaces) == 9
     endpoints_sg = network.logical_id("/Network/VpcEndpoints/Resource")
     for props in interfaces:
         assert props["PrivateDnsEnabled"] is True

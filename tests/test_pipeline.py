@@ -6,8 +6,13 @@ import json
 
 import pytest
 
-from app import pinned_cli_version, pinned_version
+from tests.assembly import ROOT
 from tests.synths import VARIANT_EMAIL
+
+
+def pinned_version(tool: str) -> str:
+    """The version package.json pins (devDependencies): what the pipeline must install, and nothing newer."""
+    return json.loads((ROOT / "package.json").read_text())["devDependencies"][tool]
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +75,12 @@ def test_self_mutation_uses_the_pinned_cli(pipeline, stages):
     (mutate,) = stages["UpdatePipeline"]
     project = pipeline.resources[mutate["Configuration"]["ProjectName"]["Ref"]]["Properties"]
     spec = json.loads(project["Source"]["BuildSpec"])
-    assert spec["phases"]["install"]["commands"] == [f"npm install -g aws-cdk@{pinned_cli_version()}"]
+    assert spec["phases"]["install"]["commands"] == [f"npm install -g aws-cdk@{pinned_version('aws-cdk')}"]
     assert spec["phases"]["build"]["commands"] == ["cdk -a . deploy CoderPipeline --require-approval=never --verbose"]
 
 
 @pytest.mark.parametrize("tool", ["aws-cdk", "cdk-assets"])
 def test_tool_pins_match_package_lock(tool):
-    from tests.assembly import ROOT
-
     lock = json.loads((ROOT / "package-lock.json").read_text())
     assert lock["packages"][f"node_modules/{tool}"]["version"] == pinned_version(tool)
 

@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from constructs_lib.smoke_probe import smoke_checks
 from tests.assembly import ROOT
 
 
@@ -46,14 +45,20 @@ def test_probe_function_runs_the_smoke_checks_in_the_app_subnets(observability, 
     assert "from constructs_lib.lambdas.smoke_probe.probe import" in (ROOT / "pipeline" / "smoke.py").read_text()
 
 
-def test_smoke_checks_cover_every_service(env_config):
+def smoke_checks(env_config) -> list[str]:
+    """What the probe and the pipeline's post-step must check: every routed service, by its host name."""
     domain = env_config.domain
-    assert smoke_checks(env_config) == [
+    return [
         f"coder=coder.{domain}/api/v2/buildinfo",
         f"litellm=ai.{domain}/health/readiness",
         f"key-provisioner=admin.{domain}/@redirect:login.microsoftonline.com",
         f"langfuse-web=langfuse.{domain}/api/public/health",
     ]
+
+
+def test_smoke_checks_cover_every_service(observability, env_config):
+    function = observability.resources[observability.logical_id("/Observability/SmokeProbe/Function/Resource")]
+    assert function["Properties"]["Environment"]["Variables"]["SMOKE_CHECKS"].split() == smoke_checks(env_config)
 
 
 def test_smoke_role_trusts_only_the_pipeline_stack_roles(observability, env_config, app_config):

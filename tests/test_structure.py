@@ -1,4 +1,4 @@
-"""The code's shape: one-way layering, the config's JSON Schema, construct groups that keep logical ids."""
+"""The code's shape: one-way layering, the config's JSON Schema, the service catalogue, the optimized app."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import tomllib
 
 import jsonschema
 import pytest
-from aws_cdk import App, CfnResource, Stack
-from constructs import Construct
 
 from config import schema
-from constructs_lib.stable_ids import Group, unique_id
 from tests.assembly import ROOT
 
 # config -> constructs_lib -> stacks -> stages -> pipeline; app.py on top. A package imports only from below it.
@@ -68,72 +65,6 @@ def test_schema_refuses_what_the_loader_refuses():
     assert any("multi_zone" in m for m in messages) and any("0 is less than the minimum of 1" in m for m in messages)
 
 
-# --- groups keep logical ids -------------------------------------------------------------------------------------
-
-
-def _logical_ids(stack: Stack) -> list[str]:
-    template = App.of(stack).synth().get_stack_by_name(stack.stack_name).template
-    return sorted(template["Resources"])
-
-
-def test_unique_id_is_cdks():
-    stack = Stack(App(), "Plain")
-    inner = Construct(Construct(stack, "Outer"), "Inner-Part")
-    resources = [CfnResource(inner, "Resource", type="Test::Thing"), CfnResource(stack, "Top", type="Test::Thing"),
-                 CfnResource(Construct(stack, "Default"), "Resource", type="Test::Thing")]
-    ids = {stack.resolve(r.logical_id) for r in resources}
-    assert ids == {unique_id(["Outer", "Inner-Part", "Resource"]), unique_id(["Top"]), unique_id(["Default", "Resource"])}
-
-
-def test_a_group_keeps_its_resources_logical_ids():
-    app = App()
-    plain, grouped = Stack(app, "Plain"), Stack(app, "Grouped")
-    for scope in (plain, Group(grouped, "Database")):
-        CfnResource(Construct(scope, "Postgres"), "Resource", type="Test::Thing")
-        CfnResource(scope, "Secret", type="Test::Thing")
-    assert _logical_ids(plain) == _logical_ids(grouped) == ["Postgres9DC8BB04", "Secret"]
-
-
-def test_a_group_is_one_call_from_cdk_into_python_not_one_per_construct(monkeypatch):
-    """Each aspect call crosses from Node.js into Python: a group's aspect runs once, however many constructs it holds."""
-    from constructs_lib import stable_ids
-
-    visits = []
-    original = stable_ids._KeepLogicalIds.visit
-    monkeypatch.setattr(stable_ids._KeepLogicalIds, "visit", lambda self, node: visits.append(node) or original(self, node))
-    app = App()
-    group = Group(Stack(app, "Grouped"), "Many")
-    for index in range(20):
-        CfnResource(Construct(group, f"Part{index}"), "Resource", type="Test::Thing")
-    assert _logical_ids(Stack.of(group)) == sorted(unique_id([f"Part{i}", "Resource"]) for i in range(20))
-    assert len(visits) == 1
-
-
-def test_an_element_added_to_a_group_after_its_ids_were_kept_fails_synth():
-    """CDK visits in tree order: an aspect that adds to a group once the group's ids are kept would leave the new
-    resource with the group's id in its logical id (CloudFormation would replace it on the move). Synth refuses."""
-    import jsii
-    from aws_cdk import Aspects, IAspect
-
-    @jsii.implements(IAspect)
-    class AddsLate:
-        def visit(self, node) -> None:
-            if node.node.id == "Early":  # visited after the group's keeper
-                CfnResource(Construct(node.node.scope, "Late"), "Resource", type="Test::Thing")
-
-    app = App()
-    stack = Stack(app, "Grouped")
-    CfnResource(Construct(Group(stack, "Database"), "Early"), "Resource", type="Test::Thing")
-    Aspects.of(stack).add(AddsLate())
-    with pytest.raises(RuntimeError, match=r"Grouped/Database/Late/Resource: added to the group after its logical ids"):
-        app.synth()
-
-
-def test_groups_do_not_nest():
-    with pytest.raises(TypeError, match="a Group inside a Group"):
-        Group(Group(Stack(App(), "S"), "Outer"), "Inner")
-
-
 # --- the service catalogue is what gets deployed -----------------------------------------------------------------
 
 
@@ -166,3 +97,54 @@ def test_the_app_runs_optimized_on_byte_code_of_the_same_level():
     assert command[:3] == [".venv/bin/python", "-O", "app.py"]
     setup = (ROOT / "Makefile").read_text().split("$(PY_STAMP):", 1)[1].split("\n\n", 1)[0]
     assert "compileall -q -j 0 -o 1 $(VENV)/lib" in setup
+
+
+# --- collecting the tests starts no CDK kernel -------------------------------------------------------------------
+
+CDK_PACKAGES = {"aws_cdk", "constructs", "jsii", "cdk_nag"}
+
+
+def _imports(tree: ast.Module, module: str, top_level_only: bool) -> set[str]:
+    """The modules `tree` imports (relative imports resolved against `module`); only those run on import when
+    top_level_only (module-level statements and their if/try blocks, not function bodies)."""
+    nodes = list(tree.body) if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    while nodes:
+        node = nodes.pop()
+        if top_level_only and isinstance(node, ast.If | ast.Try):
+            nodes.extend(node.body + node.orelse + getattr(node, "finalbody", []) +
+                         [s for h in getattr(node, "handlers", []) for s in h.body])
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(module.split(".")[: -node.level]) if node.level else ""
+            name = ".".join(p for p in (base, node.module or "") if p)
+            found.add(name)
+            found.update(f"{name}.{a.name}" for a in node.names)
+    return found
+
+
+def test_collecting_the_tests_imports_no_cdk():
+    """Every pytest worker collects (imports) every test module; importing `aws_cdk` costs ~2.5 s of CPU and a
+    Node.js kernel. Test modules import the CDK, or a project module that does, inside the tests that build
+    constructs (tests/test_constructs.py), never at module level."""
+    sources = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for package in ("config", "constructs_lib", "stacks", "stages", "pipeline", "tests")
+               for p in (ROOT / package).rglob("*.py") if "lambdas" not in p.parts}
+    sources["app"] = ROOT / "app.py"
+    trees = {name: ast.parse(path.read_text()) for name, path in sources.items()}
+    # A project module needs the CDK when it imports it at module level, or imports a module that does.
+    needs_cdk = {name for name, tree in trees.items()
+                 if any(i.split(".")[0] in CDK_PACKAGES for i in _imports(tree, name, top_level_only=True))}
+    while True:
+        more = {name for name, tree in trees.items() if name not in needs_cdk
+                and _imports(tree, name, top_level_only=True) & needs_cdk}
+        if not more:
+            break
+        needs_cdk |= more
+    assert {"app", "constructs_lib.stable_ids", "stacks.network_stack"} <= needs_cdk  # the check sees the CDK
+    assert "constructs_lib.service_catalogue" not in needs_cdk
+    collected = sorted(name for name in trees if name.startswith("tests.") and name != "tests.apps.planted_finding")
+    offenders = {name: sorted(_imports(trees[name], name, top_level_only=True) & (needs_cdk | CDK_PACKAGES))
+                 for name in collected}
+    assert {name: found for name, found in offenders.items() if found} == {}
