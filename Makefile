@@ -12,6 +12,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PY_STAMP := $(VENV)/.installed
+BYTECODE_STAMP := $(VENV)/.compiled
 DEV_STAMP := $(VENV)/.installed-dev
 NODE_STAMP := node_modules/.installed
 # Third-party packages of Lambda handlers (pinned, hashed, pure Python), copied into their assets at synth.
@@ -21,6 +22,11 @@ LITELLM_VENV := build/litellm-venv
 LITELLM_STAMP := $(LITELLM_VENV)/.installed
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
+# pip: the base interpreter's own installs into a venv with `--python` (pip >= 22.3), so our venvs are made without a
+# copy of pip (`venv` runs ensurepip for it: 3.6 s of every fresh set-up here). Without such a pip, each venv gets its own.
+BASE_PIP := $(shell $(PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))' 2>/dev/null && echo yes)
+new_venv = $(PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
+pip_in = $(if $(BASE_PIP),$(PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 
 .PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint schema clean
 
@@ -28,23 +34,26 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  Variables: CONFIG=path/to/environments.toml (default $(CONFIG))"
 
-setup: $(PY_STAMP) $(NODE_STAMP) $(LAMBDA_DEPS) ## What synth needs: .venv with the runtime packages, the pinned Node.js + CDK CLI, the Lambda packages
+setup: $(PY_STAMP) $(BYTECODE_STAMP) $(NODE_STAMP) $(LAMBDA_DEPS) ## What synth needs: .venv with the runtime packages, the pinned Node.js + CDK CLI, the Lambda packages
 
 setup-dev: setup $(DEV_STAMP) ## setup, plus the test and lint tools (requirements-dev.txt)
 
 # Set-up by need: synth installs requirements.txt only; the tests add requirements-dev.txt. Every pin is in constraints.txt.
 $(PY_STAMP): requirements.txt constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-compile -r requirements.txt -c constraints.txt
-	@# pip byte-compiles one file at a time; compileall uses every core. The CDK app runs optimized (`python -O`, see
-	@# cdk.json): its byte code is level 1. (jsii checks argument types in Python only when not optimized; its Node.js
-	@# kernel checks them again either way.)
+	test -x $(VENV)/bin/python || $(call new_venv,$(VENV))
+	$(call pip_in,$(VENV)) install --quiet --progress-bar off --no-compile -r requirements.txt -c constraints.txt
+	touch $@
+
+# pip byte-compiles one file at a time; compileall uses every core, while the Lambda packages install. The CDK app runs
+# optimized (`python -O`, see cdk.json): its byte code is level 1. (jsii checks argument types in Python only when not
+# optimized; its Node.js kernel checks them again either way.)
+$(BYTECODE_STAMP): $(PY_STAMP)
 	$(VENV)/bin/python -m compileall -q -j 0 -o 1 $(VENV)/lib > /dev/null
 	touch $@
 
 $(DEV_STAMP): requirements-dev.txt constraints.txt $(PY_STAMP)
-	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-compile -r requirements-dev.txt -c constraints.txt
+	$(call pip_in,$(VENV)) install --quiet --progress-bar off --no-compile -r requirements-dev.txt -c constraints.txt
 	@# The tests import the CDK libraries unoptimized, in-process: level 0 byte code as well.
 	$(VENV)/bin/python -m compileall -q -j 0 -o 0 $(VENV)/lib > /dev/null
 	touch $@
@@ -55,15 +64,15 @@ $(NODE_STAMP): package.json package-lock.json
 
 build/lambda-deps/%/.installed: constructs_lib/lambdas/%/requirements.txt $(PY_STAMP) Makefile
 	rm -rf $(@D)
-	$(VENV)/bin/python -m pip install --quiet --progress-bar off --no-deps --no-compile --require-hashes --only-binary=:all: \
+	$(call pip_in,$(VENV)) install --quiet --progress-bar off --no-deps --no-compile --require-hashes --only-binary=:all: \
 	  --implementation cp --python-version $(LAMBDA_PYTHON) --platform manylinux2014_x86_64 --target $(@D) -r $<
 	touch $@
 
 # Reinstalled when its pins change; the config's LiteLLM image must carry the pinned version (a test checks).
 $(LITELLM_STAMP): tests/litellm/constraints.txt $(PY_STAMP)
 	version=$$($(VENV)/bin/python -m tests.litellm_version); \
-	rm -rf $(LITELLM_VENV) && $(PYTHON) -m venv $(LITELLM_VENV) && \
-	$(LITELLM_VENV)/bin/python -m pip install --quiet --progress-bar off "litellm[proxy,proxy-runtime]==$$version" \
+	rm -rf $(LITELLM_VENV) && $(call new_venv,$(LITELLM_VENV)) && \
+	$(call pip_in,$(LITELLM_VENV)) install --quiet --progress-bar off "litellm[proxy,proxy-runtime]==$$version" \
 	  -c tests/litellm/constraints.txt
 	touch $@
 

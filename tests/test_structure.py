@@ -95,8 +95,10 @@ def test_the_app_runs_optimized_on_byte_code_of_the_same_level():
     .pyc written (PYTHONDONTWRITEBYTECODE), every synth would compile the CDK libraries from source again."""
     command = json.loads((ROOT / "cdk.json").read_text())["app"].split()
     assert command[:3] == [".venv/bin/python", "-O", "app.py"]
-    setup = (ROOT / "Makefile").read_text().split("$(PY_STAMP):", 1)[1].split("\n\n", 1)[0]
-    assert "compileall -q -j 0 -o 1 $(VENV)/lib" in setup
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BYTECODE_STAMP)" in makefile.split("\nsetup:", 1)[1].split("##", 1)[0]  # synth's set-up compiles it
+    compile_recipe = makefile.split("\n$(BYTECODE_STAMP):", 1)[1].split("\n\n", 1)[0]
+    assert "compileall -q -j 0 -o 1 $(VENV)/lib" in compile_recipe
 
 
 # --- collecting the tests starts no CDK kernel -------------------------------------------------------------------
