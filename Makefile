@@ -24,9 +24,11 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed
 LAMBDA_PYTHON := 3.14
 # pip: the base interpreter's own installs into a venv with `--python` (pip >= 22.3), so our venvs are made without a
 # copy of pip (`venv` runs ensurepip for it: 3.6 s of every fresh set-up here). Without such a pip, each venv gets its own.
-BASE_PIP := $(shell $(PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))' 2>/dev/null && echo yes)
-new_venv = $(PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
-pip_in = $(if $(BASE_PIP),$(PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
+# BASE_PYTHON is PYTHON's base interpreter by its full path: once .venv exists, `python3` on the PATH above is the venv's.
+BASE_PYTHON := $(or $(wildcard $(shell $(PYTHON) -c 'import sys; print(f"{sys.base_prefix}/bin/python{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null)),$(PYTHON))
+BASE_PIP := $(shell $(BASE_PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (22, 3))' 2>/dev/null && echo yes)
+new_venv = $(BASE_PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
+pip_in = $(if $(BASE_PIP),$(BASE_PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 
 .PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint schema clean
 
