@@ -1,10 +1,10 @@
 """The CDK's Node.js kernel (jsii): the process that builds every construct of the app and synthesizes it.
 
-The kernel is a batch job of about ten seconds on a small build machine (2 vCPUs here and in the pipeline's Synth
-step). Node gives V8 a pool of background threads, one per core, for garbage collection and for compiling; the
-kernel's share of a synth is mostly one thread of JavaScript and of CloudFormation's validator (9 MB of WebAssembly,
-compiled at every synth), and the extra threads add CPU time rather than finish sooner. With one background thread a
-full synth here takes a quarter less CPU and a little less time (README, "Speed").
+The kernel is a batch job of about ten seconds. Node gives V8 a pool of four background threads for garbage
+collection and compiling; the kernel's work is mostly one thread of JavaScript and of CloudFormation's validator
+(9 MB of WebAssembly, compiled at every synth), and on this project's 2-core machine the extra threads added CPU time
+rather than speed: with one background thread a full synth takes 18 % less CPU and 6 % less time (README, "Speed").
+Not measured on more cores (the pipeline's Synth step has 4 vCPUs).
 
 The kernel starts when `aws_cdk` (or `constructs`) is first imported and reads the environment then: an entry point
 calls `limit_background_threads()` before that import. This module imports neither.

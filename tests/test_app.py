@@ -93,8 +93,8 @@ print(json.dumps(found))
 
 
 def test_the_kernel_runs_with_one_v8_background_thread():
-    """The app's kernel gets `--v8-pool-size=1` (a quarter less CPU per synth on 2 cores) before it starts: both of
-    its Node.js processes were started with it."""
+    """The app's kernel gets `--v8-pool-size=1` (18 % less CPU per synth on 2 cores) before it starts: both of its
+    Node.js processes were started with it."""
     env = {k: v for k, v in tool_env().items() if k != "NODE_OPTIONS"}
     result = subprocess.run([sys.executable, "-O", "-c", _KERNEL_OPTIONS], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=120)
