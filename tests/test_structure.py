@@ -22,17 +22,44 @@ ALLOWED_IMPORTS = {
 }
 
 
+def _module(path) -> tuple[str, str]:
+    """A project file's module name and the package its relative imports start from."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), ".".join(parts[:-1])
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def _imports(tree: ast.Module, package: str, top_level_only: bool = False) -> set[str]:
+    """The modules `tree` imports, relative imports resolved from `package`. top_level_only: those that run when the
+    module is imported (module-level statements and their if/try blocks, not function bodies or TYPE_CHECKING)."""
+    nodes = list(tree.body) if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    while nodes:
+        node = nodes.pop()
+        if top_level_only and isinstance(node, ast.If):
+            type_checking = isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            nodes.extend(node.orelse if type_checking else node.body + node.orelse)
+        elif top_level_only and isinstance(node, ast.Try):
+            nodes.extend(node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body])
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+            name = ".".join(p for p in (base, node.module or "") if p)
+            found.add(name)
+            found.update(f"{name}.{a.name}" for a in node.names)
+    return found
+
+
 @pytest.mark.parametrize("package", sorted(ALLOWED_IMPORTS))
 def test_layers_import_only_from_below(package):
     project = set(ALLOWED_IMPORTS)
     for path in (ROOT / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
-            for name in names:
-                top = name.split(".")[0]
-                if top in project:
-                    assert top in ALLOWED_IMPORTS[package], f"{path.relative_to(ROOT)} imports {name}"
+        for name in _imports(ast.parse(path.read_text()), _module(path)[1]):
+            top = name.split(".")[0]
+            if top in project:
+                assert top in ALLOWED_IMPORTS[package], f"{path.relative_to(ROOT)} imports {name}"
 
 
 def test_no_stack_module_over_300_lines():
@@ -106,47 +133,20 @@ def test_the_app_runs_optimized_on_byte_code_of_the_same_level():
 CDK_PACKAGES = {"aws_cdk", "constructs", "jsii", "cdk_nag"}
 
 
-def _imports(tree: ast.Module, module: str, top_level_only: bool) -> set[str]:
-    """The modules `tree` imports (relative imports resolved against `module`); only those run on import when
-    top_level_only (module-level statements and their if/try blocks, not function bodies)."""
-    nodes = list(tree.body) if top_level_only else list(ast.walk(tree))
-    found: set[str] = set()
-    while nodes:
-        node = nodes.pop()
-        if top_level_only and isinstance(node, ast.If | ast.Try):
-            nodes.extend(node.body + node.orelse + getattr(node, "finalbody", []) +
-                         [s for h in getattr(node, "handlers", []) for s in h.body])
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = ".".join(module.split(".")[: -node.level]) if node.level else ""
-            name = ".".join(p for p in (base, node.module or "") if p)
-            found.add(name)
-            found.update(f"{name}.{a.name}" for a in node.names)
-    return found
-
-
 def test_collecting_the_tests_imports_no_cdk():
     """Every pytest worker collects (imports) every test module; importing `aws_cdk` costs ~2.5 s of CPU and a
     Node.js kernel. Test modules import the CDK, or a project module that does, inside the tests that build
     constructs (tests/test_constructs.py), never at module level."""
-    sources = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-               for package in ("config", "constructs_lib", "stacks", "stages", "pipeline", "tests")
-               for p in (ROOT / package).rglob("*.py") if "lambdas" not in p.parts}
-    sources["app"] = ROOT / "app.py"
-    trees = {name: ast.parse(path.read_text()) for name, path in sources.items()}
+    paths = [p for package in ("config", "constructs_lib", "stacks", "stages", "pipeline", "tests")
+             for p in (ROOT / package).rglob("*.py") if "lambdas" not in p.parts] + [ROOT / "app.py"]
+    # What each module imports when it is imported.
+    imports = {_module(p)[0]: _imports(ast.parse(p.read_text()), _module(p)[1], top_level_only=True) for p in paths}
     # A project module needs the CDK when it imports it at module level, or imports a module that does.
-    needs_cdk = {name for name, tree in trees.items()
-                 if any(i.split(".")[0] in CDK_PACKAGES for i in _imports(tree, name, top_level_only=True))}
-    while True:
-        more = {name for name, tree in trees.items() if name not in needs_cdk
-                and _imports(tree, name, top_level_only=True) & needs_cdk}
-        if not more:
-            break
+    needs_cdk = {name for name, found in imports.items() if any(i.split(".")[0] in CDK_PACKAGES for i in found)}
+    while more := {name for name, found in imports.items() if name not in needs_cdk and found & needs_cdk}:
         needs_cdk |= more
     assert {"app", "constructs_lib.stable_ids", "stacks.network_stack"} <= needs_cdk  # the check sees the CDK
     assert "constructs_lib.service_catalogue" not in needs_cdk
-    collected = sorted(name for name in trees if name.startswith("tests.") and name != "tests.apps.planted_finding")
-    offenders = {name: sorted(_imports(trees[name], name, top_level_only=True) & (needs_cdk | CDK_PACKAGES))
-                 for name in collected}
+    collected = sorted(name for name in imports if name.startswith("tests.") and name != "tests.apps.planted_finding")
+    offenders = {name: sorted(imports[name] & (needs_cdk | CDK_PACKAGES)) for name in collected}
     assert {name: found for name, found in offenders.items() if found} == {}
