@@ -4,10 +4,24 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from constructs_lib.jsii_kernel import limit_background_threads
+
+# The CDK CLI always hands the app cdk.json's context (the feature flags the templates depend on, and `-c config=...`)
+# in this variable (what does not fit goes to a file it names besides). Without it the app would fail deep in the CDK,
+# after its kernel started, with a JavaScript stack trace.
+CLI_CONTEXT_VARIABLE = "CDK_CONTEXT_JSON"
+NOT_RUN_BY_THE_CLI = (
+    "error: app.py is run by the CDK CLI, which passes it cdk.json's context: use `make synth` "
+    "(or `cdk synth`, with `-c config=PATH` for another config file)"
+)
+
+if __name__ == "__main__" and CLI_CONTEXT_VARIABLE not in os.environ:  # before the kernel starts: the answer is immediate
+    print(NOT_RUN_BY_THE_CLI, file=sys.stderr)
+    sys.exit(2)
 
 limit_background_threads()  # before the first aws_cdk import, which starts the CDK's Node.js kernel
 

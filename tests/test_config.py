@@ -350,3 +350,16 @@ def test_app_exits_non_zero_with_the_message_and_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
     assert not re.search(r"jsii|at .*\.js:\d+", result.stderr)
     assert not (tmp_path / "out" / "manifest.json").exists()  # nothing synthesized
+
+
+def test_app_run_without_the_cli_says_how_to_run_it(tmp_path):
+    """`python app.py` without the CLI's context (cdk.json's feature flags) stopped after ~10 s in the CDK's kernel with
+    KeyMustResolveToString; it now says how to run it, before the kernel starts."""
+    env = {name: value for name, value in os.environ.items() if name != "CDK_CONTEXT_JSON"}
+    env["CDK_OUTDIR"] = str(tmp_path / "out")
+    result = subprocess.run([sys.executable, "app.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: app.py is run by the CDK CLI")
+    assert "`make synth`" in result.stderr and "-c config=PATH" in result.stderr
+    assert "Traceback" not in result.stderr and "jsii" not in result.stderr
+    assert not (tmp_path / "out").exists()
