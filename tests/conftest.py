@@ -21,7 +21,7 @@ from tests.assembly import Assembly
 from tests.certificates import LocalCA
 from tests.cfn_server import ResponseRecorder
 from tests.postgres_server import PostgresServer
-from tests.synths import FIXTURES, Synths
+from tests.synths import FIXTURES, LINT_FIXTURE, Synths
 from tests.tls_servers import SHUTDOWN_POLL
 
 # moto builds every region's EC2 backend with its catalogue of public AMIs (a second and more per test that touches
@@ -34,9 +34,9 @@ limit_background_threads()
 STAGES = tuple(environment.stage_id for environment in load_config().environments)
 
 
-# The modules that run longest once their assembly is there: the LiteLLM proxy's start, the release review's runs,
-# cfn-lint over every template.
-LONGEST_AFTER_SYNTH = ("tests.test_litellm_proxy", "tests.test_changes", "tests.test_cfn_lint")
+# The modules that run longest once their assembly is there: the LiteLLM proxy's start, the release review's runs.
+# (cfn-lint runs in the synth's own job.)
+LONGEST_AFTER_SYNTH = ("tests.test_litellm_proxy", "tests.test_changes")
 
 
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection: start only the synths the selected tests read
@@ -47,8 +47,9 @@ def pytest_collection_modifyitems(session, config, items):
     if not needed or config.option.collectonly:
         return
     synths = _synths(config)
+    lint = {FIXTURES[LINT_FIXTURE] for item in items if LINT_FIXTURE in item.fixturenames}
     for name in sorted(needed):
-        synths.start(name)
+        synths.start(name, lint=name in lint)
     reads_assembly = {item.module.__name__ for item in items if FIXTURES.keys() & set(item.fixturenames)}
     # Stable sort: collection order otherwise. Of the modules that wait for an assembly, the longest go first, so that
     # neither worker is left alone with one of them at the end (a scheduling hint only).
@@ -78,6 +79,13 @@ def _synths(config) -> Synths:
 @pytest.fixture(scope="session")
 def assembly(request) -> Assembly:
     return Assembly.load(_synths(request.config).assembly_directory("cdk"))
+
+
+@pytest.fixture(scope="session")
+def cfn_lint(request) -> list[dict]:
+    """cfn-lint's runs over the app's templates, one per core: the synth's job starts them as soon as it has written
+    the assembly (tests/synths.py)."""
+    return _synths(request.config).lint_runs(FIXTURES[LINT_FIXTURE])
 
 
 @pytest.fixture(scope="session")

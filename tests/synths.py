@@ -5,8 +5,12 @@ waiting (and its core idle) for the whole synth; started at collection, it runs 
 tests that need no assembly (servers, moto, PostgreSQL, the LiteLLM proxy), which spend much of their time waiting.
 Whichever worker collects first starts each synth (an exclusive `.started` file); every worker reads the result.
 
-`python -m tests.synths NAME DIRECTORY` is the background job: it runs one synth and writes `result.json`, then
-`.done`, into DIRECTORY.
+cfn-lint over the app's templates (about 10 CPU-seconds) runs in the same job as soon as the assembly is written,
+when the collected tests ask for it: the synths end together and free both cores at once, and a test module
+waiting for its turn behind slower ones would leave them idle.
+
+`python -m tests.synths NAME DIRECTORY [--lint]` is the background job: it runs one synth and writes `result.json`,
+then `.done`, into DIRECTORY; with `--lint`, cfn-lint's runs then go to `lint.json`, then `.linted`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 from config.loader import DEFAULT_CONFIG_PATH
+from pipeline.synth_summary import iter_stacks
 from tests.assembly import ROOT
 
 THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
@@ -28,7 +33,8 @@ VARIANT_SECRET_VERSION = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
 VARIANT_COPY_VAULT = "arn:aws:backup:us-east-1:555555555555:backup-vault:coder-staging-copies"
 
 # The fixture that reads each synth's assembly, and the synth's name (its directory under the run's directory).
-FIXTURES = {"assembly": "cdk", "three_environments": "three", "variant": "variant"}
+FIXTURES = {"assembly": "cdk", "three_environments": "three", "variant": "variant", "cfn_lint": "cdk"}
+LINT_FIXTURE = "cfn_lint"  # cfn-lint's runs over that synth's templates
 TIMEOUT_SECONDS = 600
 
 
@@ -59,8 +65,9 @@ def _command(name: str, directory: Path) -> list[str]:
     raise ValueError(f"unknown synth {name!r}")
 
 
-def run(name: str, directory: Path) -> None:
-    """The background job: one synth, its outcome in result.json, then .done."""
+def run(name: str, directory: Path, lint: bool = False) -> None:
+    """The background job: one synth, its outcome in result.json, then .done; with `lint`, cfn-lint's runs over its
+    templates in lint.json, then .linted."""
     try:
         args = _command(name, directory)
         result = subprocess.run(args, cwd=ROOT, env=tool_env(), capture_output=True, text=True, timeout=TIMEOUT_SECONDS)
@@ -69,6 +76,33 @@ def run(name: str, directory: Path) -> None:
         outcome = {"args": [name], "returncode": -1, "stdout": "", "stderr": f"{type(error).__name__}: {error}"}
     (directory / "result.json").write_text(json.dumps(outcome))
     (directory / ".done").write_text("")
+    if not lint:
+        return
+    if outcome["returncode"] != 0:
+        linted = {"error": f"synth {name} failed: no templates to lint"}
+    else:
+        try:
+            linted = {"runs": cfn_lint(directory / "cdk.out")}
+        except Exception as error:  # noqa: BLE001 - as above
+            linted = {"error": f"{type(error).__name__}: {error}"}
+    (directory / "lint.json").write_text(json.dumps(linted))
+    (directory / ".linted").write_text("")
+
+
+def cfn_lint(assembly: Path) -> list[dict]:
+    """cfn-lint (with .cfnlintrc.yaml) on every template of the assembly, one process per core, each on its share:
+    [{"templates": [...], "returncode": N, "output": "..."}] per process."""
+    templates = sorted(str(stack.template) for stack in iter_stacks(assembly))
+    cores = os.cpu_count() or 1
+    shares = [templates[i::cores] for i in range(min(cores, len(templates)))]
+    processes = [
+        subprocess.Popen(["cfn-lint", "--config-file", str(ROOT / ".cfnlintrc.yaml"), "--", *share], cwd=ROOT,
+                         env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for share in shares
+    ]
+    outputs = [process.communicate(timeout=TIMEOUT_SECONDS)[0] for process in processes]
+    return [{"templates": share, "returncode": process.returncode, "output": output}
+            for share, process, output in zip(shares, processes, outputs, strict=True)]
 
 
 class Synths:
@@ -81,8 +115,8 @@ class Synths:
     def directory(self, name: str) -> Path:
         return self.root / f"synth-{name}"
 
-    def start(self, name: str) -> None:
-        """Start the synth unless another worker already did."""
+    def start(self, name: str, lint: bool = False) -> None:
+        """Start the synth (and cfn-lint after it, with `lint`) unless another worker already did."""
         directory = self.directory(name)
         directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -91,7 +125,7 @@ class Synths:
             return
         log = open(directory / "job.log", "w")  # noqa: SIM115 - the job's own output, kept for a failed run
         # A session of its own: an interrupted run stops the job, the CLI and the app together.
-        process = subprocess.Popen([sys.executable, "-m", "tests.synths", name, str(directory)], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "tests.synths", name, str(directory), *(["--lint"] if lint else [])], cwd=ROOT,
                                    stdout=log, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True)
         log.close()
         self.started.append(process)
@@ -100,17 +134,28 @@ class Synths:
     def result(self, name: str) -> subprocess.CompletedProcess:
         """Wait for the synth (starting it if nobody has) and return how the CLI ended."""
         self.start(name)
+        outcome = json.loads(self._wait(name, ".done", "result.json", TIMEOUT_SECONDS + 60).read_text())
+        return subprocess.CompletedProcess(outcome["args"], outcome["returncode"], outcome["stdout"], outcome["stderr"])
+
+    def lint_runs(self, name: str) -> list[dict]:
+        """Wait for cfn-lint over the synth's templates (starting both if nobody has) and return its runs."""
+        self.start(name, lint=True)
+        linted = json.loads(self._wait(name, ".linted", "lint.json", 2 * TIMEOUT_SECONDS + 60).read_text())
+        if "error" in linted:
+            raise AssertionError(f"cfn-lint did not run: {linted['error']}")
+        return linted["runs"]
+
+    def _wait(self, name: str, marker: str, output: str, seconds: float) -> Path:
+        """Wait until the job writes `marker` (after `output`); fail at once if it ended without, or after `seconds`."""
         directory = self.directory(name)
-        done = directory / ".done"
-        deadline = time.monotonic() + TIMEOUT_SECONDS + 60
-        while not done.exists():
+        deadline = time.monotonic() + seconds
+        while not (directory / marker).exists():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"synth {name} did not finish; see {directory / 'job.log'}")
-            if not _alive(directory / ".started") and not done.exists():  # killed before it could write its result
-                raise RuntimeError(f"synth {name}'s job ended without a result:\n{(directory / 'job.log').read_text()[-3000:]}")
+            if not _alive(directory / ".started") and not (directory / marker).exists():  # killed before it wrote it
+                raise RuntimeError(f"synth {name}'s job ended without {output}:\n{(directory / 'job.log').read_text()[-3000:]}")
             time.sleep(0.1)
-        outcome = json.loads((self.directory(name) / "result.json").read_text())
-        return subprocess.CompletedProcess(outcome["args"], outcome["returncode"], outcome["stdout"], outcome["stderr"])
+        return directory / output
 
     def assembly_directory(self, name: str) -> Path:
         """The cloud assembly of a synth that must pass (an open compliance finding fails it)."""
@@ -125,7 +170,7 @@ class Synths:
         for process in self.started:
             if interrupted and process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=TIMEOUT_SECONDS + 60)
+            process.wait(timeout=2 * TIMEOUT_SECONDS + 60)
 
 
 def _alive(started: Path) -> bool:
@@ -141,4 +186,4 @@ def _alive(started: Path) -> bool:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], Path(sys.argv[2]))
+    run(sys.argv[1], Path(sys.argv[2]), lint=sys.argv[3:] == ["--lint"])

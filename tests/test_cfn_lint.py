@@ -1,24 +1,11 @@
-"""cfn-lint on every template of the synthesized cloud assembly: no error, no warning outside .cfnlintrc.yaml."""
+"""cfn-lint on every template of the synthesized cloud assembly: no error, no warning outside .cfnlintrc.yaml.
+The synth's background job runs it as soon as the assembly is written (tests/synths.py), one process per core."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 
-from tests.assembly import ROOT
-from tests.synths import tool_env
-
-
-def test_every_template_passes_cfn_lint(assembly):
+def test_every_template_passes_cfn_lint(assembly, cfn_lint):
     templates = sorted(str(t.path) for t in assembly.templates.values())
     assert len(templates) == 9  # the pipeline stack + Network, Data, Platform and Observability in each Stage
-    # One cfn-lint process per core, each on its share of the templates.
-    shares = [templates[i::os.cpu_count() or 1] for i in range(min(os.cpu_count() or 1, len(templates)))]
-    processes = [
-        subprocess.Popen(["cfn-lint", "--config-file", str(ROOT / ".cfnlintrc.yaml"), "--", *share], cwd=ROOT,
-                         env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for share in shares
-    ]
-    outputs = [(process.communicate(timeout=600)[0], process.returncode) for process in processes]
-    assert sorted(sum(shares, [])) == templates
-    assert all(code == 0 for _, code in outputs), "\n".join(output for output, _ in outputs)
+    assert sorted(sum((run["templates"] for run in cfn_lint), [])) == templates
+    assert all(run["returncode"] == 0 for run in cfn_lint), "\n".join(run["output"] for run in cfn_lint)
