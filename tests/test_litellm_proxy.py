@@ -66,6 +66,9 @@ def world(assembly, tmp_path_factory):
     environment["CUSTOM_LLM_CLAUDE_API_BASE"] = "http://{gateway}/v2/api/claude/messages"
     # The container trusts the public CAs the ALB's certificate chains to; this world's CA stands in for them.
     environment.update({"SSL_CERT_FILE": str(ca.bundle), "REQUESTS_CA_BUNDLE": str(ca.bundle)})
+    # OpenTelemetry's batch span processor sends every 5 s by default: this world waited that long, idle, for the trace.
+    # When the batch goes is not what is checked here (its path, credentials and content are).
+    environment["OTEL_BSP_SCHEDULE_DELAY"] = "100"
     spec = {
         "langfuse_host": langfuse_host, "certificate": str(certificate), "key": str(key), "environment": environment,
         "litellm": str(LITELLM), "config": str(ROOT / "litellm" / "config.yaml"), "log": str(directory / "litellm.log"),
