@@ -3,6 +3,7 @@ background at collection, once per test run, and the xdist workers share them (t
 
 from __future__ import annotations
 
+import functools
 import os
 import ssl
 import subprocess
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 from http.server import HTTPServer
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 from moto import mock_aws
 from moto.server import ThreadedMotoServer
@@ -29,6 +32,9 @@ from tests.tls_servers import SHUTDOWN_POLL
 os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 # The tests that build constructs in-process start the CDK's Node.js kernel as the app does.
 limit_background_threads()
+# Each botocore session gets a loader of its own, which parses botocore's JSON data (endpoints, service models) again:
+# the tools make a session per account or per run, the tests hundreds. In the tests, one loader per data path.
+botocore.session.create_loader = functools.cache(botocore.loaders.create_loader)
 
 # The Stages of the shipped config, in promotion order: Staging, Production.
 STAGES = tuple(environment.stage_id for environment in load_config().environments)

@@ -9,8 +9,6 @@ import subprocess
 import sys
 
 import boto3
-import botocore.loaders
-import botocore.session
 import pytest
 from botocore.stub import Stubber
 
@@ -25,15 +23,6 @@ REAL = (BASE.replace("111111111111", PIPELINE).replace("222222222222", STAGING).
         .replace(f"arn:aws:codeconnections:us-west-2:{PIPELINE}:connection/00000000-0000-4000-8000-000000000000", CONNECTION)
         .replace("company.com", "acme-corp.io").replace("example-org/", "acme/")
         .replace('notification_email = ""', 'notification_email = "oncall@acme-corp.io"'))
-_MODELS = botocore.loaders.create_loader()
-
-
-def new_session(session_class=boto3.session.Session, **kwargs) -> boto3.session.Session:
-    """A boto3 session as the doctor makes one, whose service models come from one loader shared by the tests (a
-    session's own loader parses botocore's JSON models again: most of these tests' time)."""
-    core = botocore.session.get_session()
-    core.register_component("data_loader", _MODELS)
-    return session_class(botocore_session=core, **kwargs)
 
 
 OLD_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
@@ -46,14 +35,14 @@ def aws(moto_endpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    base = new_session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-west-2")
+    base = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-west-2")
 
     def account(number: str) -> boto3.session.Session:
         credentials = base.client("sts").assume_role(RoleArn=f"arn:aws:iam::{number}:role/admin",
                                                      RoleSessionName="setup")["Credentials"]
-        return new_session(aws_access_key_id=credentials["AccessKeyId"],
-                           aws_secret_access_key=credentials["SecretAccessKey"],
-                           aws_session_token=credentials["SessionToken"], region_name="us-west-2")
+        return boto3.session.Session(aws_access_key_id=credentials["AccessKeyId"],
+                                     aws_secret_access_key=credentials["SecretAccessKey"],
+                                     aws_session_token=credentials["SessionToken"], region_name="us-west-2")
 
     config = tmp_path / "real.toml"
     config.write_text(REAL)
@@ -83,7 +72,7 @@ def stubbed(session_maker, connection_status="AVAILABLE", execution_status=None)
             credentials = session_maker().get_credentials()
             kwargs = {"aws_access_key_id": credentials.access_key, "aws_secret_access_key": credentials.secret_key,
                       "aws_session_token": credentials.token, "region_name": "us-west-2"}
-        return new_session(Session, **kwargs)
+        return Session(**kwargs)
 
     return factory
 
