@@ -100,7 +100,13 @@ def cfn_lint(assembly: Path) -> list[dict]:
                          env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for share in shares
     ]
-    outputs = [process.communicate(timeout=TIMEOUT_SECONDS)[0] for process in processes]
+    try:
+        outputs = [process.communicate(timeout=TIMEOUT_SECONDS)[0] for process in processes]
+    finally:
+        for process in processes:  # none left behind when one timed out
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return [{"templates": share, "returncode": process.returncode, "output": output}
             for share, process, output in zip(shares, processes, outputs, strict=True)]
 
@@ -125,8 +131,8 @@ class Synths:
             return
         log = open(directory / "job.log", "w")  # noqa: SIM115 - the job's own output, kept for a failed run
         # A session of its own: an interrupted run stops the job, the CLI and the app together.
-        process = subprocess.Popen([sys.executable, "-m", "tests.synths", name, str(directory), *(["--lint"] if lint else [])], cwd=ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True)
+        job = [sys.executable, "-m", "tests.synths", name, str(directory), *(["--lint"] if lint else [])]
+        process = subprocess.Popen(job, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=tool_env(), start_new_session=True)
         log.close()
         self.started.append(process)
         (directory / ".started").write_text(str(process.pid))  # for the other workers: is the job still alive?
