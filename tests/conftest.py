@@ -53,9 +53,9 @@ def pytest_collection_modifyitems(session, config, items):
     if not needed or config.option.collectonly:
         return
     synths = _synths(config)
-    lint = {FIXTURES[LINT_FIXTURE] for item in items if LINT_FIXTURE in item.fixturenames}
+    lint = any(LINT_FIXTURE in item.fixturenames for item in items)
     for name in sorted(needed):
-        synths.start(name, lint=name in lint)
+        synths.start(name, lint=lint and name == FIXTURES[LINT_FIXTURE])
     reads_assembly = {item.module.__name__ for item in items if FIXTURES.keys() & set(item.fixturenames)}
     # Stable sort: collection order otherwise. Of the modules that wait for an assembly, the longest go first, so that
     # neither worker is left alone with one of them at the end (a scheduling hint only).

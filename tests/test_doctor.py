@@ -23,8 +23,6 @@ REAL = (BASE.replace("111111111111", PIPELINE).replace("222222222222", STAGING).
         .replace(f"arn:aws:codeconnections:us-west-2:{PIPELINE}:connection/00000000-0000-4000-8000-000000000000", CONNECTION)
         .replace("company.com", "acme-corp.io").replace("example-org/", "acme/")
         .replace('notification_email = ""', 'notification_email = "oncall@acme-corp.io"'))
-
-
 OLD_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                       "Principal": {"AWS": "arn:aws:iam::999999999999:root"}}]}
 
