@@ -4,10 +4,12 @@ approval -> production)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
+import jsii
 import yaml
-from aws_cdk import Annotations, Duration, Environment, Stack, pipelines
+from aws_cdk import Annotations, Duration, Environment, IAnyProducer, IResolveContext, Lazy, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_iam as iam
@@ -125,6 +127,7 @@ class PipelineStack(Stack):
             previous = environment
 
         self.pipeline.build_pipeline()
+        self._publishing_starts_no_builds()
         self._roll_back_production_on_failure(config)
         self._pipeline_logging_and_acknowledgments(config)
         self.pipeline.pipeline.notify_on(
@@ -148,6 +151,18 @@ class PipelineStack(Stack):
             notification_topic=self.notifications,
             review_url=self._report_url(self._review_project_name(environment.stage_id), "changes"),
         )
+
+    def _publishing_starts_no_builds(self) -> None:
+        """CDK Pipelines gives its asset publishing role (the service role of every Assets build) CodeBuild's build
+        control on every project of the account. With it, a publishing build could start any project with a
+        buildspec of its own, self-mutation's included, whose role deploys to every environment. The pipeline starts
+        each build with its action role, scoped to this pipeline's projects: the publishing role's grant is dropped."""
+        assets = self.pipeline.node.try_find_child("Assets")
+        for role in assets.node.children if assets else []:
+            policy = role.node.try_find_child("DefaultPolicy")
+            if isinstance(role, iam.Role) and isinstance(policy, iam.Policy):
+                cfn: iam.CfnPolicy = policy.node.default_child  # type: ignore[assignment]
+                cfn.policy_document = Lazy.uncached_any(_EditedStatements(cfn.policy_document, _without_build_control))
 
     def _roll_back_production_on_failure(self, config: AppConfig) -> None:
         """CodePipeline V2 stage rollback: when an action of production's stage fails (a deploy, the smoke tests),
@@ -190,7 +205,7 @@ class PipelineStack(Stack):
                 document = self.resolve(policy.policy_document)
                 acknowledge(
                     policy,
-                    {f"AwsSolutions-IAM5[{finding}]": _pipeline_wildcard_reason(finding)
+                    {f"AwsSolutions-IAM5[{finding}]": _pipeline_wildcard_reason(finding, document)
                      for finding in wildcard_findings(document)},
                 )
 
@@ -358,10 +373,45 @@ _PIPELINE_WILDCARDS = (
     (r"^Resource::arn:\*:iam::\d+:role/\*$",
      "Self-mutation assumes the CDK bootstrap roles (cdk-<qualifier>-*) of the pipeline's accounts; bootstrap "
      "fixes their names and their trust."),
-    (r"^Resource::\*$",
-     "CDK Pipelines' actions without resource-level permissions (cloudformation:DescribeStacks, "
-     "ecr:GetAuthorizationToken, s3:ListAllMyBuckets) and the bootstrap roles' lookups."),
 )
+
+# The only actions the pipeline's own roles may have on every resource ("Resource::*"), each with why. Any other one
+# fails synth: a grant on every resource is acknowledged by its actions, never by the finding alone.
+_UNSCOPED_ACTIONS = {
+    "cloudformation:DescribeStacks": "CDK Pipelines' grant to self-mutation: the CDK CLI reads the status and "
+    "outputs of the stacks it deploys, the bootstrap stack's included. It describes, it changes nothing.",
+    "s3:ListBucket": "CDK Pipelines' grant to self-mutation, for the CDK CLI's checks of the bootstrap buckets "
+    "(without it S3 answers a missing object with 403, not 404). It lists object keys and reads no object.",
+}
+
+# CodeBuild's build control: for the pipeline's action role only, on its own projects (_publishing_starts_no_builds).
+_BUILD_CONTROL = frozenset({"codebuild:BatchGetBuilds", "codebuild:StartBuild", "codebuild:StopBuild"})
+
+
+def _listed(value: object) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _without_build_control(statement: dict) -> dict | None:
+    """The statement less CodeBuild's build control (None when nothing is left of it)."""
+    if statement.get("Effect") != "Allow":
+        return statement
+    actions = [action for action in _listed(statement.get("Action", [])) if action not in _BUILD_CONTROL]
+    return {**statement, "Action": actions if len(actions) > 1 else actions[0]} if actions else None
+
+
+@jsii.implements(IAnyProducer)
+class _EditedStatements:
+    """A policy document as it resolves at synth, each statement passed through `edit` (None drops it)."""
+
+    def __init__(self, document: object, edit: Callable[[dict], dict | None]) -> None:
+        self._document = document
+        self._edit = edit
+
+    def produce(self, context: IResolveContext) -> object:
+        resolved = context.resolve(self._document)
+        edited = (self._edit(statement) for statement in resolved["Statement"])
+        return {**resolved, "Statement": [statement for statement in edited if statement is not None]}
 
 
 def _promotion(config: AppConfig) -> str:
@@ -369,7 +419,16 @@ def _promotion(config: AppConfig) -> str:
     return " -> ".join(f"approval -> {e.name}" if e.requires_approval else e.name for e in config.environments)
 
 
-def _pipeline_wildcard_reason(finding: str) -> str:
+def _pipeline_wildcard_reason(finding: str, document: dict) -> str:
+    """Why a wildcard of the pipeline's own policy `document` (resolved) is safe; ValueError when nothing says."""
+    if finding == "Resource::*":
+        actions = sorted({action for statement in document.get("Statement", []) if statement.get("Effect") == "Allow"
+                          and "*" in _listed(statement.get("Resource", [])) for action in _listed(statement["Action"])})
+        unexplained = [action for action in actions if action not in _UNSCOPED_ACTIONS]
+        if unexplained:
+            raise ValueError(f"the pipeline's own policies grant {', '.join(unexplained)} on every resource; "
+                             "scope it, or add why it is safe to _UNSCOPED_ACTIONS")
+        return " ".join(_UNSCOPED_ACTIONS[action] for action in actions)
     for pattern, reason in _PIPELINE_WILDCARDS:
         if re.search(pattern, finding):
             return reason

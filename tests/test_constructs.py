@@ -208,3 +208,30 @@ def test_groups_do_not_nest():
 
     with pytest.raises(TypeError, match="a Group inside a Group"):
         Group(Group(Stack(App(), "S"), "Outer"), "Inner")
+
+
+def test_a_pipeline_grant_on_every_resource_needs_a_reason_for_each_action():
+    """A `Resource::*` finding of the pipeline's own policies is acknowledged by the actions on every resource, not by
+    the finding: an action nobody explained fails synth with its name."""
+    from pipeline.pipeline_stack import _UNSCOPED_ACTIONS, _pipeline_wildcard_reason
+
+    described = {"Effect": "Allow", "Action": "cloudformation:DescribeStacks", "Resource": "*"}
+    reason = _pipeline_wildcard_reason("Resource::*", {"Statement": [described]})
+    assert reason == _UNSCOPED_ACTIONS["cloudformation:DescribeStacks"]
+    builds = {"Effect": "Allow", "Action": ["codebuild:StartBuild", "s3:ListBucket"], "Resource": ["*"]}
+    with pytest.raises(ValueError, match=r"grant codebuild:StartBuild on every resource"):
+        _pipeline_wildcard_reason("Resource::*", {"Statement": [described, builds]})
+    scoped = {"Effect": "Allow", "Action": "codebuild:StartBuild", "Resource": "arn:aws:codebuild:us-west-2:1:project/x"}
+    denied = {"Effect": "Deny", "Action": "codebuild:StartBuild", "Resource": "*"}
+    assert _pipeline_wildcard_reason("Resource::*", {"Statement": [described, scoped, denied]}) == reason
+
+
+def test_build_control_leaves_a_statement_and_nothing_else():
+    from pipeline.pipeline_stack import _without_build_control
+
+    control = ["codebuild:BatchGetBuilds", "codebuild:StartBuild", "codebuild:StopBuild"]
+    assert _without_build_control({"Effect": "Allow", "Action": control, "Resource": "*"}) is None
+    mixed = {"Effect": "Allow", "Action": ["codebuild:StartBuild", "logs:PutLogEvents"], "Resource": "*"}
+    assert _without_build_control(mixed) == {"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "*"}
+    deny = {"Effect": "Deny", "Action": control, "Resource": "*"}
+    assert _without_build_control(deny) == deny

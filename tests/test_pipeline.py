@@ -145,6 +145,54 @@ def test_artifacts_encrypted_with_a_rotated_cross_account_key(pipeline):
     assert pipeline_props["ArtifactStore"]["EncryptionKey"]["Type"] == "KMS"
 
 
+BUILD_CONTROL = {"codebuild:BatchGetBuilds", "codebuild:StartBuild", "codebuild:StopBuild"}
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(pipeline, role: str | None = None) -> list[dict]:
+    """The statements of the pipeline stack's IAM policies (of one role's, given its logical id), with "Role" set."""
+    return [{**statement, "Role": attached["Ref"]}
+            for policy in pipeline.props("AWS::IAM::Policy") for attached in policy["Roles"]
+            for statement in policy["PolicyDocument"]["Statement"] if role in (None, attached["Ref"])]
+
+
+def test_builds_are_started_only_by_the_pipeline_and_only_its_own(pipeline):
+    """Starting a build can override its buildspec: whoever may start self-mutation's build runs anything with its
+    role, which deploys to every environment. Only the role CodePipeline's actions run with may, on this pipeline's
+    projects. (CDK Pipelines also gave it to the asset publishing role, on every project of the account.)"""
+    granted = [s for s in _statements(pipeline) if s["Effect"] == "Allow" and BUILD_CONTROL & set(_listed(s["Action"]))]
+    action_role = pipeline.logical_id("/Pipeline/CodeBuildActionRole/Resource")
+    assert [s["Role"] for s in granted] == [action_role]
+    assert set(granted[0]["Action"]) == BUILD_CONTROL
+    projects = [{"Fn::GetAtt": [logical_id, "Arn"]} for logical_id, resource in pipeline.resources.items()
+                if resource["Type"] == "AWS::CodeBuild::Project"]
+    assert len(projects) == 9 and sorted(map(json.dumps, granted[0]["Resource"])) == sorted(map(json.dumps, projects))
+    (trust,) = pipeline.resources[action_role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": {"Fn::GetAtt": [pipeline.logical_id("/Pipeline/Pipeline/Role/Resource"), "Arn"]}}
+
+
+def test_asset_publishing_role_publishes_and_does_nothing_else(pipeline, app_config):
+    """The role of the Assets builds (cdk-assets): assume each environment's file-publishing role, read the run's
+    artifacts, write its own logs and reports. Only CodeBuild may assume it."""
+    role = pipeline.logical_id("/Pipeline/Assets/FileRole/Resource")
+    statements = _statements(pipeline, role)
+    assert {action for s in statements for action in _listed(s["Action"])} == {
+        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents",
+        "codebuild:BatchPutCodeCoverages", "codebuild:BatchPutTestCases", "codebuild:CreateReport",
+        "codebuild:CreateReportGroup", "codebuild:UpdateReport",
+        "sts:AssumeRole", "s3:GetBucket*", "s3:GetObject*", "s3:List*", "kms:Decrypt", "kms:DescribeKey"}
+    assert all(s["Effect"] == "Allow" and "*" not in _listed(s["Resource"]) for s in statements)
+    (assume,) = [s for s in statements if s["Action"] == "sts:AssumeRole"]
+    assert assume["Resource"] == [
+        {"Fn::Sub": f"arn:${{AWS::Partition}}:iam::{e.account}:role/cdk-hnb659fds-file-publishing-role-{e.account}-{e.region}"}
+        for e in app_config.environments]
+    (trust,) = pipeline.resources[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "codebuild.amazonaws.com"}
+
+
 def test_stages_target_the_configured_accounts(assembly, app_config):
     for env in app_config.environments:
         stage = env.stage_id
