@@ -219,8 +219,9 @@ class PipelineStack(Stack):
             expiration=Duration.days(30),
             access_logs=(self._logs_bucket.bucket_name, "artifacts/"),
         )
-        cache_only = ("It holds only the pip and npm caches of the Synth step: public packages from PyPI and npm, "
-                      "pinned and hash-checked by the lock files; no project data.")
+        cache_only = ("It holds only the pip and npm download caches of the Synth step: public packages from PyPI "
+                      "and npm at the versions the lock files pin (npm checks each against package-lock.json's "
+                      "integrity hash); no project data. Only the Synth step's role may write it.")
         acknowledge(made, {
             "S3DefaultEncryptionKMS": cache_only + " Encrypted with S3-managed keys.",
             "S3BucketVersioningEnabled": cache_only + " A miss rebuilds it from the registries.",

@@ -69,6 +69,12 @@ def test_synth_runs_make_synth_on_node_22(pipeline, stages):
     cache = pipeline.resources[bucket]["Properties"]
     assert cache["LifecycleConfiguration"]["Rules"][-1]["ExpirationInDays"] == 30
     assert cache["PublicAccessBlockConfiguration"]["BlockPublicPolicy"] is True
+    # Only the Synth step may write it (pip installs what it finds there), and the bucket policy allows nobody else.
+    writers = {s["Role"] for s in _statements(pipeline) if s["Effect"] == "Allow" and bucket in json.dumps(s["Resource"])
+               and any(a.startswith(("s3:Put", "s3:Delete", "s3:*")) for a in _listed(s["Action"]))}
+    assert writers == {project["ServiceRole"]["Fn::GetAtt"][0]}
+    (policy,) = [p for p in pipeline.props("AWS::S3::BucketPolicy") if p["Bucket"] == {"Ref": bucket}]
+    assert {s["Effect"] for s in policy["PolicyDocument"]["Statement"]} == {"Deny"}
 
 
 def test_self_mutation_uses_the_pinned_cli(pipeline, stages):
