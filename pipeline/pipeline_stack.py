@@ -423,9 +423,11 @@ def _promotion(config: AppConfig) -> str:
 def _pipeline_wildcard_reason(finding: str, document: dict) -> str:
     """Why a wildcard of the pipeline's own policy `document` (resolved) is safe; ValueError when nothing says."""
     if finding == "Resource::*":
-        actions = sorted({action for statement in document.get("Statement", []) if statement.get("Effect") == "Allow"
-                          and "*" in _listed(statement.get("Resource", [])) for action in _listed(statement["Action"])})
-        unexplained = [action for action in actions if action not in _UNSCOPED_ACTIONS]
+        unscoped = [statement for statement in document.get("Statement", [])
+                    if statement.get("Effect") == "Allow" and "*" in _listed(statement.get("Resource", []))]
+        actions = sorted({action for statement in unscoped for action in _listed(statement.get("Action", []))})
+        unexplained = [action for action in actions if action not in _UNSCOPED_ACTIONS] + [
+            f"every action but {statement['NotAction']}" for statement in unscoped if "NotAction" in statement]
         if unexplained:
             raise ValueError(f"the pipeline's own policies grant {', '.join(unexplained)} on every resource; "
                              "scope it, or add why it is safe to _UNSCOPED_ACTIONS")

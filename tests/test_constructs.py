@@ -224,6 +224,9 @@ def test_a_pipeline_grant_on_every_resource_needs_a_reason_for_each_action():
     scoped = {"Effect": "Allow", "Action": "codebuild:StartBuild", "Resource": "arn:aws:codebuild:us-west-2:1:project/x"}
     denied = {"Effect": "Deny", "Action": "codebuild:StartBuild", "Resource": "*"}
     assert _pipeline_wildcard_reason("Resource::*", {"Statement": [described, scoped, denied]}) == reason
+    all_but = {"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}
+    with pytest.raises(ValueError, match=r"grant every action but iam:\* on every resource"):
+        _pipeline_wildcard_reason("Resource::*", {"Statement": [described, all_but]})
 
 
 def test_build_control_leaves_a_statement_and_nothing_else():
