@@ -624,6 +624,11 @@ class EnvironmentConfig(Section):
         return self.global_name(bucket.value)
 
     @property
+    def workspace_cluster_name(self) -> str:
+        """The ECS cluster Coder's workspaces run in (the platform services run in `qualifier`)."""
+        return f"{self.qualifier}-workspaces"
+
+    @property
     def lock_table_name(self) -> str:
         return f"{self.qualifier}-terraform-locks"
 

@@ -27,8 +27,12 @@ CONFIG_DIR = "/home/coder/.config/coderv2"
 class CoderWorkspaceAccess:
     """What Coder's Terraform provisioner manages for workspaces, and nothing more."""
 
-    cluster_arn: str
+    cluster_arn: str  # the workspaces' own cluster: no platform service runs there
     cluster_name: str
+    # The platform's cluster, where earlier releases placed workspaces: Coder may still stop and delete the workspace
+    # services left there (tagged coder_provisioned), never a platform service.
+    platform_cluster_name: str
+    platform_task_families: tuple[str, ...]  # task definition families of the platform services: never Coder's
     passable_roles: tuple[iam.IRole, ...]  # the only roles workspace task definitions may carry
     file_system: efs.IFileSystem
     terraform_state_bucket: str  # name
@@ -119,23 +123,52 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
     def arn(service: str, resource: str, name: str, fmt: ArnFormat = ArnFormat.SLASH_RESOURCE_NAME) -> str:
         return stack.format_arn(service=service, resource=resource, resource_name=name, arn_format=fmt)
 
-    in_cluster = {"ArnEquals": {"ecs:cluster": access.cluster_arn}}
+    in_workspace_cluster = {"ArnEquals": {"ecs:cluster": access.cluster_arn}}
     statements = [
+        # ECS gives DescribeTaskDefinition and DeregisterTaskDefinition no resource-level permissions: Coder may read
+        # any task definition, and deregister none (a platform service's revision made INACTIVE could no longer be
+        # rolled back to). Workspace templates keep their revisions (`skip_destroy = true`).
+        iam.PolicyStatement(sid="ReadTaskDefinitions", actions=["ecs:DescribeTaskDefinition"], resources=["*"]),
         iam.PolicyStatement(
-            sid="TaskDefinitions",  # these actions support no resource-level permissions
-            actions=["ecs:RegisterTaskDefinition", "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition"],
-            resources=["*"],
+            sid="RegisterWorkspaceTaskDefinitions",
+            actions=["ecs:RegisterTaskDefinition"],
+            resources=[arn("ecs", "task-definition", "*")],
+        ),
+        # Never a revision in a platform service's family: an operator who deploys a family's latest revision
+        # would otherwise deploy Coder's.
+        iam.PolicyStatement(
+            sid="NoPlatformTaskDefinitionFamilies",
+            effect=iam.Effect.DENY,
+            actions=["ecs:RegisterTaskDefinition"],
+            resources=[arn("ecs", "task-definition", f"{family}:*") for family in access.platform_task_families],
         ),
         iam.PolicyStatement(
             sid="WorkspaceServices",
             actions=["ecs:CreateService", "ecs:UpdateService", "ecs:DeleteService", "ecs:DescribeServices"],
             resources=[arn("ecs", "service", f"{access.cluster_name}/*")],
         ),
+        # Workspaces an earlier release placed in the platform's cluster: Coder can stop and remove them (Terraform
+        # replaces each in the workspaces' cluster); a platform service has no coder_provisioned tag, and Coder can
+        # tag nothing but what it creates.
+        iam.PolicyStatement(
+            sid="LegacyWorkspaceServices",
+            actions=["ecs:UpdateService", "ecs:DeleteService", "ecs:DescribeServices"],
+            resources=[arn("ecs", "service", f"{access.platform_cluster_name}/*")],
+            conditions={"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}},
+        ),
+        iam.PolicyStatement(
+            sid="RunWorkspaceTasks",
+            actions=["ecs:RunTask"],
+            resources=[arn("ecs", "task-definition", "*")],
+            conditions=in_workspace_cluster,
+        ),
         iam.PolicyStatement(
             sid="WorkspaceTasks",
-            actions=["ecs:RunTask", "ecs:StopTask", "ecs:DescribeTasks", "ecs:ListTasks"],
-            resources=["*"],
-            conditions=in_cluster,
+            actions=["ecs:StopTask", "ecs:DescribeTasks"],
+            resources=[arn("ecs", "task", f"{access.cluster_name}/*")],
+        ),
+        iam.PolicyStatement(
+            sid="ListWorkspaceTasks", actions=["ecs:ListTasks"], resources=["*"], conditions=in_workspace_cluster
         ),
         iam.PolicyStatement(
             sid="TagOnCreate",
@@ -241,11 +274,20 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
 def _acknowledge_provisioning(role: iam.Role, config: EnvironmentConfig, access: CoderWorkspaceAccess, arn) -> None:
     """Why each wildcard of Coder's provisioning permissions is bounded (see the statements above)."""
     reasons = {
-        "Resource::*": "Only actions without resource-level permissions (task definitions, ec2/elb Describe*) or "
-        "ones bounded by a condition (the cluster for tasks, ecs:CreateAction for tags) use Resource *.",
+        "Resource::*": "Only actions without resource-level permissions (DescribeTaskDefinition, ec2/elb "
+        "Describe*, logs:DescribeLogGroups) or ones bounded by a condition (the workspaces' cluster for ListTasks, "
+        "ecs:CreateAction for tags) use Resource *.",
         "Action::ec2:Describe*": "Terraform reads subnets, security groups and network interfaces; read-only.",
+        f"Resource::{arn('ecs', 'task-definition', '*')}": "Workspace task definitions are registered under names "
+        "the templates choose; never in a platform service's family (explicit deny), and they may carry only the "
+        "workspace roles (iam:PassRole). Tasks run only in the workspaces' cluster.",
         f"Resource::{arn('ecs', 'service', f'{access.cluster_name}/*')}": "Workspaces are ECS services that Coder "
-        "creates and deletes by name, in this environment's cluster only.",
+        "creates and deletes by name, in the workspaces' own cluster, where no platform service runs.",
+        f"Resource::{arn('ecs', 'task', f'{access.cluster_name}/*')}": "Workspace tasks, in the workspaces' own "
+        "cluster only.",
+        f"Resource::{arn('ecs', 'service', f'{access.platform_cluster_name}/*')}": "Only services tagged "
+        "coder_provisioned (workspaces an earlier release placed there), to stop and delete them; platform services "
+        "carry no such tag and Coder cannot tag an existing resource.",
         f"Resource::{arn('elasticfilesystem', 'access-point', '*')}": "Access-point ids are made at run time; "
         "changing or deleting one requires the coder_provisioned tag.",
         f"Resource::{arn('ssm', 'parameter', f'{config.qualifier}/*')}": "The SSM bridge parameters of this "

@@ -21,6 +21,7 @@ from constructs_lib.internal_load_balancer import InternalLoadBalancer
 from constructs_lib.key_provisioner_service import KeyProvisionerService
 from constructs_lib.litellm_service import LiteLLMService
 from constructs_lib.secret_access import SecretAccess
+from constructs_lib.service_catalogue import SERVICES
 from constructs_lib.terraform_bridge import TerraformBridge
 from constructs_lib.workspace_roles import WorkspaceRoles
 from stacks.data_stack import DataStackOutputs
@@ -29,7 +30,8 @@ from stacks.network_stack import NetworkStackOutputs
 
 @dataclass(frozen=True)
 class PlatformStackOutputs:
-    cluster: ecs.ICluster
+    cluster: ecs.ICluster  # the platform services'
+    workspace_cluster: ecs.ICluster  # Coder's workspaces'
     load_balancer: elbv2.IApplicationLoadBalancer
     listener: elbv2.IApplicationListener
     certificate: acm.ICertificate
@@ -81,6 +83,16 @@ class PlatformStack(Stack):
         )
         if ecs_exec:
             cluster.node.add_dependency(ecs_exec.log_group)
+        # Workspaces run in a cluster of their own: Coder may change services and tasks there, and none of the
+        # platform's run there.
+        workspace_cluster = ecs.Cluster(
+            self,
+            "WorkspaceCluster",
+            cluster_name=config.workspace_cluster_name,
+            vpc=network.vpc,
+            container_insights_v2=ecs.ContainerInsights.ENABLED,
+            enable_fargate_capacity_providers=True,
+        )
 
         balancer = InternalLoadBalancer(
             self,
@@ -125,8 +137,10 @@ class PlatformStack(Stack):
             listener=listener,
             secrets=secrets,
             workspaces=CoderWorkspaceAccess(
-                cluster_arn=cluster.cluster_arn,
-                cluster_name=config.qualifier,  # the name, so that policies read as what they allow
+                cluster_arn=workspace_cluster.cluster_arn,
+                cluster_name=config.workspace_cluster_name,  # the names, so that policies read as what they allow
+                platform_cluster_name=config.qualifier,
+                platform_task_families=tuple(f"{runtime.family_prefix}-{service.name}" for service in SERVICES),
                 passable_roles=workspaces.passable,
                 file_system=data.file_system,
                 terraform_state_bucket=config.bucket_name(Bucket.TERRAFORM_STATE),
@@ -144,6 +158,7 @@ class PlatformStack(Stack):
 
         self.outputs = PlatformStackOutputs(
             cluster=cluster,
+            workspace_cluster=workspace_cluster,
             load_balancer=load_balancer,
             listener=listener,
             certificate=certificate,
@@ -187,8 +202,9 @@ class PlatformStack(Stack):
             qualifier=self._config.qualifier,
             ssm_prefix=self._config.ssm_prefix,
             values={
-                "ClusterArn": ("cluster-arn", outputs.cluster.cluster_arn),
-                "ClusterName": ("cluster-name", outputs.cluster.cluster_name),
+                # The cluster workspaces run in (not the platform's).
+                "ClusterArn": ("cluster-arn", outputs.workspace_cluster.cluster_arn),
+                "ClusterName": ("cluster-name", outputs.workspace_cluster.cluster_name),
                 # Workspaces run with the workspace execution role: it reads no secrets.
                 "TaskExecutionRoleArn": ("task-execution-role-arn", outputs.workspace_execution_role.role_arn),
                 "WorkspaceTaskRoleArn": ("workspace-task-role-arn", outputs.workspace_task_role.role_arn),

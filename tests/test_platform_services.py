@@ -304,13 +304,17 @@ def test_log_groups_are_kept_a_year(platform, env_config):
 def test_coder_task_role(platform, env_config):
     statements = _statements(platform, "Coder/TaskRole")
     sids = _by_sid(statements)
-    cluster = platform.logical_id("/Platform/Cluster/Resource")
+    workspaces = platform.logical_id("/Platform/WorkspaceCluster/Resource")
     env, region, account = env_config.name, env_config.region, env_config.account
 
-    assert sids["TaskDefinitions"]["Action"] == [
-        "ecs:DeregisterTaskDefinition", "ecs:DescribeTaskDefinition", "ecs:RegisterTaskDefinition"]
-    assert sids["WorkspaceServices"]["Resource"] == f"arn:aws:ecs:{region}:{account}:service/coder-{env}/*"
-    assert sids["WorkspaceTasks"]["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [cluster, "Arn"]}}}
+    # Reach per platform resource: tests/test_tenants.py. Here, the shape of what the templates rely on.
+    assert sids["ReadTaskDefinitions"]["Action"] == "ecs:DescribeTaskDefinition"
+    assert "ecs:DeregisterTaskDefinition" not in json.dumps(statements)
+    assert sids["NoPlatformTaskDefinitionFamilies"]["Effect"] == "Deny"
+    assert sids["WorkspaceServices"]["Resource"] == f"arn:aws:ecs:{region}:{account}:service/coder-{env}-workspaces/*"
+    assert sids["RunWorkspaceTasks"]["Condition"] == {"ArnEquals": {"ecs:cluster": {"Fn::GetAtt": [workspaces, "Arn"]}}}
+    assert sids["LegacyWorkspaceServices"]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}}
     assert sids["TagOnCreate"]["Condition"] == {
         "StringEquals": {"ecs:CreateAction": ["CreateService", "RegisterTaskDefinition", "RunTask"]}}
 

@@ -16,12 +16,19 @@ def _attributes(load_balancer: dict) -> dict:
     return {a["Key"]: a["Value"] for a in load_balancer["LoadBalancerAttributes"]}
 
 
-def test_cluster_with_container_insights_and_fargate_capacity(platform, env_config):
-    cluster = platform.one("AWS::ECS::Cluster")
-    assert cluster["ClusterName"] == f"coder-{env_config.name}"
-    assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
-    providers = platform.one("AWS::ECS::ClusterCapacityProviderAssociations")
-    assert providers["CapacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+def _cluster(platform, name: str) -> dict:
+    return platform.resources[platform.logical_id(f"/Platform/{name}/Resource")]["Properties"]
+
+
+def test_clusters_with_container_insights_and_fargate_capacity(platform, env_config):
+    """The platform services' cluster, and the workspaces' own (Coder may change services there only)."""
+    clusters = {_cluster(platform, "Cluster")["ClusterName"]: _cluster(platform, "Cluster"),
+                _cluster(platform, "WorkspaceCluster")["ClusterName"]: _cluster(platform, "WorkspaceCluster")}
+    assert sorted(clusters) == [f"coder-{env_config.name}", f"coder-{env_config.name}-workspaces"]
+    for cluster in clusters.values():
+        assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": "enabled"}]
+    providers = platform.props("AWS::ECS::ClusterCapacityProviderAssociations")
+    assert [p["CapacityProviders"] for p in providers] == [["FARGATE", "FARGATE_SPOT"]] * 2
 
 
 def test_certificate_covers_domain_and_wildcard(platform, env_config):
@@ -107,7 +114,8 @@ def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_con
 
 
 def test_ecs_exec_only_where_allowed_and_every_session_logged(platform, env_config):
-    cluster = platform.one("AWS::ECS::Cluster")
+    cluster = _cluster(platform, "Cluster")
+    assert "Configuration" not in _cluster(platform, "WorkspaceCluster")  # workspaces use Coder's agent, not ECS Exec
     policies = platform.props("AWS::IAM::ManagedPolicy")
     if not env_config.ecs_exec:  # production, by default
         assert "Configuration" not in cluster and policies == []
@@ -139,8 +147,11 @@ def test_ssm_bridge_parameters(platform, env_config):
         "cluster-arn", "cluster-name", "task-execution-role-arn", "workspace-task-role-arn",
         "workspace-sg-id", "private-subnet-ids", "efs-id", "alb-listener-arn",
     ))
-    assert params[prefix + "cluster-arn"] == {"Fn::GetAtt": [platform.logical_id("/Platform/Cluster/Resource"), "Arn"]}
-    assert params[prefix + "cluster-name"] == {"Ref": platform.logical_id("/Platform/Cluster/Resource")}
+    # Workspaces run in their own cluster, never in the platform's.
+    workspaces = platform.logical_id("/Platform/WorkspaceCluster/Resource")
+    assert params[prefix + "cluster-arn"] == {"Fn::GetAtt": [workspaces, "Arn"]}
+    assert params[prefix + "cluster-name"] == {"Ref": workspaces}
+    assert platform.resources[workspaces]["Properties"]["ClusterName"] == f"coder-{env_config.name}-workspaces"
     # Workspace direct access adds rules to its own listener, never to the platform's.
     assert params[prefix + "alb-listener-arn"] == {
         "Ref": platform.logical_id("/Platform/LoadBalancing/LoadBalancer/WorkspaceDirectAccess/Resource")}
