@@ -483,6 +483,20 @@ class AllowedChange(Section):
         return self
 
 
+class PlatformDataConfig(Section):
+    """Platform data that earlier releases kept on the workspaces' file system, where an access point Coder creates
+    can reach it. ClickHouse's data now lives on the platform's file system."""
+
+    # "copy": ClickHouse copies it from the workspaces' file system once, before its first start, and the old copy
+    # stays (a rollback to an earlier release finds it). "remove": the same, then the old copy is emptied (set it once
+    # production runs on the new copy). "none": no old copy is read (a new environment, or once "remove" has run).
+    old_clickhouse_data: text(
+        r"^(copy|remove|none)$",
+        "not copy, remove or none",
+        '"copy" (keep the old copy), "remove" (empty it once copied) or "none" (nothing to move)',
+    ) = "copy"
+
+
 class FeaturesConfig(Section):
     enable_docker_workspaces: flag()
     enable_workspace_direct_access: flag()
@@ -525,6 +539,7 @@ class EnvironmentConfig(Section):
     oidc: OidcConfig
     features: FeaturesConfig
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    platform_data: PlatformDataConfig = Field(default_factory=PlatformDataConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     # Intended replacements or removals of stateful resources; anything else of the kind blocks the release.
     allowed_changes: Annotated[

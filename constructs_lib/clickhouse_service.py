@@ -8,11 +8,12 @@ from aws_cdk import aws_efs as efs
 from constructs import Construct
 
 from config.model import EnvironmentConfig
-from constructs_lib.fargate_service import EfsMount, FargateService, ServiceRuntime, ServiceSpec, http_health_check, task_role
+from constructs_lib.fargate_service import EfsMount, FargateService, MovedData, ServiceRuntime, ServiceSpec, http_health_check, task_role
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.service_catalogue import CLICKHOUSE
 
 CLICKHOUSE_UID = "101"  # the `clickhouse` user of the official image
+DATA_PATH = "/clickhouse"  # on the platform's file system, as it was on the workspaces' one
 CLICKHOUSE_DATABASE = "langfuse"
 CLICKHOUSE_USER = "langfuse"
 
@@ -23,7 +24,9 @@ class ClickHouseService(Construct):
     `clickhouse.<namespace>` on its HTTP and native ports, admitted from Langfuse only (security group).
 
     The image's entrypoint creates the `langfuse` database and user with the password from Secrets Manager.
-    Data lives on EFS through an access point that acts as uid/gid 101; logs go to CloudWatch, not to EFS.
+    Data lives on the platform's file system (no workspace reaches it) through an access point that acts as uid/gid
+    101; logs go to CloudWatch, not to EFS. Earlier releases kept it on the workspaces' file system: on its first
+    start the task copies it from there (`MovedData`), before the server starts.
     """
 
     def __init__(
@@ -34,17 +37,32 @@ class ClickHouseService(Construct):
         config: EnvironmentConfig,
         runtime: ServiceRuntime,
         file_system: efs.IFileSystem,
+        old_file_system: efs.IFileSystem,
         secrets: SecretAccess,
     ) -> None:
+        """`file_system`: the platform's, which holds the data; `old_file_system`: the workspaces', where earlier
+        releases kept it (config `platform_data.old_clickhouse_data` says what becomes of that copy)."""
         super().__init__(scope, construct_id)
         self.task_role = task_role(self, "TaskRole", f"{config.qualifier}: ClickHouse (its EFS data directory only)")
-        self.access_point = efs.AccessPoint(
-            self,
-            "DataAccessPoint",
-            file_system=file_system,
-            path="/clickhouse",
-            create_acl=efs.Acl(owner_uid=CLICKHOUSE_UID, owner_gid=CLICKHOUSE_UID, permissions="750"),
-            posix_user=efs.PosixUser(uid=CLICKHOUSE_UID, gid=CLICKHOUSE_UID),
+
+        def data_directory(construct_id: str, on: efs.IFileSystem) -> efs.AccessPoint:
+            return efs.AccessPoint(
+                self,
+                construct_id,
+                file_system=on,
+                path=DATA_PATH,
+                create_acl=efs.Acl(owner_uid=CLICKHOUSE_UID, owner_gid=CLICKHOUSE_UID, permissions="750"),
+                posix_user=efs.PosixUser(uid=CLICKHOUSE_UID, gid=CLICKHOUSE_UID),
+            )
+
+        self.access_point = data_directory("PlatformDataAccessPoint", file_system)
+        old_data = config.platform_data.old_clickhouse_data
+        # The old directory keeps its access point's construct id: the same access point as before this release.
+        self.old_access_point = data_directory("DataAccessPoint", old_file_system) if old_data != "none" else None
+        moved_from = (
+            MovedData(old_file_system, self.old_access_point, remove_source=old_data == "remove")
+            if self.old_access_point is not None
+            else None
         )
         self.service = FargateService(
             self,
@@ -69,7 +87,7 @@ class ClickHouseService(Construct):
                 container_health_check=http_health_check(
                     f"http://localhost:{CLICKHOUSE.port}{CLICKHOUSE.health_path}", start_period=Duration.seconds(60)
                 ),
-                efs_mounts=(EfsMount(file_system, self.access_point, "/var/lib/clickhouse"),),
+                efs_mounts=(EfsMount(file_system, self.access_point, "/var/lib/clickhouse", moved_from),),
                 ulimit_nofile=262144,  # ClickHouse's recommended open-files limit
             ),
             task_role=self.task_role,

@@ -34,7 +34,7 @@ class CoderWorkspaceAccess:
     platform_cluster_name: str
     platform_task_families: tuple[str, ...]  # task definition families of the platform services: never Coder's
     passable_roles: tuple[iam.IRole, ...]  # the only roles workspace task definitions may carry
-    file_system: efs.IFileSystem
+    file_system: efs.IFileSystem  # the workspaces' file system: Coder's templates create access points on it
     terraform_state_bucket: str  # name
     lock_table_name: str
     data_key: kms.IKey  # encrypts the state bucket
@@ -53,6 +53,7 @@ class CoderService(Construct):
         listener: elbv2.IApplicationListener,
         secrets: SecretAccess,
         workspaces: CoderWorkspaceAccess,
+        config_file_system: efs.IFileSystem,  # the platform's: out of the workspaces' reach
     ) -> None:
         super().__init__(scope, construct_id)
         self.task_role = task_role(
@@ -63,7 +64,7 @@ class CoderService(Construct):
         access_point = efs.AccessPoint(
             self,
             "ConfigAccessPoint",
-            file_system=workspaces.file_system,
+            file_system=config_file_system,
             path="/coder",
             create_acl=efs.Acl(owner_uid=CODER_UID, owner_gid=CODER_UID, permissions="750"),
             posix_user=efs.PosixUser(uid=CODER_UID, gid=CODER_UID),
@@ -105,7 +106,7 @@ class CoderService(Construct):
             min_healthy_percent=0,
             max_healthy_percent=100,
             health_check_grace=Duration.seconds(180),
-            efs_mounts=(EfsMount(workspaces.file_system, access_point, CONFIG_DIR),),
+            efs_mounts=(EfsMount(config_file_system, access_point, CONFIG_DIR),),
         )
         self.service = FargateService(
             self,
@@ -183,10 +184,24 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
             conditions={"StringEquals": {"iam:PassedToService": ECS_TASKS}},
         ),
         iam.PolicyStatement(sid="DescribeNetwork", actions=["ec2:Describe*"], resources=["*"]),
+        # Access points on the workspaces' file system only (the platform's data is on another one), tagged as
+        # Coder's when created: only those may it later tag, change or delete.
         iam.PolicyStatement(
             sid="WorkspaceAccessPoints",
-            actions=["elasticfilesystem:CreateAccessPoint", "elasticfilesystem:DescribeAccessPoints"],
+            actions=["elasticfilesystem:CreateAccessPoint"],
             resources=[access.file_system.file_system_arn],
+            conditions={"StringEquals": {"aws:RequestTag/coder_provisioned": "true"}},
+        ),
+        iam.PolicyStatement(
+            sid="DescribeWorkspaceAccessPoints",
+            actions=["elasticfilesystem:DescribeAccessPoints"],
+            resources=[access.file_system.file_system_arn],
+        ),
+        iam.PolicyStatement(
+            sid="WorkspaceAccessPointTagsOnCreate",
+            actions=["elasticfilesystem:TagResource"],
+            resources=[arn("elasticfilesystem", "access-point", "*")],
+            conditions={"StringEquals": {"elasticfilesystem:CreateAction": "CreateAccessPoint"}},
         ),
         iam.PolicyStatement(
             sid="WorkspaceAccessPointLifecycle",
@@ -289,7 +304,8 @@ def _acknowledge_provisioning(role: iam.Role, config: EnvironmentConfig, access:
         "coder_provisioned (workspaces an earlier release placed there), to stop and delete them; platform services "
         "carry no such tag and Coder cannot tag an existing resource.",
         f"Resource::{arn('elasticfilesystem', 'access-point', '*')}": "Access-point ids are made at run time; "
-        "changing or deleting one requires the coder_provisioned tag.",
+        "Coder may tag one only while creating it (on the workspaces' file system, tagged coder_provisioned) and "
+        "change or delete only those it tagged.",
         f"Resource::{arn('ssm', 'parameter', f'{config.qualifier}/*')}": "The SSM bridge parameters of this "
         "environment, read-only.",
         f"Resource::{arn('logs', 'log-group', f'/{config.qualifier}/workspaces*', ArnFormat.COLON_RESOURCE_NAME)}":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aws_cdk import Duration, SecretValue, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -29,6 +30,11 @@ SECRET_LIKE_NAME = re.compile(
     r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|PUBLIC_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL|_AUTH$"
 )
 ECS_TASKS = "ecs-tasks.amazonaws.com"
+# The move container's script, without its comment lines (they stay in the file).
+MOVE_SCRIPT = "\n".join(
+    line for line in (Path(__file__).parent / "scripts" / "move-data.sh").read_text().splitlines()
+    if line.strip() and not line.lstrip().startswith("#")
+)
 EXECUTION_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"  # ECR pulls and log writes
 
 
@@ -83,12 +89,23 @@ class OidcAuthentication:
 
 
 @dataclass(frozen=True)
+class MovedData:
+    """Where an earlier release kept a mount's data: copied into the mount once, before the service starts
+    (scripts/move-data.sh), then, with `remove_source`, removed from there."""
+
+    file_system: efs.IFileSystem
+    access_point: efs.IAccessPoint
+    remove_source: bool = False
+
+
+@dataclass(frozen=True)
 class EfsMount:
     """An EFS directory mounted through an access point, TLS in transit and IAM authorization."""
 
     file_system: efs.IFileSystem
     access_point: efs.IAccessPoint
     container_path: str
+    moved_from: MovedData | None = None
 
 
 @dataclass(frozen=True)
@@ -170,9 +187,10 @@ class FargateService(Construct):
             ),
         )
         self.log_group = encrypted_log_group(self, "Logs", runtime.logs_key)
+        image = _image(self, spec.image)
         self.container = self.task_definition.add_container(
             spec.name,
-            image=_image(self, spec.image),
+            image=image,
             port_mappings=[
                 ecs.PortMapping(container_port=port, name=f"{spec.name}-{port}" if port != spec.service.port else spec.name)
                 for port in (spec.service.port, *spec.service.extra_ports.values())
@@ -216,25 +234,12 @@ class FargateService(Construct):
                 },
             )
         for index, mount in enumerate(spec.efs_mounts):
-            volume = f"{spec.name}-efs-{index}"
-            self.task_definition.add_volume(
-                name=volume,
-                efs_volume_configuration=ecs.EfsVolumeConfiguration(
-                    file_system_id=mount.file_system.file_system_id,
-                    transit_encryption="ENABLED",
-                    authorization_config=ecs.AuthorizationConfig(access_point_id=mount.access_point.access_point_id, iam="ENABLED"),
-                ),
-            )
+            volume = self._efs_volume(f"{spec.name}-efs-{index}", mount.file_system, mount.access_point, task_role)
             self.container.add_mount_points(
                 ecs.MountPoint(source_volume=volume, container_path=mount.container_path, read_only=False)
             )
-            task_role.add_to_principal_policy(
-                iam.PolicyStatement(
-                    actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
-                    resources=[mount.file_system.file_system_arn],
-                    conditions={"StringEquals": {"elasticfilesystem:AccessPointArn": mount.access_point.access_point_arn}},
-                )
-            )
+            if mount.moved_from is not None:
+                self._move_data(f"{spec.name}-move-{index}", image, volume, mount.moved_from, task_role)
 
         spot = spec.stateless and spec.use_spot
         # A deployment behind the ALB rolls back when its target group's 5xx or unhealthy-host alarm fires.
@@ -334,6 +339,53 @@ class FargateService(Construct):
                     )
                 )
         self.alarms = self._alarms(runtime.cluster, runtime.alarms, spec.service)
+
+    def _efs_volume(
+        self, name: str, file_system: efs.IFileSystem, access_point: efs.IAccessPoint, task_role: iam.IRole,
+        write: bool = True,
+    ) -> str:
+        """A task volume on `access_point` (TLS, IAM authorization), and the task role's grant for exactly it."""
+        self.task_definition.add_volume(
+            name=name,
+            efs_volume_configuration=ecs.EfsVolumeConfiguration(
+                file_system_id=file_system.file_system_id,
+                transit_encryption="ENABLED",
+                authorization_config=ecs.AuthorizationConfig(access_point_id=access_point.access_point_id, iam="ENABLED"),
+            ),
+        )
+        task_role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["elasticfilesystem:ClientMount", *(["elasticfilesystem:ClientWrite"] if write else [])],
+                resources=[file_system.file_system_arn],
+                conditions={"StringEquals": {"elasticfilesystem:AccessPointArn": access_point.access_point_arn}},
+            )
+        )
+        return name
+
+    def _move_data(
+        self, name: str, image: ecs.ContainerImage, volume: str, moved: MovedData, task_role: iam.IRole
+    ) -> None:
+        """A container that runs before the service's (which waits for it to succeed) and moves the mount's data
+        from where an earlier release kept it (scripts/move-data.sh): the same image, so nothing more is pulled."""
+        old = self._efs_volume(f"{name}-source", moved.file_system, moved.access_point, task_role,
+                               write=moved.remove_source)
+        move = self.task_definition.add_container(
+            name,
+            image=image,
+            essential=False,
+            entry_point=["sh", "-c"],
+            command=[MOVE_SCRIPT],
+            environment={"MOVE_FROM": "/moving/from", "MOVE_TO": "/moving/to",
+                         "MOVE_REMOVE_SOURCE": str(moved.remove_source).lower()},
+            logging=ecs.LogDriver.aws_logs(stream_prefix=name, log_group=self.log_group),
+        )
+        move.add_mount_points(
+            ecs.MountPoint(source_volume=old, container_path="/moving/from", read_only=not moved.remove_source),
+            ecs.MountPoint(source_volume=volume, container_path="/moving/to", read_only=False),
+        )
+        self.container.add_container_dependencies(
+            ecs.ContainerDependency(container=move, condition=ecs.ContainerDependencyCondition.SUCCESS)
+        )
 
     def target_metric(self, metric: str, statistic: str, period: Duration, label: str | None = None) -> cloudwatch.Metric:
         """A metric of this service's own target group (AWS/ApplicationELB), e.g. UnHealthyHostCount."""

@@ -30,7 +30,7 @@ class Watched:
     database: rds.IDatabaseInstance
     database_max_storage_gb: int
     redis_group_id: str  # the replication group's id; its nodes are <id>-001 and <id>-002
-    file_system_id: str
+    file_systems: Mapping[str, str]  # "platform" and "workspaces" -> file system id
     functions: Mapping[str, lambda_.IFunction]  # title -> function
     services: Sequence[FargateService]
 
@@ -126,23 +126,31 @@ class Operations(Group):
                       "the cluster's parameter group (maxmemory-policy must be noeviction).")
 
     def _file_system(self) -> None:
-        limits, fs = self._alarms.thresholds, self.watched.file_system_id
+        limits = self._alarms.thresholds
+        watched = {  # construct id prefix (the platform's keeps the ids of when it was the only one), name, what is on it
+            "platform": ("", "efs", "ClickHouse and Coder live on it", "ClickHouse's merges"),
+            "workspaces": ("Workspaces", "workspaces-efs", "workspaces' home directories", "the busiest workspaces"),
+        }
+        for label, (prefix, name, holds, first) in watched.items():
+            fs = self.watched.file_systems[label]
 
-        def efs(metric: str, statistic: str) -> cloudwatch.Metric:
-            return cloudwatch.Metric(namespace="AWS/EFS", metric_name=metric, period=FIVE_MINUTES, statistic=statistic,
-                                     dimensions_map={"FileSystemId": fs})
+            def efs(metric: str, statistic: str, fs: str = fs) -> cloudwatch.Metric:
+                return cloudwatch.Metric(namespace="AWS/EFS", metric_name=metric, period=FIVE_MINUTES,
+                                         statistic=statistic, dimensions_map={"FileSystemId": fs})
 
-        self._add("FileSystemIoAlarm", name="efs-io-limit", threshold=limits.efs_io_limit_percent,
-                  metric=efs("PercentIOLimit", "Maximum"),
-                  description=f"EFS at {limits.efs_io_limit_percent} % of its I/O limit for 15 minutes (ClickHouse and "
-                  "Coder live on it): they slow down. Look first at ClickHouse's merges.")
-        self._add("FileSystemThroughputAlarm", name="efs-throughput", threshold=limits.efs_io_limit_percent,
-                  metric=cloudwatch.MathExpression(
-                      expression="100 * (io / PERIOD(io)) / (permitted * 1048576)", period=FIVE_MINUTES,
-                      label="throughput used %",
-                      using_metrics={"io": efs("MeteredIOBytes", "Sum"), "permitted": efs("PermittedThroughput", "Average")}),
-                  description=f"EFS throughput above {limits.efs_io_limit_percent} % of what it is permitted (bursting "
-                  "credits). Look first at BurstCreditBalance; elastic throughput if it runs out.")
+            self._add(f"{prefix}FileSystemIoAlarm", name=f"{name}-io-limit", threshold=limits.efs_io_limit_percent,
+                      metric=efs("PercentIOLimit", "Maximum"),
+                      description=f"EFS ({label}) at {limits.efs_io_limit_percent} % of its I/O limit for 15 minutes "
+                      f"({holds}): they slow down. Look first at {first}.")
+            self._add(f"{prefix}FileSystemThroughputAlarm", name=f"{name}-throughput",
+                      threshold=limits.efs_io_limit_percent,
+                      metric=cloudwatch.MathExpression(
+                          expression="100 * (io / PERIOD(io)) / (permitted * 1048576)", period=FIVE_MINUTES,
+                          label="throughput used %",
+                          using_metrics={"io": efs("MeteredIOBytes", "Sum"),
+                                         "permitted": efs("PermittedThroughput", "Average")}),
+                      description=f"EFS ({label}) throughput above {limits.efs_io_limit_percent} % of what it is "
+                      "permitted (bursting credits). Look first at BurstCreditBalance; elastic throughput if it runs out.")
 
     # --- dashboard --------------------------------------------------------------------------------------------------
 
@@ -178,8 +186,9 @@ class Operations(Group):
              graph("Engine CPU %", *[self._redis("EngineCPUUtilization", n) for n in REDIS_NODES]),
              graph("Evictions", *[self._redis("Evictions", n) for n in REDIS_NODES])],
             [header("File system (EFS) and Lambdas")],
-            [graph("I/O limit %", cloudwatch.Metric(namespace="AWS/EFS", metric_name="PercentIOLimit", period=FIVE_MINUTES,
-                                                    statistic="Maximum", dimensions_map={"FileSystemId": w.file_system_id})),
+            [graph("I/O limit %", *[cloudwatch.Metric(namespace="AWS/EFS", metric_name="PercentIOLimit", period=FIVE_MINUTES,
+                                                      statistic="Maximum", label=label, dimensions_map={"FileSystemId": fs})
+                                    for label, fs in w.file_systems.items()]),
              graph("Lambda errors", *[f.metric_errors(period=FIVE_MINUTES, statistic="Sum", label=t)
                                       for t, f in w.functions.items()]),
              cloudwatch.AlarmStatusWidget(title="Alarms", width=8, height=6,

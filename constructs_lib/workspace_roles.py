@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aws_cdk import ArnFormat, Stack
+from aws_cdk import aws_efs as efs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from constructs import Construct
@@ -14,12 +15,20 @@ from constructs_lib.stable_ids import Group
 
 
 class WorkspaceRoles(Group):
-    """Three roles: workspace tasks (CloudWatch Logs only), AEM workspace tasks (logs, read the artifacts bucket),
+    """Three roles: workspace tasks (CloudWatch Logs, their home directory on the workspaces' file system through an
+    access point), AEM workspace tasks (the same, and read the artifacts bucket),
     and the workspaces' execution role (pull images, write logs, no secret: a template can never inject a platform
     secret into a workspace). Logs go to `/<qualifier>/workspaces*` only."""
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, qualifier: str, artifacts_bucket: str, data_key: kms.IKey
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        qualifier: str,
+        artifacts_bucket: str,
+        data_key: kms.IKey,
+        file_system: efs.IFileSystem,
     ) -> None:
         super().__init__(scope, construct_id)
         log_group_arn = Stack.of(self).format_arn(
@@ -33,12 +42,25 @@ class WorkspaceRoles(Group):
             actions=["logs:CreateLogStream", "logs:PutLogEvents"],
             resources=[log_group_arn, f"{log_group_arn}:log-stream:*"],
         )
-        self.task_role = task_role(self, "WorkspaceTaskRole", f"{qualifier}: Coder workspaces (CloudWatch Logs only)")
-        self.task_role.add_to_policy(write_logs)
-        self.aem_task_role = task_role(
-            self, "AemWorkspaceTaskRole", f"{qualifier}: AEM workspaces (CloudWatch Logs, read the artifacts bucket)"
+        # Home directories: the workspaces' file system, through an access point (which Coder creates per workspace);
+        # the file system's own policy refuses any other mount, and root.
+        mount_homes = iam.PolicyStatement(
+            sid="MountHomeDirectories",
+            actions=["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+            resources=[file_system.file_system_arn],
+            conditions={"Null": {"elasticfilesystem:AccessPointArn": "false"}},
         )
-        self.aem_task_role.add_to_policy(write_logs)
+        self.task_role = task_role(
+            self, "WorkspaceTaskRole", f"{qualifier}: Coder workspaces (CloudWatch Logs, home directory)"
+        )
+        self.aem_task_role = task_role(
+            self,
+            "AemWorkspaceTaskRole",
+            f"{qualifier}: AEM workspaces (CloudWatch Logs, home directory, read the artifacts bucket)",
+        )
+        for role in (self.task_role, self.aem_task_role):
+            role.add_to_policy(write_logs)
+            role.add_to_policy(mount_homes)
         grant_objects(
             self.aem_task_role,
             [artifacts_bucket],

@@ -39,7 +39,8 @@ STATEFUL_TYPES = frozenset({
     "AWS::Backup::BackupVault",
 })
 IGNORED_TYPES = frozenset({"AWS::CDK::Metadata"})
-POLICY_PROPERTIES = ("PolicyDocument", "KeyPolicy", "AssumeRolePolicyDocument")
+# Where templates hold policies: IAM and resource policies, key policies, role trust, EFS file system policies.
+POLICY_PROPERTIES = ("PolicyDocument", "KeyPolicy", "AssumeRolePolicyDocument", "FileSystemPolicy")
 RULE_TYPES = {"AWS::EC2::SecurityGroupIngress": "ingress", "AWS::EC2::SecurityGroupEgress": "egress"}
 
 

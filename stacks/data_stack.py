@@ -19,6 +19,7 @@ from constructs import Construct
 from config.model import Bucket, EnvironmentConfig
 from constructs_lib.app_databases import AppDatabases
 from constructs_lib.compliance import acknowledge
+from constructs_lib.file_systems import FileSystems
 from constructs_lib.platform_secrets import APP_DATABASES, PlatformSecrets
 from constructs_lib.postgres_database import PostgresDatabase
 from constructs_lib.redis_cache import RedisCache
@@ -41,7 +42,8 @@ DATA_BUCKETS = {
 class DataStackOutputs:
     database: PostgresDatabase
     redis: RedisCache
-    file_system: efs.IFileSystem
+    file_system: efs.IFileSystem  # the workspaces' (home directories; Coder creates access points on it)
+    platform_file_system: efs.IFileSystem  # ClickHouse's data and Coder's configuration: out of the workspaces' reach
     buckets: Mapping[Bucket, s3.IBucket]
     lock_table: dynamodb.ITable
     secrets: Mapping[str, secretsmanager.ISecret]  # keyed by name without the environment prefix
@@ -129,7 +131,16 @@ class DataStack(Stack):
             key=self.data_key,
             auth_token=secrets["redis/auth-token"],
         )
-        file_system = self._file_system(network)
+        file_systems = FileSystems(
+            self,
+            "FileSystems",
+            qualifier=config.qualifier,
+            vpc=network.vpc,
+            subnets=network.app_subnets,
+            workspaces_security_group=network.security_groups.efs,
+            platform_security_group=network.security_groups.platform_efs,
+            key=self.data_key,
+        )
         buckets = self._buckets(network)
         lock_table = dynamodb.Table(
             self,
@@ -143,7 +154,7 @@ class DataStack(Stack):
             removal_policy=RemovalPolicy.RETAIN,
         )
 
-        self._backup_plan(database, file_system, lock_table)
+        self._backup_plan(database, (file_systems.workspaces, file_systems.platform), lock_table)
         functions: dict[str, lambda_.IFunction] = {
             "database bootstrap": self.app_databases.function,
             "secret initializer": self.node.find_child("SecretFieldsInitializer"),
@@ -155,7 +166,8 @@ class DataStack(Stack):
         self.outputs = DataStackOutputs(
             database=database,
             redis=redis,
-            file_system=file_system,
+            file_system=file_systems.workspaces,
+            platform_file_system=file_systems.platform,
             buckets=buckets,
             lock_table=lock_table,
             secrets=secrets.secrets,
@@ -164,9 +176,9 @@ class DataStack(Stack):
         )
 
     def _backup_plan(
-        self, database: PostgresDatabase, file_system: efs.IFileSystem, lock_table: dynamodb.ITable
+        self, database: PostgresDatabase, file_systems: tuple[efs.IFileSystem, ...], lock_table: dynamodb.ITable
     ) -> backup.BackupPlan:
-        """AWS Backup of the database, the file system and the lock table: daily, kept 35 days, in a vault
+        """AWS Backup of the database, both file systems and the lock table: daily, kept 35 days, in a vault
         encrypted with the data key (on top of RDS's own automated backups).
 
         The vault is locked in governance mode: no recovery point can be deleted before its 35 days, nor kept
@@ -208,7 +220,7 @@ class DataStack(Stack):
             "Stateful",
             resources=[
                 backup.BackupResource.from_rds_database_instance(database.instance),
-                backup.BackupResource.from_efs_file_system(file_system),
+                *(backup.BackupResource.from_efs_file_system(file_system) for file_system in file_systems),
                 backup.BackupResource.from_dynamo_db_table(lock_table),
             ],
         )
@@ -222,22 +234,6 @@ class DataStack(Stack):
             },
         )
         return plan
-
-    def _file_system(self, network: NetworkStackOutputs) -> efs.FileSystem:
-        return efs.FileSystem(
-            self,
-            "FileSystem",
-            vpc=network.vpc,
-            vpc_subnets=network.app_subnets,
-            security_group=network.security_groups.efs,
-            encrypted=True,
-            kms_key=self.data_key,
-            performance_mode=efs.PerformanceMode.GENERAL_PURPOSE,
-            throughput_mode=efs.ThroughputMode.BURSTING,
-            lifecycle_policy=efs.LifecyclePolicy.AFTER_30_DAYS,
-            enable_automatic_backups=False,  # the stack's AWS Backup plan covers it
-            removal_policy=RemovalPolicy.RETAIN,
-        )
 
     def _buckets(self, network: NetworkStackOutputs) -> dict[Bucket, s3.IBucket]:
         buckets: dict[Bucket, s3.IBucket] = {}

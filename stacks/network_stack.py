@@ -52,7 +52,8 @@ class SecurityGroups:
     ecs_workspaces: ec2.ISecurityGroup
     rds: ec2.ISecurityGroup
     redis: ec2.ISecurityGroup
-    efs: ec2.ISecurityGroup
+    efs: ec2.ISecurityGroup  # the workspaces' file system
+    platform_efs: ec2.ISecurityGroup  # the platform's file system: never reachable from workspaces
     db_bootstrap: ec2.ISecurityGroup  # the Lambda that creates app logins and databases
     langfuse: ec2.ISecurityGroup  # Langfuse web and worker
     clickhouse: ec2.ISecurityGroup  # reachable from Langfuse only
@@ -221,7 +222,8 @@ class NetworkStack(Stack):
         workspaces = self._group("EcsWorkspacesSecurityGroup", "Coder workspaces")
         rds = self._group("RdsSecurityGroup", "RDS PostgreSQL")
         redis = self._group("RedisSecurityGroup", "ElastiCache Redis")
-        efs = self._group("EfsSecurityGroup", "EFS mount targets")
+        efs = self._group("EfsSecurityGroup", "EFS mount targets")  # the workspaces' file system (description kept)
+        platform_efs = self._group("PlatformEfsSecurityGroup", "Platform EFS mount targets: Coder and ClickHouse only")
         db_bootstrap = self._group("DbBootstrapSecurityGroup", "Database bootstrap Lambda: PostgreSQL and Secrets Manager")
         langfuse = self._group("LangfuseSecurityGroup", "Langfuse web and worker")
         clickhouse = self._group("ClickHouseSecurityGroup", "ClickHouse (Langfuse trace store), reachable from Langfuse only")
@@ -252,7 +254,9 @@ class NetworkStack(Stack):
         for label, port in clickhouse_ports.items():
             clickhouse.connections.allow_from(langfuse, ec2.Port.tcp(port), f"{CLICKHOUSE.title} {label} from Langfuse")
         clickhouse.add_egress_rule(anywhere, ec2.Port.tcp(443), "HTTPS: image registry, CloudWatch Logs")
-        efs.connections.allow_from(clickhouse, ec2.Port.tcp(NFS_PORT), "NFS from ClickHouse (its data directory)")
+        platform_efs.connections.allow_from(clickhouse, ec2.Port.tcp(NFS_PORT), "NFS from ClickHouse (its data directory)")
+        # ClickHouse's data directory on the workspaces' file system, where earlier releases kept it (copied once).
+        efs.connections.allow_from(clickhouse, ec2.Port.tcp(NFS_PORT), "NFS from ClickHouse (moving its old data)")
 
         rds.connections.allow_from(services, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from ECS services")
         rds.connections.allow_from(langfuse, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from Langfuse")
@@ -262,11 +266,11 @@ class NetworkStack(Stack):
             ec2.Peer.ipv4(config.network.vpc_cidr), ec2.Port.tcp(443), "Secrets Manager through its VPC endpoint"
         )
         redis.connections.allow_from(services, ec2.Port.tcp(REDIS_PORT), "Redis from ECS services")
-        efs.connections.allow_from(services, ec2.Port.tcp(NFS_PORT), "NFS from ECS services")
+        platform_efs.connections.allow_from(services, ec2.Port.tcp(NFS_PORT), "NFS from ECS services (Coder's configuration)")
         efs.connections.allow_from(workspaces, ec2.Port.tcp(NFS_PORT), "NFS from workspaces")
 
         return SecurityGroups(
-            alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs,
+            alb=alb, ecs_services=services, ecs_workspaces=workspaces, rds=rds, redis=redis, efs=efs, platform_efs=platform_efs,
             db_bootstrap=db_bootstrap, langfuse=langfuse, clickhouse=clickhouse, smoke_probe=smoke_probe,
         )
 

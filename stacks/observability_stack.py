@@ -58,7 +58,8 @@ class ObservabilityStack(Stack):
             "ClickHouse",
             config=config,
             runtime=replace(base, security_group=network.security_groups.clickhouse),
-            file_system=data.file_system,
+            file_system=data.platform_file_system,
+            old_file_system=data.file_system,
             secrets=secrets,
         )
         self.langfuse = LangfuseServices(
@@ -105,7 +106,8 @@ class ObservabilityStack(Stack):
                 database=data.database.instance,
                 database_max_storage_gb=config.database.max_allocated_storage_gb,
                 redis_group_id=data.redis.replication_group.ref,
-                file_system_id=data.file_system.file_system_id,
+                file_systems={"platform": data.platform_file_system.file_system_id,
+                              "workspaces": data.file_system.file_system_id},
                 functions={**data.functions, "smoke probe": self.smoke_probe.function},
                 services=services,
             ),

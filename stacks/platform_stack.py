@@ -115,6 +115,7 @@ class PlatformStack(Stack):
             qualifier=config.qualifier,
             artifacts_bucket=config.bucket_name(Bucket.ARTIFACTS),
             data_key=data.data_key,
+            file_system=data.file_system,
         )
         secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
         runtime = ServiceRuntime(
@@ -148,6 +149,7 @@ class PlatformStack(Stack):
                 data_key=data.data_key,
                 direct_access_listener=balancer.direct_access_listener,
             ),
+            config_file_system=data.platform_file_system,
         )
         litellm = LiteLLMService(self, "LiteLLM", config=config, runtime=runtime, listener=listener, secrets=secrets)
         key_provisioner = KeyProvisionerService(

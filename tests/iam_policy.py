@@ -30,11 +30,23 @@ def _listed(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
+_ARN_FROM_REF = {
+    "AWS::EFS::AccessPoint": lambda ref: ("elasticfilesystem", f"access-point/{ref}"),
+    "AWS::EFS::FileSystem": lambda ref: ("elasticfilesystem", f"file-system/{ref}"),
+}
+
+
 class Resolver:
     """Turns the intrinsics of one template into strings (see the module docstring)."""
 
-    def __init__(self, template: Template, account: str, region: str, partition: str = "aws") -> None:
+    def __init__(self, template: Template, account: str, region: str, partition: str = "aws",
+                 stacks: Mapping[str, Template] | None = None) -> None:
+        """`stacks`: the templates by stack name, to follow `Fn::GetStackOutput` to the resource it names."""
         self.template, self.account, self.region, self.partition = template, account, region, partition
+        self.stacks = stacks or {}
+
+    def of(self, template: Template) -> Resolver:
+        return Resolver(template, self.account, self.region, self.partition, self.stacks)
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, list):
@@ -52,7 +64,10 @@ class Resolver:
             separator, parts = argument
             return separator.join(str(self(part)) for part in parts)
         if function == "Fn::GetStackOutput":
-            return f"<{argument['StackName']}.{argument['OutputName']}>"
+            producer = self.stacks.get(argument["StackName"])
+            if producer is None:
+                return f"<{argument['StackName']}.{argument['OutputName']}>"
+            return self.of(producer)(producer.body["Outputs"][argument["OutputName"]]["Value"])
         if function == "Fn::Split":
             separator, source = argument
             return str(self(source)).split(separator)
@@ -81,6 +96,8 @@ class Resolver:
             return self.cluster_arn(resource["Properties"]["ClusterName"])
         if resource["Type"] == "AWS::IAM::Role" and attribute == "Arn":
             return self.role_arn(logical_id)
+        if resource["Type"] in _ARN_FROM_REF and attribute == "Arn":  # the ARN CDK builds from the Ref elsewhere
+            return self.arn(*_ARN_FROM_REF[resource["Type"]](self._ref(logical_id)))
         return f"<{logical_id}.{attribute}>"
 
     def cluster_arn(self, name: str) -> str:
@@ -149,8 +166,10 @@ def _statement_applies(statement: Mapping[str, Any], request: Request) -> bool:
     if "Resource" in statement:
         if not _matches_any(_listed(statement["Resource"]), request.resource):
             return False
-    elif _matches_any(_listed(statement["NotResource"]), request.resource):
-        return False
+    elif "NotResource" in statement:
+        if _matches_any(_listed(statement["NotResource"]), request.resource):
+            return False
+    # Neither: a resource policy's statement about its own resource (an EFS file system policy may leave it out).
     for operator, keys in statement.get("Condition", {}).items():
         if operator.startswith(("ForAnyValue:", "ForAllValues:")):
             raise NotImplementedError(f"condition operator {operator}")
@@ -158,6 +177,18 @@ def _statement_applies(statement: Mapping[str, Any], request: Request) -> bool:
             if not _condition_holds(operator, key, expected, request):
                 return False
     return True
+
+
+def resource_policy_statements(document: Mapping[str, Any], principal: str) -> list[dict[str, Any]]:
+    """The statements of a resource policy that apply to `principal` (an ARN in the resource's account)."""
+    def names(statement: Mapping[str, Any]) -> list[str]:
+        if statement.get("Principal") == "*":
+            return ["*"]
+        return [str(p) for p in _listed(statement.get("Principal", {}).get("AWS", []))]
+
+    if any("NotPrincipal" in s for s in _listed(document["Statement"])):
+        raise NotImplementedError("NotPrincipal")
+    return [s for s in _listed(document["Statement"]) if any(n == "*" or n == principal for n in names(s))]
 
 
 def decision(statements: Iterable[Mapping[str, Any]], request: Request) -> str:

@@ -52,13 +52,16 @@ def _command(name: str, directory: Path) -> list[str]:
         return ["cdk", "synth", "--quiet", "--output", outdir, "-c", f"config={THREE_ENVIRONMENTS}"]
     if name == "variant":
         # The app plus unacknowledged buckets (tests/apps/planted_finding.py), which must fail synth, with a config
-        # variant: a notification e-mail, a pinned OIDC secret version and a backup copy vault in staging.
+        # variant: a notification e-mail, a pinned OIDC secret version, a backup copy vault and the removal of ClickHouse's
+        # old data in staging.
+        # Staging also removes the old copy of ClickHouse's data.
         text = DEFAULT_CONFIG_PATH.read_text()
         for old, new in (('notification_email = ""', VARIANT_EMAIL), ('client_secret_version = ""', VARIANT_SECRET_VERSION),
-                         ('copy_vault_arn = ""', VARIANT_COPY_VAULT)):
-            text = text.replace(old, old.replace('""', f'"{new}"'), 1)
-            if text.count(new) != 1:
-                raise RuntimeError(f"the variant could not set {new!r}: {DEFAULT_CONFIG_PATH} changed shape")
+                         ('copy_vault_arn = ""', VARIANT_COPY_VAULT), ('old_clickhouse_data = "copy"', "remove")):
+            changed = old.replace(old[old.index('"'):], f'"{new}"')
+            text = text.replace(old, changed, 1)
+            if text.count(changed) != 1:
+                raise RuntimeError(f"the variant could not set {changed!r}: {DEFAULT_CONFIG_PATH} changed shape")
         (directory / "variant.toml").write_text(text)
         return ["cdk", "synth", "--quiet", "--app", f"{sys.executable} -O tests/apps/planted_finding.py",
                 "-c", f"config={directory / 'variant.toml'}", "--output", outdir]

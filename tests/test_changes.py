@@ -91,8 +91,8 @@ def test_a_harmless_change_passes_and_names_the_service_and_property(assembly, e
 
 
 def test_a_config_variant_is_reviewed_per_environment(assembly, variant, tmp_path):
-    """The session's config variant (a pinned OIDC secret version and a backup copy in staging) changes staging in
-    place and leaves production alone."""
+    """The session's config variant (a pinned OIDC secret version, a backup copy and the old ClickHouse data's removal
+    in staging) changes staging in place and leaves production alone."""
     result, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(variant.assembly.directory),
                              "--stage", "staging")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -172,6 +172,20 @@ def test_iam_statements_and_ingress_rules_are_rows_of_their_own(assembly, edit, 
     assert rows[("iam", "+", "CoderTaskRoleDefaultPolicyC9F64219")] == '{"Action":"iam:*","Effect":"Allow","Resource":"*"}'
     assert '"CidrIp":"0.0.0.0/0"' in rows[("network", "+", "AlbOpen")] and '"FromPort":22' in rows[("network", "+", "AlbOpen")]
     assert markdown.index("## IAM statements") < markdown.index("## Security-group rules") < markdown.index("## Every other change")
+
+
+def test_a_file_system_policy_statement_is_a_row_of_its_own(assembly, edit, tmp_path):
+    """Who may mount a file system is said in its policy: a grant added there is reviewed like a role's."""
+    grant = {"Action": "elasticfilesystem:ClientRootAccess", "Effect": "Allow", "Principal": {"AWS": "*"}}
+
+    def open_up(resources):
+        resources["FileSystem8A8E25C0"]["Properties"]["FileSystemPolicy"]["Statement"].append(grant)
+
+    new = edit("Staging-Data", open_up)
+    result, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new), "--stage", "Staging")
+    assert result.returncode == 0, result.stdout
+    rows = {(r["kind"], r["sign"], r["logical_id"]): r["text"] for r in data["rows"]}
+    assert json.loads(rows[("iam", "+", "FileSystem8A8E25C0")]) == grant
 
 
 def test_a_replacement_cascades_through_references(assembly, edit, tmp_path):

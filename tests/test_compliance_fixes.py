@@ -82,9 +82,11 @@ def test_backup_plan_covers_database_file_system_and_locks(data, env_config):
     (rule,) = data.one("AWS::Backup::BackupPlan")["BackupPlan"]["BackupPlanRule"]
     assert rule["Lifecycle"] == {"DeleteAfterDays": 35} and rule["ScheduleExpression"] == "cron(0 5 * * ? *)"
     resources = json.dumps(data.one("AWS::Backup::BackupSelection")["BackupSelection"]["Resources"])
-    for construct in ("Database/Postgres/Resource", "FileSystem/Resource", "TerraformLockTable/Resource"):
+    for construct in ("Database/Postgres/Resource", "FileSystems/FileSystem/Resource",
+                      "FileSystems/PlatformFileSystem/Resource", "TerraformLockTable/Resource"):
         assert data.logical_id(f"/Data/{construct}") in resources, construct
-    assert data.one("AWS::EFS::FileSystem").get("BackupPolicy", {}).get("Status") != "ENABLED"  # one plan, not two
+    for fs in data.props("AWS::EFS::FileSystem"):
+        assert fs.get("BackupPolicy", {}).get("Status") != "ENABLED"  # one plan, not two
 
 
 def test_every_acknowledgment_has_a_reason(assembly):

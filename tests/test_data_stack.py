@@ -119,13 +119,21 @@ def test_redis_noeviction(data):
     assert params["Properties"] == {"maxmemory-policy": "noeviction"}
 
 
-def test_efs(data):
-    fs = data.one("AWS::EFS::FileSystem")
-    assert fs["Encrypted"] is True
-    assert fs["PerformanceMode"] == "generalPurpose"
-    assert fs["ThroughputMode"] == "bursting"
-    assert {"TransitionToIA": "AFTER_30_DAYS"} in fs["LifecyclePolicies"]
-    assert len(data.of_type("AWS::EFS::MountTarget")) == 2
+def test_efs(data, env_config):
+    """Two file systems (DESIGN "Tenants and trust"): the workspaces' (the seed's, same logical id) and the
+    platform's (ClickHouse, Coder's configuration), each encrypted with the data key, a mount target per app subnet."""
+    systems = {lid: fs["Properties"] for lid, fs in data.of_type("AWS::EFS::FileSystem").items()}
+    assert sorted(systems) == ["FileSystem8A8E25C0", "PlatformFileSystem6B43D384"]
+    for lid, fs in systems.items():
+        assert fs["Encrypted"] is True and "DataKey" in json.dumps(fs["KmsKeyId"])
+        assert fs["PerformanceMode"] == "generalPurpose"
+        assert fs["ThroughputMode"] == "bursting"
+        assert {"TransitionToIA": "AFTER_30_DAYS"} in fs["LifecyclePolicies"]
+        targets = [t for t in data.props("AWS::EFS::MountTarget") if t["FileSystemId"] == {"Ref": lid}]
+        assert len(targets) == 2
+    names = {lid: {t["Key"]: t["Value"] for t in fs["FileSystemTags"]}["Name"] for lid, fs in systems.items()}
+    assert names == {"FileSystem8A8E25C0": f"coder-{env_config.name}-workspaces",
+                     "PlatformFileSystem6B43D384": f"coder-{env_config.name}-platform"}
 
 
 def test_efs_mount_targets_in_app_subnets(data):

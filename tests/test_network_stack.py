@@ -12,7 +12,8 @@ SECURITY_GROUPS = {
     "workspaces": "EcsWorkspacesSecurityGroup",
     "rds": "RdsSecurityGroup",
     "redis": "RedisSecurityGroup",
-    "efs": "EfsSecurityGroup",
+    "efs": "EfsSecurityGroup",  # the workspaces' file system
+    "platform_efs": "PlatformEfsSecurityGroup",
     "db_bootstrap": "DbBootstrapSecurityGroup",
     "langfuse": "LangfuseSecurityGroup",
     "clickhouse": "ClickHouseSecurityGroup",
@@ -135,8 +136,9 @@ def test_interface_endpoints(network, env_config):
 
 def test_security_group_count(network):
     # The seed's six, one shared by the interface endpoints, one for the database bootstrap Lambda, and Langfuse
-    # and ClickHouse apart from the other services so that ClickHouse admits Langfuse only, and the smoke probe.
-    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 11
+    # and ClickHouse apart from the other services so that ClickHouse admits Langfuse only, the smoke probe, and the
+    # platform's file system (no workspace reaches it).
+    assert len(network.of_type("AWS::EC2::SecurityGroup")) == 12
 
 
 def test_ingress_matrix(network, env_config):
@@ -150,7 +152,8 @@ def test_ingress_matrix(network, env_config):
         ("alb", "tcp", 443, 443, "smoke_probe"),
         ("clickhouse", "tcp", 8123, 8123, "langfuse"),
         ("clickhouse", "tcp", 9000, 9000, "langfuse"),
-        ("efs", "tcp", 2049, 2049, "clickhouse"),
+        ("platform_efs", "tcp", 2049, 2049, "clickhouse"),
+        ("efs", "tcp", 2049, 2049, "clickhouse"),  # its data where earlier releases kept it, copied once
         ("rds", "tcp", 5432, 5432, "langfuse"),
         ("redis", "tcp", 6379, 6379, "langfuse"),
         ("alb", "tcp", 443, 443, vpc),
@@ -160,8 +163,8 @@ def test_ingress_matrix(network, env_config):
         ("rds", "tcp", 5432, 5432, "services"),
         ("rds", "tcp", 5432, 5432, "db_bootstrap"),
         ("redis", "tcp", 6379, 6379, "services"),
-        ("efs", "tcp", 2049, 2049, "services"),
-        ("efs", "tcp", 2049, 2049, "workspaces"),
+        ("platform_efs", "tcp", 2049, 2049, "services"),  # Coder's configuration
+        ("efs", "tcp", 2049, 2049, "workspaces"),  # and no platform service but ClickHouse, for the move
         ("endpoints", "tcp", 443, 443, vpc),
     }
     assert _rules(network, "Ingress") == expected
@@ -179,6 +182,7 @@ def test_egress_matrix(network, env_config):
         ("langfuse", "tcp", 5432, 5432, "rds"),
         ("langfuse", "tcp", 6379, 6379, "redis"),
         ("clickhouse", "tcp", 443, 443, anywhere),
+        ("clickhouse", "tcp", 2049, 2049, "platform_efs"),
         ("clickhouse", "tcp", 2049, 2049, "efs"),
         ("smoke_probe", "tcp", 443, 443, "alb"),  # and nothing else
         ("alb", "tcp", 443, 443, anywhere),  # authenticate-oidc to the identity provider
@@ -186,7 +190,7 @@ def test_egress_matrix(network, env_config):
         ("services", "tcp", 443, 443, anywhere),
         ("services", "tcp", 5432, 5432, "rds"),
         ("services", "tcp", 6379, 6379, "redis"),
-        ("services", "tcp", 2049, 2049, "efs"),
+        ("services", "tcp", 2049, 2049, "platform_efs"),
         ("workspaces", "tcp", 4000, 4000, "services"),
         ("workspaces", "tcp", 443, 443, anywhere),
         ("workspaces", "tcp", 53, 53, anywhere),
@@ -195,13 +199,19 @@ def test_egress_matrix(network, env_config):
         ("db_bootstrap", "tcp", 5432, 5432, "rds"),
         ("db_bootstrap", "tcp", 443, 443, vpc),  # Secrets Manager's interface endpoint
     }
-    # rds, redis, efs and the endpoints send nothing.
+    # rds, redis, both file systems and the endpoints send nothing.
     assert _rules(network, "Egress") == expected
 
 
 def test_no_ingress_from_the_internet(network):
     for rule in _rules(network, "Ingress"):
         assert rule[4] != "0.0.0.0/0", rule
+
+
+def test_the_platform_file_system_admits_no_workspace(network):
+    admitted = {rule[4] for rule in _rules(network, "Ingress") if rule[0] == "platform_efs"}
+    assert admitted == {"services", "clickhouse"}
+    assert not any(rule[4] == "platform_efs" for rule in _rules(network, "Egress") if rule[0] == "workspaces")
 
 
 def test_clickhouse_admits_langfuse_only(network):

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from tests.assembly import ROOT
 from tests.test_platform_services import SECRET_LIKE_NAME, SECRET_LIKE_VALUE
 
 LANGFUSE_SECRETS = {
@@ -37,7 +38,8 @@ def _service(template, path: str) -> dict:
 
 
 def _container(template, path: str) -> dict:
-    (container,) = _task(template, path)["ContainerDefinitions"]
+    """The service's own container (ClickHouse's task also has the move container that runs before it)."""
+    (container,) = [c for c in _task(template, path)["ContainerDefinitions"] if c.get("Essential", True)]
     return container
 
 
@@ -115,17 +117,58 @@ def test_clickhouse_container(observability, env_config):
     assert [m["ContainerPath"] for m in container["MountPoints"]] == ["/var/lib/clickhouse"]
 
 
-def test_clickhouse_data_on_efs_as_uid_101(observability):
-    access_point = observability.one("AWS::EFS::AccessPoint")
-    assert access_point["PosixUser"] == {"Uid": "101", "Gid": "101"}
-    assert access_point["RootDirectory"] == {
-        "Path": "/clickhouse", "CreationInfo": {"OwnerUid": "101", "OwnerGid": "101", "Permissions": "750"}}
-    (volume,) = _task(observability, "ClickHouse/Service")["Volumes"]
-    efs = volume["EFSVolumeConfiguration"]
-    assert efs["TransitEncryption"] == "ENABLED"
-    assert efs["AuthorizationConfig"]["IAM"] == "ENABLED"
-    assert efs["AuthorizationConfig"]["AccessPointId"] == {
-        "Ref": observability.logical_id("/Observability/ClickHouse/DataAccessPoint/Resource")}
+def test_clickhouse_data_on_the_platform_file_system_as_uid_101(observability, env_config):
+    access_points = {lid: ap for lid, ap in observability.of_type("AWS::EFS::AccessPoint").items()}
+    new = observability.logical_id("/Observability/ClickHouse/PlatformDataAccessPoint/Resource")
+    old = observability.logical_id("/Observability/ClickHouse/DataAccessPoint/Resource")  # the same as before
+    assert sorted(access_points) == sorted([new, old])  # "copy" in the shipped config
+    for lid, on in ((new, "PlatformFileSystem"), (old, "PublishOutputRefFileSystem8A8E25C0")):
+        access_point = access_points[lid]["Properties"]
+        assert on in json.dumps(access_point["FileSystemId"])
+        assert access_point["PosixUser"] == {"Uid": "101", "Gid": "101"}
+        assert access_point["RootDirectory"] == {
+            "Path": "/clickhouse", "CreationInfo": {"OwnerUid": "101", "OwnerGid": "101", "Permissions": "750"}}
+    volumes = {v["Name"]: v["EFSVolumeConfiguration"] for v in _task(observability, "ClickHouse/Service")["Volumes"]}
+    assert sorted(volumes) == ["clickhouse-efs-0", "clickhouse-move-0-source"]
+    for volume in volumes.values():
+        assert volume["TransitEncryption"] == "ENABLED" and volume["AuthorizationConfig"]["IAM"] == "ENABLED"
+    assert volumes["clickhouse-efs-0"]["AuthorizationConfig"]["AccessPointId"] == {"Ref": new}
+    assert volumes["clickhouse-move-0-source"]["AuthorizationConfig"]["AccessPointId"] == {"Ref": old}
+
+
+def test_clickhouse_starts_only_after_its_data_is_moved(observability):
+    """Earlier releases kept ClickHouse's data on the workspaces' file system: a container of the task copies it to
+    the platform's (scripts/move-data.sh; tests/test_move_data.py runs it) and ClickHouse waits for it to succeed."""
+    containers = {c["Name"]: c for c in _task(observability, "ClickHouse/Service")["ContainerDefinitions"]}
+    move, server = containers["clickhouse-move-0"], containers["clickhouse"]
+    assert server["DependsOn"] == [{"ContainerName": "clickhouse-move-0", "Condition": "SUCCESS"}]
+    assert move["Essential"] is False and move["Image"] == server["Image"]  # nothing more to pull
+    assert move["EntryPoint"] == ["sh", "-c"]
+    script = (ROOT / "constructs_lib" / "scripts" / "move-data.sh").read_text()
+    assert move["Command"][0].splitlines() == [
+        line for line in script.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert _environment(move) == {"MOVE_FROM": "/moving/from", "MOVE_TO": "/moving/to", "MOVE_REMOVE_SOURCE": "false"}
+    mounts = {m["ContainerPath"]: (m["SourceVolume"], m["ReadOnly"]) for m in move["MountPoints"]}
+    assert mounts == {"/moving/from": ("clickhouse-move-0-source", True), "/moving/to": ("clickhouse-efs-0", False)}
+    assert move["LogConfiguration"]["Options"]["awslogs-stream-prefix"] == "clickhouse-move-0"
+
+
+def test_old_clickhouse_data_removed_or_not_there(variant, three_environments):
+    """`remove` (the config variant's staging) empties the old copy; `none` (the example's new dev environment) reads
+    none: no old access point, no move container."""
+    staging = variant.assembly.stack("Staging", "Observability")
+    move = {c["Name"]: c for c in _task(staging, "ClickHouse/Service")["ContainerDefinitions"]}["clickhouse-move-0"]
+    assert _environment(move)["MOVE_REMOVE_SOURCE"] == "true"
+    assert {m["ContainerPath"]: m["ReadOnly"] for m in move["MountPoints"]} == {"/moving/from": False, "/moving/to": False}
+    grants = [s["Action"] for s in _policy_of(staging, "ClickHouse/TaskRole")["PolicyDocument"]["Statement"]
+              if "elasticfilesystem:ClientMount" in json.dumps(s)]
+    assert grants == [["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]] * 2
+
+    dev = three_environments.stack("Dev", "Observability")
+    containers = _task(dev, "ClickHouse/Service")["ContainerDefinitions"]
+    assert [c["Name"] for c in containers] == ["clickhouse"] and "DependsOn" not in containers[0]
+    (access_point,) = dev.of_type("AWS::EFS::AccessPoint").values()
+    assert "PlatformFileSystem" in json.dumps(access_point["Properties"]["FileSystemId"])
 
 
 def test_clickhouse_cloud_map_name(observability, env_config):
@@ -285,13 +328,19 @@ def test_langfuse_role_can_use_ecs_exec_where_allowed(assembly, stage, env_confi
     assert role.get("ManagedPolicyArns") == expected
 
 
-def test_clickhouse_task_role_mounts_only_its_access_point(observability, env_config):
+def test_clickhouse_task_role_mounts_only_its_access_points(observability, env_config):
+    """Read and write through its data directory's access point; read only through the old one (the move copies)."""
     policy = _policy_of(observability, "ClickHouse/TaskRole")
-    mount, *exec_grants = policy["PolicyDocument"]["Statement"]
+    mount, old_mount, *exec_grants = policy["PolicyDocument"]["Statement"]
     assert bool(exec_grants) is env_config.ecs_exec  # ECS Exec's grants where allowed, nothing else
-    assert mount["Action"] == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
-    condition = mount["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
-    assert condition["Fn::Join"][1][1] == {"Ref": observability.logical_id("/Observability/ClickHouse/DataAccessPoint/Resource")}
+    for grant, actions, access_point in (
+        (mount, ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"], "PlatformDataAccessPoint"),
+        (old_mount, "elasticfilesystem:ClientMount", "DataAccessPoint"),
+    ):
+        assert grant["Action"] == actions
+        condition = grant["Condition"]["StringEquals"]["elasticfilesystem:AccessPointArn"]
+        assert condition["Fn::Join"][1][1] == {
+            "Ref": observability.logical_id(f"/Observability/ClickHouse/{access_point}/Resource")}
     for grant in exec_grants:
         actions = grant["Action"] if isinstance(grant["Action"], list) else [grant["Action"]]
         assert all(a.startswith(("ssmmessages:", "logs:", "kms:")) for a in actions)

@@ -166,7 +166,7 @@ def test_coder_container(platform, env_config):
     assert _secret_is(secrets["CODER_OIDC_CLIENT_SECRET"], "CoderOidcSecret", "client_secret")
 
 
-def test_coder_config_directory_on_efs_through_an_access_point(platform):
+def test_coder_config_directory_on_the_platform_file_system_through_an_access_point(platform):
     container = _container(platform, "Coder")
     (mount,) = container["MountPoints"]
     assert mount["ContainerPath"] == "/home/coder/.config/coderv2" and mount["ReadOnly"] is False
@@ -176,6 +176,7 @@ def test_coder_config_directory_on_efs_through_an_access_point(platform):
     assert efs["AuthorizationConfig"] == {
         "AccessPointId": {"Ref": platform.logical_id("/Platform/Coder/ConfigAccessPoint/Resource")}, "IAM": "ENABLED"}
     access_point = platform.one("AWS::EFS::AccessPoint")
+    assert "PlatformFileSystem" in json.dumps(access_point["FileSystemId"])  # out of the workspaces' reach
     assert access_point["PosixUser"] == {"Uid": "1000", "Gid": "1000"}
     assert access_point["RootDirectory"] == {
         "Path": "/coder", "CreationInfo": {"OwnerUid": "1000", "OwnerGid": "1000", "Permissions": "750"}}
@@ -328,7 +329,10 @@ def test_coder_task_role(platform, env_config):
 
     assert sids["ReadBridgeParameters"]["Resource"] == f"arn:aws:ssm:{region}:{account}:parameter/coder-{env}/*"
     assert sids["WorkspaceLogGroups"]["Resource"] == f"arn:aws:logs:{region}:{account}:log-group:/coder-{env}/workspaces*"
-    assert "FileSystem" in json.dumps(sids["WorkspaceAccessPoints"]["Resource"])
+    assert "FileSystem8A8E25C0" in json.dumps(sids["WorkspaceAccessPoints"]["Resource"])  # the workspaces' only
+    assert sids["WorkspaceAccessPoints"]["Condition"] == {"StringEquals": {"aws:RequestTag/coder_provisioned": "true"}}
+    assert sids["WorkspaceAccessPointTagsOnCreate"]["Condition"] == {
+        "StringEquals": {"elasticfilesystem:CreateAction": "CreateAccessPoint"}}
     assert sids["WorkspaceAccessPointLifecycle"]["Condition"] == {
         "StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}}
     # Terraform state and locks: this environment's bucket and table only.

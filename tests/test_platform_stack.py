@@ -93,24 +93,31 @@ def test_workspace_execution_role_reads_no_secrets(platform):
     assert attached == []
 
 
-def test_workspace_roles_are_logs_only_and_aem_reads_artifacts(platform, env_config):
+def test_workspace_roles_write_logs_mount_homes_and_aem_reads_artifacts(platform, env_config):
     def statements(path):
         policy = platform.resources[platform.logical_id(f"/Platform/{path}/DefaultPolicy/Resource")]
-        return policy["Properties"]["PolicyDocument"]["Statement"]
+        return {s.get("Sid"): s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
 
     log_group = f"arn:aws:logs:{env_config.region}:{env_config.account}:log-group:/coder-{env_config.name}/workspaces*"
-    (workspace,) = statements("Workspaces/WorkspaceTaskRole")
-    assert workspace["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
-    assert workspace["Resource"] == [log_group, f"{log_group}:log-stream:*"]
-    aem = {s.get("Sid"): s for s in statements("Workspaces/AemWorkspaceTaskRole")}
-    assert aem["WriteWorkspaceLogs"] == workspace
+    workspace = statements("Workspaces/WorkspaceTaskRole")
+    assert set(workspace) == {"WriteWorkspaceLogs", "MountHomeDirectories"}
+    assert workspace["WriteWorkspaceLogs"]["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    assert workspace["WriteWorkspaceLogs"]["Resource"] == [log_group, f"{log_group}:log-stream:*"]
+    # Home directories: the workspaces' file system only, through an access point (reach: tests/test_tenants.py).
+    homes = workspace["MountHomeDirectories"]
+    assert homes["Action"] == ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"]
+    assert "FileSystem8A8E25C0" in json.dumps(homes["Resource"]) and "Platform" not in json.dumps(homes["Resource"])
+    assert homes["Condition"] == {"Null": {"elasticfilesystem:AccessPointArn": "false"}}
+    aem = statements("Workspaces/AemWorkspaceTaskRole")
+    assert aem["WriteWorkspaceLogs"] == workspace["WriteWorkspaceLogs"] and aem["MountHomeDirectories"] == homes
     bucket = f"arn:aws:s3:::coder-{env_config.name}-artifacts-{env_config.account}-{env_config.region}"
     assert (aem["ReadArtifactsObjects"]["Action"], aem["ReadArtifactsObjects"]["Resource"]) == ("s3:GetObject", f"{bucket}/*")
     assert (aem["ReadArtifactsList"]["Action"], aem["ReadArtifactsList"]["Resource"]) == ("s3:ListBucket", bucket)
     key = aem["ReadArtifactsKey"]
     assert key["Action"] == "kms:Decrypt" and "DataKey" in json.dumps(key["Resource"])
     assert key["Condition"] == {"StringEquals": {"kms:ViaService": f"s3.{env_config.region}.amazonaws.com"}}
-    assert set(aem) == {"WriteWorkspaceLogs", "ReadArtifactsObjects", "ReadArtifactsList", "ReadArtifactsKey"}
+    assert set(aem) == {"WriteWorkspaceLogs", "MountHomeDirectories", "ReadArtifactsObjects", "ReadArtifactsList",
+                        "ReadArtifactsKey"}
 
 
 def test_ecs_exec_only_where_allowed_and_every_session_logged(platform, env_config):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.assembly import Assembly, Template
-from tests.iam_policy import Request, Resolver, allowed, role_statements
+from tests.iam_policy import Request, Resolver, allowed, decision, resource_policy_statements, role_statements
 
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 
@@ -29,10 +29,9 @@ def _platform_services(assembly: Assembly, stage: str, resolve: Resolver) -> lis
     found = []
     for layer in ("Platform", "Observability"):
         template = assembly.stack(stage, layer)
-        own = Resolver(template, resolve.account, resolve.region)
+        own = resolve.of(template)
         for logical_id, service in template.of_type("AWS::ECS::Service").items():
             task = template.resources[service["Properties"]["TaskDefinition"]["Ref"]]["Properties"]
-            # Roles of another layer resolve to `<Stack.Output>` stand-ins, never to a workspace role's ARN.
             roles = tuple(own(task[key]) for key in ("TaskRoleArn", "ExecutionRoleArn"))
             found.append(PlatformService(layer, logical_id, task["Family"], roles))
     return found
@@ -41,7 +40,7 @@ def _platform_services(assembly: Assembly, stage: str, resolve: Resolver) -> lis
 @pytest.fixture
 def coder(assembly, stage, env_config):
     platform = assembly.stack(stage, "Platform")
-    resolve = Resolver(platform, env_config.account, env_config.region)
+    resolve = Resolver(platform, env_config.account, env_config.region, stacks=assembly.templates)
     role = platform.logical_id("/Platform/Coder/TaskRole/Resource")
     return platform, resolve, role_statements(platform, role, resolve)
 
@@ -128,3 +127,136 @@ def test_coder_manages_workspaces_in_their_cluster(coder, env_config):
     assert not allowed(statements, Request("iam:PassRole", passable[0], {"iam:PassedToService": "lambda.amazonaws.com"}))
     assert not allowed(statements, Request("iam:PassRole", resolve.role_arn(
         platform.logical_id("/Platform/Coder/TaskRole/Resource")), {"iam:PassedToService": ECS_TASKS}))
+
+
+# --- the file systems ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSystems:
+    """Both file systems' ARNs and policies, and the platform's access points, as every layer's policies name them."""
+
+    workspaces: str
+    platform: str
+    policies: dict[str, dict]  # ARN -> file system policy (resolved)
+    coder_access_point: str
+    clickhouse_access_point: str
+    old_clickhouse_access_point: str | None
+
+
+@pytest.fixture
+def file_systems(assembly, stage, env_config) -> FileSystems:
+    data = assembly.stack(stage, "Data")
+    resolve = Resolver(data, env_config.account, env_config.region, stacks=assembly.templates)
+    arns = {lid: resolve({"Fn::GetAtt": [lid, "Arn"]}) for lid in data.of_type("AWS::EFS::FileSystem")}
+    policies = {arns[lid]: resolve(fs["Properties"]["FileSystemPolicy"]) for lid, fs in data.of_type("AWS::EFS::FileSystem").items()}
+    workspaces, platform = (arns[data.logical_id(f"/Data/FileSystems/{name}/Resource")]
+                            for name in ("FileSystem", "PlatformFileSystem"))
+
+    def access_point(layer: str, path: str) -> str | None:
+        template = assembly.stack(stage, layer)
+        found = [lid for lid in template.of_type("AWS::EFS::AccessPoint")
+                 if template.resources[lid]["Metadata"]["aws:cdk:path"].endswith(f"{path}/Resource")]
+        return resolve.of(template)({"Fn::GetAtt": [found[0], "Arn"]}) if found else None
+
+    return FileSystems(workspaces, platform, policies, access_point("Platform", "/Coder/ConfigAccessPoint"),
+                       access_point("Observability", "/ClickHouse/PlatformDataAccessPoint"),
+                       access_point("Observability", "/ClickHouse/DataAccessPoint"))
+
+
+def _mount(file_system: str, access_point: str | None, action: str = "elasticfilesystem:ClientMount", *,
+           tls: bool = True) -> Request:
+    context = {"aws:SecureTransport": str(tls).lower(), "elasticfilesystem:AccessedViaMountTarget": "true"}
+    if access_point:
+        context["elasticfilesystem:AccessPointArn"] = access_point
+    return Request(action, file_system, context)
+
+
+def _may(identity: list[dict], role_arn: str, file_systems: FileSystems, request: Request) -> bool:
+    """IAM's answer in the file system's own account: the role's policies and the file system policy together."""
+    policy = file_systems.policies.get(request.resource)
+    on_resource = resource_policy_statements(policy, role_arn) if policy else []
+    return allowed(identity + on_resource, request)
+
+
+def test_file_system_policies_grant_nothing_and_refuse_plain_nfs_root_and_mounts_without_an_access_point(file_systems):
+    for arn, policy in file_systems.policies.items():
+        assert all(s["Effect"] == "Deny" for s in policy["Statement"]), f"{arn}: a file system policy that allows"
+        for action in ("elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"):
+            assert decision(policy["Statement"], _mount(arn, "arn:aws:elasticfilesystem:r:1:access-point/fsap-1",
+                                                        action, tls=False)) == "deny"
+            assert decision(policy["Statement"], _mount(arn, None, action)) == "deny"
+        assert decision(policy["Statement"], _mount(arn, "arn:ap", "elasticfilesystem:ClientRootAccess")) == "deny"
+
+
+@pytest.mark.parametrize("role", ["WorkspaceTaskRole", "AemWorkspaceTaskRole"])
+def test_a_workspace_mounts_its_home_through_an_access_point_and_nothing_of_the_platform(
+    role, assembly, stage, env_config, file_systems
+):
+    platform = assembly.stack(stage, "Platform")
+    resolve = Resolver(platform, env_config.account, env_config.region, stacks=assembly.templates)
+    role_id = platform.logical_id(f"/Platform/Workspaces/{role}/Resource")
+    identity, arn = role_statements(platform, role_id, resolve), resolve.role_arn(role_id)
+    home = resolve.arn("elasticfilesystem", "access-point/fsap-0123456789abcdef0")  # one Coder created
+    fs = file_systems
+
+    def may(request: Request) -> bool:
+        return _may(identity, arn, fs, request)
+
+    assert may(_mount(fs.workspaces, home)) and may(_mount(fs.workspaces, home, "elasticfilesystem:ClientWrite"))
+    refused = {
+        "the workspaces' file system without an access point": _mount(fs.workspaces, None),
+        "root on the workspaces' file system": _mount(fs.workspaces, home, "elasticfilesystem:ClientRootAccess"),
+        "its home without TLS": _mount(fs.workspaces, home, tls=False),
+        "ClickHouse's data": _mount(fs.platform, fs.clickhouse_access_point),
+        "Coder's configuration": _mount(fs.platform, fs.coder_access_point),
+        "the platform's file system through any access point": _mount(fs.platform, home),
+        "an access point of its own": Request("elasticfilesystem:CreateAccessPoint", fs.workspaces,
+                                              {"aws:RequestTag/coder_provisioned": "true"}),
+    }
+    reached = [what for what, request in refused.items() if may(request)]
+    assert not reached, f"a workspace ({role}) reaches: {', '.join(reached)}"
+
+
+def test_coder_makes_access_points_for_workspaces_only(coder, file_systems):
+    platform, resolve, statements = coder
+    arn = resolve.role_arn(platform.logical_id("/Platform/Coder/TaskRole/Resource"))
+    fs = file_systems
+
+    def may(request: Request) -> bool:
+        return _may(statements, arn, fs, request)
+
+    tagged = {"aws:RequestTag/coder_provisioned": "true"}
+    assert may(Request("elasticfilesystem:CreateAccessPoint", fs.workspaces, tagged))
+    assert may(_mount(fs.platform, fs.coder_access_point, "elasticfilesystem:ClientWrite"))  # its configuration
+    platform_access_points = [ap for ap in (fs.clickhouse_access_point, fs.old_clickhouse_access_point) if ap]
+    refused = {
+        "an access point on the platform's file system": Request("elasticfilesystem:CreateAccessPoint", fs.platform,
+                                                                 tagged),
+        "an untagged access point (it could not delete it)": Request("elasticfilesystem:CreateAccessPoint",
+                                                                     fs.workspaces),
+        "ClickHouse's data": _mount(fs.platform, fs.clickhouse_access_point),
+        **{f"tag {ap}": Request("elasticfilesystem:TagResource", ap, {"aws:RequestTag/coder_provisioned": "true"})
+           for ap in platform_access_points},
+        **{f"delete {ap}": Request("elasticfilesystem:DeleteAccessPoint", ap) for ap in platform_access_points},
+    }
+    reached = [what for what, request in refused.items() if may(request)]
+    assert not reached, f"Coder reaches: {', '.join(reached)}"
+
+
+def test_clickhouse_data_lives_on_the_platform_file_system_which_workspaces_cannot_reach(assembly, stage, env_config,
+                                                                                         file_systems):
+    network = assembly.stack(stage, "Network")
+    data = assembly.stack(stage, "Data")
+    assert file_systems.clickhouse_access_point and file_systems.coder_access_point
+    observability = assembly.stack(stage, "Observability")
+    ap = observability.resources[observability.logical_id("/ClickHouse/PlatformDataAccessPoint/Resource")]["Properties"]
+    assert "PlatformFileSystem" in str(ap["FileSystemId"]) and ap["RootDirectory"]["Path"] == "/clickhouse"
+    # Network: the platform file system's mount targets admit Coder's and ClickHouse's groups, never the workspaces'.
+    platform_group = data.resources[data.logical_id("/Data/FileSystems/PlatformFileSystem/EfsMountTarget-PrivateAppSubnet1")][
+        "Properties"]["SecurityGroups"]
+    group_output = platform_group[0]["Fn::GetStackOutput"]["OutputName"]
+    assert "PlatformEfsSecurityGroup" in group_output
+    sources = {str(rule["Properties"]["SourceSecurityGroupId"]) for rule in network.of_type(
+        "AWS::EC2::SecurityGroupIngress").values() if "PlatformEfsSecurityGroup" in str(rule["Properties"]["GroupId"])}
+    assert len(sources) == 2 and all("ClickHouse" in s or "EcsServices" in s for s in sources), sources
