@@ -361,8 +361,12 @@ class ServicesConfig(Section):
     langfuse_worker_desired_count: DesiredCount
 
 
+# A single tenant's v2.0 issuer (not `common` or `organizations`, which admit every tenant).
+AZURE_AD_ISSUER = re.compile(r"^https://login\.microsoftonline\.(com|us)/(?P<tenant>" + GUID[1:-1] + r")/v2\.0/?$")
+
+
 class OidcConfig(Section):
-    """Azure AD (Entra ID) app registration used by Coder and by the ALB in front of the admin UI.
+    """Azure AD (Entra ID) app registration used by Coder, by Langfuse and by the ALB in front of the admin UI.
 
     The client id is public (it appears in every login redirect); the client secret lives only in Secrets Manager.
     """
@@ -378,10 +382,33 @@ class OidcConfig(Section):
     authorization_endpoint: HttpsUrl
     token_endpoint: HttpsUrl
     user_info_endpoint: HttpsUrl
+    @property
+    def tenant_id(self) -> str:
+        """The Azure AD tenant of `issuer_url` (Langfuse's sign-in names the tenant, not the issuer)."""
+        match = AZURE_AD_ISSUER.match(self.issuer_url)
+        assert match, "checked when loaded"
+        return match.group("tenant")
+
+    @model_validator(mode="after")
+    def _one_azure_ad_tenant(self) -> OidcConfig:
+        if not AZURE_AD_ISSUER.match(self.issuer_url):
+            report([Problem(("issuer_url",), self.issuer_url,
+                            "not the issuer of one Azure AD tenant (Langfuse's sign-in admits that tenant only)",
+                            "https://login.microsoftonline.com/<tenant id>/v2.0")])
+        return self
+
     # The version of `<prefix>/coder/oidc` the ALB uses ("": the current one when the rule last changed).
     client_secret_version: text(
         r"^$|" + GUID, "not a Secrets Manager version id", '"" or the VersionId that put-secret-value printed'
     ) = ""
+
+
+class LangfuseConfig(Section):
+    """Who owns Langfuse. People sign in with Azure AD (the [environments.oidc] app); password sign-in is off."""
+
+    # Made an OWNER of the organisation LiteLLM traces into, at Langfuse's first start; they manage members and keys.
+    owner_email: text(EMAIL.removeprefix("^$|"), "not an e-mail address",
+                      "the e-mail (as Azure AD gives it) of the person who owns Langfuse's organisation")
 
 
 BACKUP_VAULT_ARN = re.compile(r"^arn:aws[a-z-]*:backup:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):backup-vault:[A-Za-z0-9_.-]{2,50}$")
@@ -537,6 +564,7 @@ class EnvironmentConfig(Section):
     services: ServicesConfig
     tasks: TasksConfig = Field(default_factory=TasksConfig)
     oidc: OidcConfig
+    langfuse: LangfuseConfig
     features: FeaturesConfig
     backup: BackupConfig = Field(default_factory=BackupConfig)
     platform_data: PlatformDataConfig = Field(default_factory=PlatformDataConfig)
@@ -578,6 +606,8 @@ class EnvironmentConfig(Section):
         if _example_domain(self.domain):
             found.append(("domain", self.domain))
         found += [("oidc.allowed_email_domains", d) for d in self.oidc.allowed_email_domains if _example_domain(d)]
+        if _example_domain(self.langfuse.owner_email.rpartition("@")[2]):
+            found.append(("langfuse.owner_email", self.langfuse.owner_email))
         for field in ("client_id", "issuer_url", "authorization_endpoint", "token_endpoint"):
             value = getattr(self.oidc, field)
             if ZERO_GUID in value:

@@ -29,6 +29,8 @@ from constructs_lib.service_catalogue import AppService
 SECRET_LIKE_NAME = re.compile(
     r"PASSWORD|SECRET|TOKEN|API_KEY|MASTER_KEY|PUBLIC_KEY|SALT|ENCRYPTION_KEY|DATABASE_URL|CONNECTION_URL|_AUTH$"
 )
+# Switches whose names contain such a word: they carry `true`/`false`, never a credential.
+SWITCHES = frozenset({"AUTH_DISABLE_USERNAME_PASSWORD"})
 ECS_TASKS = "ecs-tasks.amazonaws.com"
 # The move container's script, without its comment lines (they stay in the file).
 MOVE_SCRIPT = "\n".join(
@@ -505,7 +507,8 @@ def _validate(spec: ServiceSpec, listener: Listener | None) -> None:
     problems = []
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", spec.name):
         problems.append(f"name {spec.name!r} must be a lower-case DNS label")
-    leaked = sorted(name for name in spec.environment if SECRET_LIKE_NAME.search(name))
+    leaked = sorted(name for name in spec.environment if SECRET_LIKE_NAME.search(name) and name not in SWITCHES)
+    leaked += sorted(name for name in SWITCHES & set(spec.environment) if spec.environment[name] not in ("true", "false"))
     if leaked:
         problems.append(f"{', '.join(leaked)} look like credentials: pass them in `secrets`, not `environment`")
     both = sorted(set(spec.environment) & set(spec.secrets))

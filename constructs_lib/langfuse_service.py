@@ -54,12 +54,27 @@ def langfuse_environment(
         "LANGFUSE_INIT_ORG_NAME": config.project,
         "LANGFUSE_INIT_PROJECT_ID": f"{config.project}-gateway",
         "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
-        # People who sign up land in that organisation and project as viewers, so they see the gateway's traces
-        # without an owner inviting them (an owner raises roles in Langfuse's settings).
-        "LANGFUSE_DEFAULT_ORG_ID": config.project,
-        "LANGFUSE_DEFAULT_ORG_ROLE": "VIEWER",
-        "LANGFUSE_DEFAULT_PROJECT_ID": f"{config.project}-gateway",
-        "LANGFUSE_DEFAULT_PROJECT_ROLE": "VIEWER",
+    }
+
+
+def langfuse_sign_in(config: EnvironmentConfig) -> dict[str, str]:
+    """Web only (the worker serves no one): people sign in with the company's Azure AD tenant, the app Coder uses
+    (redirect URI https://langfuse.<domain>/api/auth/callback/azure-ad), and with nothing else. A new person belongs
+    to no organisation until the owner adds them: the gateway's traces hold every colleague's prompts.
+
+    Langfuse 4.4.0 (web/src/server/auth.ts, web/src/initialize.ts): the Azure AD provider exists only when client id,
+    secret and tenant are set; AUTH_DISABLE_USERNAME_PASSWORD turns off password sign-in and sign-up
+    (AUTH_DISABLE_SIGNUP would also refuse every new Azure AD user, invited or not); the OWNER membership is made
+    only with LANGFUSE_INIT_USER_EMAIL and _PASSWORD. The owner is made with a password nobody can use, then signs
+    in with Azure AD under the same e-mail: that links the accounts (ALLOW_ACCOUNT_LINKING, matching the e-mail of
+    this tenant's users only)."""
+    return {
+        "AUTH_AZURE_AD_CLIENT_ID": config.oidc.client_id,
+        "AUTH_AZURE_AD_TENANT_ID": config.oidc.tenant_id,
+        "AUTH_AZURE_AD_ALLOW_ACCOUNT_LINKING": "true",
+        "AUTH_DISABLE_USERNAME_PASSWORD": "true",
+        "LANGFUSE_INIT_USER_EMAIL": config.langfuse.owner_email,
+        "LANGFUSE_INIT_USER_NAME": "Langfuse owner",
     }
 
 
@@ -81,6 +96,14 @@ def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
         "ENCRYPTION_KEY": field("langfuse/auth", "encryption_key"),
         "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": field("langfuse/api-keys", "public_key"),
         "LANGFUSE_INIT_PROJECT_SECRET_KEY": field("langfuse/api-keys", "secret_key"),
+    }
+
+
+def langfuse_sign_in_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
+    """Web only: the Azure AD app's client secret (operator-supplied, shared with Coder) and the owner's password."""
+    return {
+        "AUTH_AZURE_AD_CLIENT_SECRET": ecs.Secret.from_secrets_manager(secrets["coder/oidc"], "client_secret"),
+        "LANGFUSE_INIT_USER_PASSWORD": ecs.Secret.from_secrets_manager(secrets["langfuse/owner"]),
     }
 
 
@@ -108,6 +131,8 @@ class LangfuseServices(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         container_secrets = langfuse_secrets(secrets)
+        web_environment = {**environment, **langfuse_sign_in(config)}
+        web_secrets = {**container_secrets, **langfuse_sign_in_secrets(secrets)}
         web_count = config.services.langfuse_web_desired_count
         worker_count = config.services.langfuse_worker_desired_count
         web_size, worker_size = config.tasks.langfuse_web, config.tasks.langfuse_worker
@@ -119,8 +144,8 @@ class LangfuseServices(Construct):
                 cpu=web_size.cpu,
                 memory_mib=web_size.memory_mib,
                 desired_count=count,
-                environment={**environment, "PORT": str(LANGFUSE_WEB.port), **extra},
-                secrets=container_secrets,
+                environment={**web_environment, "PORT": str(LANGFUSE_WEB.port), **extra},
+                secrets=web_secrets,
                 health_check_grace=Duration.seconds(300),
                 **options,
             )

@@ -148,6 +148,15 @@ SECRETS: tuple[SecretRow, ...] = (
         "rotated in Langfuse's UI and then here.",
     ),
     SecretRow(
+        "langfuse/owner",  # Langfuse refuses an initial password shorter than 8 characters.
+        "LangfuseOwnerSecret",
+        Generated(32),
+        "Password of Langfuse's first owner (config langfuse.owner_email), made by Langfuse's headless "
+        "initialisation; the owner signs in with Azure AD, password sign-in is off (README)",
+        "Langfuse sets the owner's password from it once, when it creates the owner, and never reads it again; "
+        "password sign-in is off.",
+    ),
+    SecretRow(
         "langfuse/auth",  # ENCRYPTION_KEY must be exactly 64 hex characters (256 bits).
         "LangfuseAuth",
         Formatted({

@@ -84,8 +84,10 @@ def test_example_values_are_named_with_their_fields():
     real = parse_config(
         BASE.replace("333333333333", "480516523312").replace('domain = "coder.company.com"', 'domain = "coder.acme-corp.io"')
         .replace('allowed_email_domains = ["company.com"]', 'allowed_email_domains = ["acme-corp.io"]')
-        .replace("00000000-0000-0000-0000-000000000000", "7f3c2a10-5d4e-4b8a-9c61-2e8f0b1d4a77"), "real.toml",
+        .replace("00000000-0000-0000-0000-000000000000", "7f3c2a10-5d4e-4b8a-9c61-2e8f0b1d4a77")
+        .replace('owner_email = "platform-admin@company.com"', 'owner_email = "ana.ortiz@acme-corp.io"'), "real.toml",
     )
+    assert named["production.langfuse.owner_email"] == "platform-admin@company.com"
     assert real.environment("production").example_values() == []
     assert [field for field, _ in real.environment("staging").example_values()] == [
         "staging.account", "staging.images.key_provisioner", "staging.domain"]
@@ -179,6 +181,20 @@ BAD_INPUTS = {
         replace("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",
                 "https://login.microsoftonline.com/{tenant-id}/v2.0"),
         ["staging.oidc.issuer_url", "contains a template placeholder"],
+    ),
+    "OIDC issuer of every tenant": (
+        replace("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0",
+                "https://login.microsoftonline.com/common/v2.0"),
+        ["staging.oidc.issuer_url = 'https://login.microsoftonline.com/common/v2.0'",
+         "not the issuer of one Azure AD tenant", "Allowed: https://login.microsoftonline.com/<tenant id>/v2.0"],
+    ),
+    "Langfuse without an owner": (
+        replace('owner_email = "platform-admin@company.com"', 'owner_email = ""'),
+        ["staging.langfuse.owner_email = ''", "not an e-mail address"],
+    ),
+    "old ClickHouse data setting unknown": (
+        replace('old_clickhouse_data = "copy"', 'old_clickhouse_data = "delete"'),
+        ["staging.platform_data.old_clickhouse_data = 'delete'", "not copy, remove or none"],
     ),
     "unknown key": (
         replace("multi_az = false", "multi_az = false\nmulti_zone = true"),

@@ -32,7 +32,7 @@ SEED_SECRETS = (
     "langfuse/database",
     "langfuse/clickhouse",
 )
-EXTRA_SECRETS = ("rds/master", "redis/auth-token", "custom-llm/api-key")
+EXTRA_SECRETS = ("rds/master", "redis/auth-token", "custom-llm/api-key", "langfuse/owner")
 
 
 @pytest.fixture

@@ -22,6 +22,11 @@ LANGFUSE_SECRETS = {
     "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": ("LangfuseApiKeysSecret", "public_key"),
     "LANGFUSE_INIT_PROJECT_SECRET_KEY": ("LangfuseApiKeysSecret", "secret_key"),
 }
+# Web only: the Azure AD app's client secret (the one Coder uses) and the first owner's password.
+SIGN_IN_SECRETS = {
+    "AUTH_AZURE_AD_CLIENT_SECRET": ("CoderOidcSecret", "client_secret"),
+    "LANGFUSE_INIT_USER_PASSWORD": ("LangfuseOwnerSecret", None),
+}
 
 
 @pytest.fixture
@@ -231,13 +236,18 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, s
         "LANGFUSE_INIT_ORG_NAME": "coder",
         "LANGFUSE_INIT_PROJECT_ID": "coder-gateway",
         "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
-        # People who sign up see the gateway's traces (as viewers) without an invitation.
-        "LANGFUSE_DEFAULT_ORG_ID": "coder",
-        "LANGFUSE_DEFAULT_ORG_ROLE": "VIEWER",
-        "LANGFUSE_DEFAULT_PROJECT_ID": "coder-gateway",
-        "LANGFUSE_DEFAULT_PROJECT_ROLE": "VIEWER",
         **({} if migrates else MIGRATIONS_OFF),  # exactly one container migrates: the first web task
     }
+    web = path.startswith("Langfuse/Web")
+    if web:  # sign-in: Azure AD of the company's tenant only, no password, no organisation for newcomers
+        expected |= {
+            "AUTH_AZURE_AD_CLIENT_ID": env_config.oidc.client_id,
+            "AUTH_AZURE_AD_TENANT_ID": env_config.oidc.issuer_url.split("/")[3],
+            "AUTH_AZURE_AD_ALLOW_ACCOUNT_LINKING": "true",
+            "AUTH_DISABLE_USERNAME_PASSWORD": "true",
+            "LANGFUSE_INIT_USER_EMAIL": env_config.langfuse.owner_email,
+            "LANGFUSE_INIT_USER_NAME": "Langfuse owner",
+        }
     references = {name: environment.pop(name) for name in (
         "REDIS_HOST", "REDIS_PORT", "LANGFUSE_S3_EVENT_UPLOAD_BUCKET", "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET")}
     assert environment == expected
@@ -245,9 +255,11 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, s
     assert "RedisPrimaryEndPointPort" in json.dumps(references["REDIS_PORT"])
     assert "LangfuseEventsBucket" in json.dumps(references["LANGFUSE_S3_EVENT_UPLOAD_BUCKET"])
     assert "LangfuseMediaBucket" in json.dumps(references["LANGFUSE_S3_MEDIA_UPLOAD_BUCKET"])
+    assert not any(name.startswith("LANGFUSE_DEFAULT_") for name in environment)  # newcomers see no one's traces
     sources = _secret_sources(container)
-    assert set(sources) == set(LANGFUSE_SECRETS)
-    for name, (construct_id, field) in LANGFUSE_SECRETS.items():
+    wanted = {**LANGFUSE_SECRETS, **(SIGN_IN_SECRETS if web else {})}
+    assert set(sources) == set(wanted)
+    for name, (construct_id, field) in wanted.items():
         assert sources[name][0].startswith(construct_id.removesuffix("Secret")), (name, sources[name])
         assert sources[name][1] == field, name
 
@@ -300,7 +312,8 @@ def test_no_credential_in_any_container_environment_or_template(observability):
     for task in observability.props("AWS::ECS::TaskDefinition"):
         for container in task["ContainerDefinitions"]:
             for variable in container.get("Environment", []):
-                assert not SECRET_LIKE_NAME.search(variable["Name"]), variable["Name"]
+                switch = variable["Name"] == "AUTH_DISABLE_USERNAME_PASSWORD" and variable["Value"] == "true"
+                assert switch or not SECRET_LIKE_NAME.search(variable["Name"]), variable["Name"]
     assert not SECRET_LIKE_VALUE.search(json.dumps(observability.body))
     containers = json.dumps([t["ContainerDefinitions"] for t in observability.props("AWS::ECS::TaskDefinition")])
     assert not re.search(r"\b[0-9a-f]{64}\b", containers)  # no ENCRYPTION_KEY-shaped value
