@@ -30,7 +30,7 @@ BASE_PIP := $(shell $(BASE_PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, 
 new_venv = $(BASE_PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
 pip_in = $(if $(BASE_PIP),$(BASE_PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 
-.PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint schema clean
+.PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint lock schema clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,11 +40,12 @@ setup: $(PY_STAMP) $(BYTECODE_STAMP) $(NODE_STAMP) $(LAMBDA_DEPS) ## What synth 
 
 setup-dev: setup $(DEV_STAMP) ## setup, plus the test and lint tools (requirements-dev.txt)
 
-# Set-up by need: synth installs requirements.txt only; the tests add requirements-dev.txt. Every pin is in constraints.txt.
-$(PY_STAMP): requirements.txt constraints.txt
+# Set-up by need: synth installs requirements.txt's closure only, from requirements.lock with every file's hash
+# checked (the pipeline's Synth step runs this); the tests add requirements-dev.txt. Every pin is in constraints.txt.
+$(PY_STAMP): requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "error: Python >= 3.11 is required, found " + sys.version.split()[0])'
 	test -x $(VENV)/bin/python || $(call new_venv,$(VENV))
-	$(call pip_in,$(VENV)) install --quiet --progress-bar off --no-compile -r requirements.txt -c constraints.txt
+	$(call pip_in,$(VENV)) install --quiet --progress-bar off --no-compile --require-hashes --no-deps -r requirements.lock
 	touch $@
 
 # pip byte-compiles one file at a time; compileall uses every core, while the Lambda packages install. The CDK app runs
@@ -132,6 +133,11 @@ test: ## ruff, then the whole test suite on every core (real CDK synths, cfn-lin
 	@$(MAKE) --no-print-directory -j3 setup-dev test-deps
 	ruff check .
 	python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# requirements.lock and the pipeline steps' locks (buildspecs/locks/), after a pin changes in constraints.txt or
+# requirements.txt: every file PyPI has for each pinned release, by hash (pipeline/locks.py; needs PyPI).
+lock: ## Rewrite the hash-pinned locks from requirements.txt and constraints.txt (needs PyPI)
+	$(BASE_PYTHON) -m pipeline.locks
 
 schema: setup ## Regenerate config/environments.schema.json from the config model (config/model.py)
 	python -m config.schema

@@ -273,6 +273,14 @@ def _grant_workspace_provisioning(role: iam.Role, config: EnvironmentConfig, acc
             resources=[arn("dynamodb", "table", access.lock_table_name)],
         )
     )
+    statements.append(
+        iam.PolicyStatement(
+            sid="TerraformLocksKey",  # the table is encrypted with the data key; only through DynamoDB
+            actions=["kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"],
+            resources=[access.data_key.key_arn],
+            conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{stack.region}.amazonaws.com"}},
+        )
+    )
     for statement in statements:
         role.add_to_policy(statement)
     grant_objects(

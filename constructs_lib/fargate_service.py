@@ -40,14 +40,30 @@ MOVE_SCRIPT = "\n".join(
 EXECUTION_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"  # ECR pulls and log writes
 
 
-def task_role(scope: Construct, construct_id: str, description: str, managed_policies: Sequence[str] = ()) -> iam.Role:
-    """A role for ECS tasks (task or execution role), with AWS managed policies given by name."""
+def task_role(scope: Construct, construct_id: str, description: str) -> iam.Role:
+    """A task role (what a task's code may do), assumed by ECS tasks of this account and region only: ECS's documented
+    confused-deputy conditions (aws:SourceAccount, aws:SourceArn of this account's ECS resources)."""
+    stack = Stack.of(scope)
+    return iam.Role(
+        scope,
+        construct_id,
+        assumed_by=iam.ServicePrincipal(ECS_TASKS, conditions={
+            "StringEquals": {"aws:SourceAccount": stack.account},
+            "ArnLike": {"aws:SourceArn": f"arn:{stack.partition}:ecs:{stack.region}:{stack.account}:*"},
+        }),
+        description=description,
+    )
+
+
+def execution_role(scope: Construct, construct_id: str, description: str) -> iam.Role:
+    """A task execution role (ECS's agent pulls images and writes logs with it) with AWS's execution policy. ECS
+    documents the confused-deputy conditions for task roles only: an execution role's trust stays as ECS documents it."""
     return iam.Role(
         scope,
         construct_id,
         assumed_by=iam.ServicePrincipal(ECS_TASKS),
         description=description,
-        managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(name) for name in managed_policies] or None,
+        managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(EXECUTION_POLICY)],
     )
 
 

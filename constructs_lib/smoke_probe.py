@@ -44,8 +44,8 @@ class SmokeProbe(Construct):
     - The function runs `lambdas/smoke_probe/` (the checks `python -m pipeline.smoke` runs) in the private app subnets with its own
       security group, which may only open HTTPS to the ALB. It calls the ALB by its DNS name with each service's
       SNI and Host, verifying certificates against the system's CAs (the ALB presents the ACM certificate).
-    - The role `<project>-<env>-smoke-tests` trusts only roles of the pipeline stack in the pipeline account and may
-      only invoke this function and read target health.
+    - The role `<project>-<env>-smoke-tests` trusts only the pipeline's smoke step of this environment
+      (`smoke_step_role_name`) and may only invoke this function and read target health.
     - CfnOutputs carry what the pipeline's post-step needs (function, role, checks, target groups).
     """
 
@@ -56,7 +56,6 @@ class SmokeProbe(Construct):
         *,
         config: EnvironmentConfig,
         pipeline_account: str,
-        pipeline_stack_name: str,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
@@ -89,8 +88,10 @@ class SmokeProbe(Construct):
             "Role",
             role_name=f"{config.qualifier}-smoke-tests",
             description=f"{config.qualifier}: the pipeline's smoke tests (invoke the probe, read target health)",
+            # Exactly the pipeline's smoke step of this environment: no other role of the pipeline account.
             assumed_by=iam.AccountPrincipal(pipeline_account).with_conditions(
-                {"ArnLike": {"aws:PrincipalArn": f"arn:{stack.partition}:iam::{pipeline_account}:role/{pipeline_stack_name}-*"}}
+                {"ArnEquals": {"aws:PrincipalArn": f"arn:{stack.partition}:iam::{pipeline_account}:role/"
+                                                   f"{smoke_step_role_name(config)}"}}
             ),
             max_session_duration=Duration.hours(1),
         )
@@ -123,6 +124,12 @@ class SmokeProbe(Construct):
                 description="Target groups whose targets must all be healthy",
             ),
         )
+
+
+def smoke_step_role_name(config: EnvironmentConfig) -> str:
+    """The role of the pipeline's smoke step for this environment (pipeline account), named before deployment: the
+    only principal the environment's smoke-test role trusts."""
+    return f"{config.project}-pipeline-smoke-{config.name}"
 
 
 def smoke_role_arn(config: EnvironmentConfig, partition: str = "aws") -> str:

@@ -10,7 +10,7 @@ from constructs import Construct
 
 from constructs_lib.bucket_access import READ, grant_objects
 from constructs_lib.compliance import acknowledge
-from constructs_lib.fargate_service import EXECUTION_POLICY, task_role
+from constructs_lib.fargate_service import execution_role, task_role
 from constructs_lib.stable_ids import Group
 
 
@@ -81,11 +81,8 @@ class WorkspaceRoles(Group):
                     f"AwsSolutions-IAM5[Resource::{log_group_arn}:log-stream:*]": workspace_logs,
                 },
             )
-        self.execution_role = task_role(
-            self,
-            "WorkspaceExecutionRole",
-            f"{qualifier}: workspace tasks: pull images and write logs (no secrets)",
-            [EXECUTION_POLICY],
+        self.execution_role = execution_role(
+            self, "WorkspaceExecutionRole", f"{qualifier}: workspace tasks: pull images and write logs (no secrets)"
         )
         acknowledge(
             self.execution_role,

@@ -24,7 +24,7 @@ from config.model import AppConfig, EnvironmentConfig
 from constructs_lib.compliance import acknowledge, wildcard_findings
 from constructs_lib.log_bucket import log_bucket
 from constructs_lib.secure_bucket import SecureBucket
-from constructs_lib.smoke_probe import smoke_role_arn
+from constructs_lib.smoke_probe import smoke_role_arn, smoke_step_role_name
 from stages.platform_stage import PlatformStage
 
 BUILDSPECS = Path(__file__).resolve().parents[1] / "buildspecs"
@@ -33,6 +33,7 @@ SMOKE_DEADLINE_SECONDS = 240
 # CodeBuild image with Node.js 22 and Python 3.12 runtimes.
 BUILD_IMAGE = codebuild.LinuxBuildImage.STANDARD_7_0
 SYNTH_COMMAND = "make synth"
+CODESTAR_NOTIFICATIONS = "codestar-notifications.amazonaws.com"
 CDK_QUALIFIER = "hnb659fds"  # the CDK bootstrap's default qualifier: its roles are cdk-<qualifier>-<role>-<account>-<region>
 
 
@@ -105,7 +106,7 @@ class PipelineStack(Stack):
             )
         self._project = config.project.name
         self.notifications = self._notifications_topic(config)
-        stage_args = {"pipeline_account": config.pipeline.account, "pipeline_stack_name": self.stack_name}
+        stage_args = {"pipeline_account": config.pipeline.account}
         # One Stage per environment, in promotion order. Each: its compliance report (a finding stops the pipeline
         # before anything deploys) and its release review (what the release changes there; a change that would
         # destroy data stops it), the approval where the environment asks for one (after both, so that the reviewer
@@ -128,6 +129,7 @@ class PipelineStack(Stack):
 
         self.pipeline.build_pipeline()
         self._publishing_starts_no_builds()
+        self._notifications_from_this_account_only()
         self._roll_back_production_on_failure(config)
         self._pipeline_logging_and_acknowledgments(config)
         self.pipeline.pipeline.notify_on(
@@ -163,6 +165,19 @@ class PipelineStack(Stack):
             if isinstance(role, iam.Role) and isinstance(policy, iam.Policy):
                 cfn: iam.CfnPolicy = policy.node.default_child  # type: ignore[assignment]
                 cfn.policy_document = Lazy.uncached_any(_EditedStatements(cfn.policy_document, _without_build_control))
+
+    def _notifications_from_this_account_only(self) -> None:
+        """CDK lets CodeStar Notifications publish to the topic for any account's notification rule; AWS documents
+        `aws:SourceAccount` for it: only this account's rules (the pipeline's failures) publish."""
+        policy = self.notifications.node.try_find_child("Policy")
+        cfn: sns.CfnTopicPolicy = policy.node.default_child  # type: ignore[union-attr, assignment]
+
+        def from_this_account(statement: dict) -> dict:
+            if statement.get("Principal") != {"Service": CODESTAR_NOTIFICATIONS} or statement.get("Effect") != "Allow":
+                return statement
+            return {**statement, "Condition": {"StringEquals": {"aws:SourceAccount": self.account}}}
+
+        cfn.policy_document = Lazy.uncached_any(_EditedStatements(cfn.policy_document, from_this_account))
 
     def _roll_back_production_on_failure(self, config: AppConfig) -> None:
         """CodePipeline V2 stage rollback: when an action of production's stage fails (a deploy, the smoke tests),
@@ -242,7 +257,7 @@ class PipelineStack(Stack):
         key.add_to_resource_policy(
             iam.PolicyStatement(
                 actions=["kms:GenerateDataKey*", "kms:Decrypt"],
-                principals=[iam.ServicePrincipal("codestar-notifications.amazonaws.com")],
+                principals=[iam.ServicePrincipal(CODESTAR_NOTIFICATIONS)],
                 resources=["*"],
                 conditions={"StringEquals": {"kms:ViaService": f"sns.{self.region}.amazonaws.com"}},
             )
@@ -278,8 +293,9 @@ class PipelineStack(Stack):
     ) -> pipelines.CodeBuildStep:
         """Before the Stage deploys: what the release changes against the templates deployed in that environment
         (read through the environment's CDK bootstrap lookup role). A change that would destroy data, unless the
-        config allows it, fails the step. JUnit to CodeBuild Reports, Markdown and JSON as artifacts; the summary to
-        the notifications topic, so the approver's e-mail says what the release will do."""
+        config allows it, fails the step. JUnit to CodeBuild Reports, the Markdown report in the build log; the summary
+        to the notifications topic, so the approver's e-mail says what the release will do. It writes no artifact: only
+        the Synth step writes what later steps and the deploy read."""
         config = stage.config
         name = stage.stage_name
         lookup_role = (f"arn:{self.partition}:iam::{config.account}:role/"
@@ -290,14 +306,13 @@ class PipelineStack(Stack):
             input=source,
             additional_inputs={"cdk.out": synth},
             # cfn-lint for CloudFormation's resource schemas (what replaces a resource), boto3 to read the stacks.
-            install_commands=["python -m pip install --quiet --disable-pip-version-check -c constraints.txt boto3 cfn-lint"],
+            install_commands=[_hashed_install("review")],
             commands=[
                 f"python -m pipeline.changes --base deployed --assembly cdk.out --stage {name}"
                 " --junit reports/changes.xml --markdown reports/changes.md --json reports/changes.json"
                 ' --notify "$NOTIFICATIONS_TOPIC"'
             ],
             env={"NOTIFICATIONS_TOPIC": self.notifications.topic_arn},
-            primary_output_directory="reports",
             build_environment=codebuild.BuildEnvironment(build_image=BUILD_IMAGE),
             partial_build_spec=codebuild.BuildSpec.from_object(yaml.safe_load((BUILDSPECS / "changes.yml").read_text())),
             role_policy_statements=[
@@ -315,7 +330,8 @@ class PipelineStack(Stack):
         self, stage: PlatformStage, source: pipelines.IFileSetProducer, synth: pipelines.IFileSetProducer
     ) -> pipelines.CodeBuildStep:
         """Before the Stage deploys: the security-review report of this Stage from the synth output; any open
-        finding or reason-less acknowledgment fails the step. JUnit to CodeBuild Reports, Markdown as artifact."""
+        finding or reason-less acknowledgment fails the step. JUnit to CodeBuild Reports, the Markdown report in the
+        build log; no artifact (only the Synth step writes what later steps and the deploy read)."""
         name = stage.stage_name
         return pipelines.CodeBuildStep(
             f"Compliance{name}",
@@ -326,7 +342,6 @@ class PipelineStack(Stack):
                 f"python -m pipeline.compliance --assembly cdk.out --stage {name}"
                 " --junit reports/compliance.xml --markdown reports/compliance.md --json reports/compliance.json"
             ],
-            primary_output_directory="reports",
             build_environment=codebuild.BuildEnvironment(build_image=BUILD_IMAGE),
             partial_build_spec=codebuild.BuildSpec.from_object(
                 yaml.safe_load((BUILDSPECS / "compliance.yml").read_text())
@@ -347,7 +362,7 @@ class PipelineStack(Stack):
                 "SMOKE_CHECKS": smoke.checks,
                 "SMOKE_TARGET_GROUPS": smoke.target_groups,
             },
-            install_commands=["python -m pip install --quiet --disable-pip-version-check -c constraints.txt boto3"],
+            install_commands=[_hashed_install("smoke")],
             commands=[
                 "python -m pipeline.smoke"
                 ' --role-arn "$PROBE_ROLE_ARN" --function "$PROBE_FUNCTION" --check "$SMOKE_CHECKS"'
@@ -356,6 +371,10 @@ class PipelineStack(Stack):
             ],
             build_environment=codebuild.BuildEnvironment(build_image=BUILD_IMAGE),
             partial_build_spec=codebuild.BuildSpec.from_object(yaml.safe_load((BUILDSPECS / "smoke.yml").read_text())),
+            # Named, so that the environment's smoke-test role trusts exactly this role (smoke_step_role_name).
+            role=iam.Role(self.pipeline, f"SmokeTests{stage.stage_name}Role", role_name=smoke_step_role_name(config),
+                          assumed_by=iam.ServicePrincipal("codebuild.amazonaws.com"),
+                          description=f"The smoke tests of {config.name}: assume its smoke-test role, nothing else"),
             role_policy_statements=[
                 iam.PolicyStatement(actions=["sts:AssumeRole"], resources=[smoke_role_arn(config, self.partition)])
             ],
@@ -387,6 +406,13 @@ _UNSCOPED_ACTIONS = {
 
 # CodeBuild's build control: for the pipeline's action role only, on its own projects (_publishing_starts_no_builds).
 _BUILD_CONTROL = frozenset({"codebuild:BatchGetBuilds", "codebuild:StartBuild", "codebuild:StopBuild"})
+
+
+def _hashed_install(lock: str) -> str:
+    """A step's tools from PyPI, only files whose hash its lock lists (pipeline/locks.py): a file added to a release
+    after the lock was written, or swapped on the way, is refused."""
+    return (f"python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps "
+            f"-r buildspecs/locks/{lock}.txt")
 
 
 def _listed(value: object) -> list:

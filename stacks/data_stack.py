@@ -148,6 +148,8 @@ class DataStack(Stack):
             table_name=config.lock_table_name,
             partition_key=dynamodb.Attribute(name="LockID", type=dynamodb.AttributeType.STRING),
             billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.CUSTOMER_MANAGED,  # the data key, as every other Data resource
+            encryption_key=self.data_key,
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),

@@ -45,7 +45,6 @@ class ObservabilityStack(Stack):
         data: DataStackOutputs,
         platform: PlatformStackOutputs,
         pipeline_account: str,
-        pipeline_stack_name: str,
         **kwargs,
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -85,7 +84,6 @@ class ObservabilityStack(Stack):
             "SmokeProbe",
             config=config,
             pipeline_account=pipeline_account,
-            pipeline_stack_name=pipeline_stack_name,
             vpc=network.vpc,
             subnets=network.app_subnets,
             security_group=network.security_groups.smoke_probe,

@@ -29,7 +29,6 @@ class PlatformStage(Stage):
         *,
         config: EnvironmentConfig,
         pipeline_account: str,
-        pipeline_stack_name: str,
         **kwargs,
     ) -> None:
         super().__init__(
@@ -64,7 +63,6 @@ class PlatformStage(Stage):
             data=self.data.outputs,
             platform=self.platform.outputs,
             pipeline_account=pipeline_account,
-            pipeline_stack_name=pipeline_stack_name,
             description=f"{config.qualifier}: Langfuse web and worker, ClickHouse, smoke-test probe",
         )
         self.observability.add_stack_dependency(self.platform)

@@ -198,6 +198,9 @@ def test_lock_table(data, env_config):
     assert table["KeySchema"] == [{"AttributeName": "LockID", "KeyType": "HASH"}]
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    # Encrypted with the data key, as every other Data resource (not the AWS-owned key).
+    assert table["SSESpecification"] == {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": {
+        "Fn::GetAtt": [data.logical_id("/Data/DataKey/Resource"), "Arn"]}}
 
 
 # --- secrets --------------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_synth_runs_make_synth_on_node_22(pipeline, stages):
     assert project["Environment"]["Image"] == "aws/codebuild/standard:7.0"
     assert project["Environment"]["PrivilegedMode"] is False  # no Docker in the pipeline
     # pip's and npm's downloads cached between runs, keyed by the lock files.
-    assert spec["cache"]["key"].startswith("synth-$(codebuild-hash-files constraints.txt package-lock.json")
+    assert spec["cache"]["key"].startswith("synth-$(codebuild-hash-files requirements.lock package-lock.json")
     assert spec["cache"]["paths"] == ["/root/.cache/pip/**/*", "/root/.npm/**/*"]
     assert project["Cache"]["Type"] == "S3"
     bucket = pipeline.logical_id("/BuildCache/Bucket/Resource")
@@ -234,7 +234,9 @@ def test_compliance_step_runs_before_the_stage_deploys(pipeline, stages, stage_n
         " --markdown reports/compliance.md --json reports/compliance.json"
     ]
     assert spec["reports"]["compliance"] == {"base-directory": "reports", "files": ["compliance.xml"], "file-format": "JUNITXML"}
-    assert spec["artifacts"]["base-directory"] == "reports"  # the Markdown report is the step's artifact
+    # The Markdown report goes to the log, also when the step fails; no artifact (only Synth writes what deploys).
+    assert spec["phases"]["post_build"]["commands"] == ["[ ! -f reports/compliance.md ] || cat reports/compliance.md"]
+    assert "artifacts" not in spec and "OutputArtifacts" not in step
 
 
 def test_approval_notifies_and_links_to_productions_release_review(pipeline, stages, app_config):
@@ -268,6 +270,10 @@ def test_release_review_runs_before_the_stage_deploys_against_what_is_deployed(p
         ' --markdown reports/changes.md --json reports/changes.json --notify "$NOTIFICATIONS_TOPIC"'
     ]
     assert spec["reports"]["changes"] == {"base-directory": "reports", "files": ["changes.xml"], "file-format": "JUNITXML"}
+    assert spec["phases"]["post_build"]["commands"] == ["[ ! -f reports/changes.md ] || cat reports/changes.md"]
+    assert "artifacts" not in spec and "OutputArtifacts" not in step
+    assert spec["phases"]["install"]["commands"][-1] == (
+        "python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r buildspecs/locks/review.txt")
     variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
     assert variables["NOTIFICATIONS_TOPIC"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}
     role_id = project["ServiceRole"]["Fn::GetAtt"][0]
@@ -288,6 +294,13 @@ def test_notifications_topic_is_encrypted_and_https_only(pipeline, app_config):
     subscriptions = pipeline.props("AWS::SNS::Subscription")
     email = app_config.pipeline.notification_email
     assert [s["Endpoint"] for s in subscriptions] == ([email] if email else [])
+
+
+def test_only_this_accounts_notification_rules_publish_to_the_topic(pipeline, app_config):
+    (policy,) = pipeline.props("AWS::SNS::TopicPolicy")
+    allows = [s for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
+    assert [s["Principal"] for s in allows] == [{"Service": "codestar-notifications.amazonaws.com"}]
+    assert allows[0]["Condition"] == {"StringEquals": {"aws:SourceAccount": app_config.pipeline.account}}
 
 
 def test_pipeline_failures_notify_the_topic(pipeline):

@@ -344,6 +344,8 @@ def test_coder_task_role(platform, env_config):
     assert sids["TerraformLocks"]["Resource"] == f"arn:aws:dynamodb:{region}:{account}:table/coder-{env}-terraform-locks"
     assert sids["TerraformLocks"]["Action"] == [
         "dynamodb:DeleteItem", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem"]
+    assert sids["TerraformLocksKey"]["Condition"] == {
+        "StringEquals": {"kms:ViaService": f"dynamodb.{region}.amazonaws.com"}}  # the data key, through DynamoDB only
     if env_config.features.enable_workspace_direct_access:
         assert sids["DirectAccessTargetGroups"]["Resource"] == f"arn:aws:elasticloadbalancing:{region}:{account}:targetgroup/ws-*/*"
         assert sids["DirectAccessRuleLifecycle"]["Condition"] == {

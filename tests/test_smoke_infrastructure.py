@@ -64,7 +64,7 @@ def test_smoke_checks_cover_every_service(env_config):
     assert [check.split("=", 1)[0] for check in smoke_checks(env_config)] == [service.name for service in routed()]
 
 
-def test_smoke_role_trusts_only_the_pipeline_stack_roles(observability, env_config, app_config):
+def test_smoke_role_trusts_only_the_pipelines_smoke_step_of_its_environment(observability, env_config, app_config):
     role = observability.resources[observability.logical_id("/Observability/SmokeProbe/Role/Resource")]["Properties"]
     assert role["RoleName"] == f"coder-{env_config.name}-smoke-tests"
     assert role["MaxSessionDuration"] == 3600
@@ -73,7 +73,7 @@ def test_smoke_role_trusts_only_the_pipeline_stack_roles(observability, env_conf
     assert statement["Action"] == "sts:AssumeRole"
     assert f":iam::{pipeline_account}:root" in json.dumps(statement["Principal"])
     assert statement["Condition"] == {
-        "ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{pipeline_account}:role/CoderPipeline-*"}}
+        "ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{pipeline_account}:role/coder-pipeline-smoke-{env_config.name}"}}
 
 
 def test_smoke_role_may_only_invoke_the_probe_and_read_target_health(observability):
@@ -140,8 +140,10 @@ def test_post_step_project(pipeline, app_config, stage_name, config_name):
         assert part in command
     assert spec["reports"]["smoke-tests"] == {"base-directory": "reports", "files": ["smoke.xml"], "file-format": "JUNITXML"}
     assert spec["phases"]["install"]["commands"] == [
-        "python -m pip install --quiet --disable-pip-version-check -c constraints.txt boto3"]
+        "python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r buildspecs/locks/smoke.txt"]
     role_id = pipeline.resources[project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
+    # The name the environment's smoke-test role trusts, on the role of this step only.
+    assert pipeline.resources[role_id]["Properties"]["RoleName"] == f"coder-pipeline-smoke-{config_name}"
     (policy,) = [p for p in pipeline.props("AWS::IAM::Policy") if p["Roles"] == [{"Ref": role_id}]]
     assumes = [s for s in policy["PolicyDocument"]["Statement"] if s["Action"] == "sts:AssumeRole"]
     assert assumes == [{"Action": "sts:AssumeRole", "Effect": "Allow",

@@ -5,6 +5,7 @@ that reaches a platform service, task, task definition or the platform's data.""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -260,3 +261,36 @@ def test_clickhouse_data_lives_on_the_platform_file_system_which_workspaces_cann
     sources = {str(rule["Properties"]["SourceSecurityGroupId"]) for rule in network.of_type(
         "AWS::EC2::SecurityGroupIngress").values() if "PlatformEfsSecurityGroup" in str(rule["Properties"]["GroupId"])}
     assert len(sources) == 2 and all("ClickHouse" in s or "EcsServices" in s for s in sources), sources
+
+
+# --- who may become a task role -----------------------------------------------------------------------------------
+
+
+def test_task_roles_trust_only_this_accounts_ecs_tasks(assembly, stage, env_config):
+    """A task role's credentials are what a task's code may do (a workspace's: whatever its developer runs); ECS's
+    confused-deputy conditions keep another account's tasks from assuming them. Execution roles keep ECS's documented
+    trust (ECS documents the conditions for task roles only)."""
+    account, region = env_config.account, env_config.region
+    task_roles, execution_roles = set(), set()
+    for layer in ("Platform", "Observability"):
+        template = assembly.stack(stage, layer)
+        for task in template.props("AWS::ECS::TaskDefinition"):
+            execution_roles.add((layer, json.dumps(task["ExecutionRoleArn"])))
+        for logical_id, role in template.of_type("AWS::IAM::Role").items():
+            (statement, *more) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+            if statement["Principal"] != {"Service": ECS_TASKS}:
+                continue
+            assert not more, logical_id
+            arn = json.dumps({"Fn::GetAtt": [logical_id, "Arn"]})
+            workspace_execution = logical_id.startswith("WorkspaceExecutionRole")
+            if (layer, arn) in execution_roles or workspace_execution:
+                assert "Condition" not in statement, logical_id
+                continue
+            task_roles.add(logical_id)
+            assert statement["Condition"] == {
+                "StringEquals": {"aws:SourceAccount": account},
+                "ArnLike": {"aws:SourceArn": f"arn:aws:ecs:{region}:{account}:*"},
+            }, logical_id
+    assert {r.rstrip("0123456789ABCDEF") for r in task_roles} >= {
+        "WorkspaceTaskRole", "AemWorkspaceTaskRole", "CoderTaskRole", "LiteLLMTaskRole", "KeyProvisionerTaskRole",
+        "LangfuseTaskRole", "ClickHouseTaskRole"}
