@@ -72,27 +72,23 @@ class PlatformStack(Stack):
 
         # ECS Exec only where the environment allows it (config features.enable_ecs_exec); sessions are logged.
         ecs_exec = EcsExec(self, "EcsExec", qualifier=config.qualifier, key=network.logs_key) if config.ecs_exec else None
-        cluster = ecs.Cluster(
-            self,
-            "Cluster",
-            cluster_name=config.qualifier,
-            vpc=network.vpc,
-            container_insights_v2=ecs.ContainerInsights.ENABLED,
-            enable_fargate_capacity_providers=True,
-            execute_command_configuration=ecs_exec.configuration if ecs_exec else None,
-        )
+        def ecs_cluster(construct_id: str, name: str, exec_configuration=None) -> ecs.Cluster:
+            return ecs.Cluster(
+                self,
+                construct_id,
+                cluster_name=name,
+                vpc=network.vpc,
+                container_insights_v2=ecs.ContainerInsights.ENABLED,
+                enable_fargate_capacity_providers=True,
+                execute_command_configuration=exec_configuration,
+            )
+
+        cluster = ecs_cluster("Cluster", config.qualifier, ecs_exec.configuration if ecs_exec else None)
         if ecs_exec:
             cluster.node.add_dependency(ecs_exec.log_group)
         # Workspaces run in a cluster of their own: Coder may change services and tasks there, and none of the
         # platform's run there.
-        workspace_cluster = ecs.Cluster(
-            self,
-            "WorkspaceCluster",
-            cluster_name=config.workspace_cluster_name,
-            vpc=network.vpc,
-            container_insights_v2=ecs.ContainerInsights.ENABLED,
-            enable_fargate_capacity_providers=True,
-        )
+        workspace_cluster = ecs_cluster("WorkspaceCluster", config.workspace_cluster_name)
 
         balancer = InternalLoadBalancer(
             self,

@@ -96,13 +96,19 @@ def test_a_directory_with_data_of_its_own_is_never_overwritten(old, new):
     assert (new / "store" / "live.bin").read_text() == "live data" and not (new / DONE).exists()
 
 
-def test_a_failed_copy_is_not_marked_and_the_service_does_not_start(old, new, tmp_path):
-    """cp fails half-way (a full file system, an I/O error): the script exits non-zero, unmarked."""
+def _with_cp(tmp_path: Path, script: str) -> str:
+    """A PATH whose `cp` is `script` (a shell script body)."""
     tools = tmp_path / "bin"
     tools.mkdir()
-    (tools / "cp").write_text("#!/bin/sh\necho 'cp: error writing: No space left on device' >&2\nexit 1\n")
+    (tools / "cp").write_text(f"#!/bin/sh\n{script}\n")
     (tools / "cp").chmod(0o755)
-    result = _run(old, new, path=f"{tools}:{os.environ['PATH']}")
+    return f"{tools}:{os.environ['PATH']}"
+
+
+def test_a_failed_copy_is_not_marked_and_the_service_does_not_start(old, new, tmp_path):
+    """cp fails half-way (a full file system, an I/O error): the script exits non-zero, unmarked."""
+    path = _with_cp(tmp_path, "echo 'cp: error writing: No space left on device' >&2; exit 1")
+    result = _run(old, new, path=path)
     assert result.returncode != 0
     assert not (new / DONE).exists() and (new / ".platform-data-moving").exists()
     assert _run(old, new).returncode == 0 and _tree(new) == _tree(old)  # the next start makes it again
@@ -110,11 +116,7 @@ def test_a_failed_copy_is_not_marked_and_the_service_does_not_start(old, new, tm
 
 def test_a_copy_that_differs_is_not_marked(old, new, tmp_path):
     """A copy that leaves a file short (cp exits 0 but the data differs) fails the comparison."""
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    (tools / "cp").write_text('#!/bin/sh\n/bin/cp "$@" && : > "$3store/a1b/all_1_1_0/data.bin"\n')
-    (tools / "cp").chmod(0o755)
-    result = _run(old, new, path=f"{tools}:{os.environ['PATH']}")
+    result = _run(old, new, path=_with_cp(tmp_path, '/bin/cp "$@" && : > "$3store/a1b/all_1_1_0/data.bin"'))
     assert result.returncode == 1 and "differs" in result.stderr
     assert not (new / DONE).exists()
 
