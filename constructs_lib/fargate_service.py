@@ -37,7 +37,6 @@ MOVE_SCRIPT = "\n".join(
     line for line in (Path(__file__).parent / "scripts" / "move-data.sh").read_text().splitlines()
     if line.strip() and not line.lstrip().startswith("#")
 )
-EXECUTION_POLICY = "service-role/AmazonECSTaskExecutionRolePolicy"  # ECR pulls and log writes
 
 
 def task_role(scope: Construct, construct_id: str, description: str) -> iam.Role:
@@ -52,18 +51,6 @@ def task_role(scope: Construct, construct_id: str, description: str) -> iam.Role
             "ArnLike": {"aws:SourceArn": f"arn:{stack.partition}:ecs:{stack.region}:{stack.account}:*"},
         }),
         description=description,
-    )
-
-
-def execution_role(scope: Construct, construct_id: str, description: str) -> iam.Role:
-    """A task execution role (ECS's agent pulls images and writes logs with it) with AWS's execution policy. ECS
-    documents the confused-deputy conditions for task roles only: an execution role's trust stays as ECS documents it."""
-    return iam.Role(
-        scope,
-        construct_id,
-        assumed_by=iam.ServicePrincipal(ECS_TASKS),
-        description=description,
-        managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name(EXECUTION_POLICY)],
     )
 
 

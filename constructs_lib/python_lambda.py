@@ -118,11 +118,12 @@ def python_function(
     network: FunctionNetwork | None = None,
     why_outside_vpc: str = "",
     environment: dict[str, str] | None = None,
+    reasons: dict[str, str] | None = None,
 ) -> lambda_.Function:
     """A Lambda of this project: the Python runtime of RUNTIME, an encrypted log group kept a year (`log_group_id`,
     beside the function), private subnets only when `network` is given, and the acknowledgments every such
     function shares: CDK's AWS-managed execution policies, no DLQ and no reserved concurrency for a function that a
-    deploy or the pipeline invokes synchronously, a handful of times."""
+    deploy or the pipeline invokes synchronously, a handful of times (`reasons` replaces those that do not fit)."""
     function = lambda_.Function(
         scope,
         construct_id,
@@ -139,7 +140,7 @@ def python_function(
         environment=environment,
         description=description,
     )
-    reasons = {
+    acknowledgments = {
         BASIC_EXECUTION: "The AWS-maintained policy that lets the function write its own CloudWatch Logs; the "
         "function's own permissions are in its scoped inline policy.",
         "LambdaDLQ": f"Invoked synchronously by {invoked_by}, which sees and reports every failure: no event is "
@@ -148,10 +149,10 @@ def python_function(
         "would take capacity from the account (and fails in new accounts with the minimum quota).",
     }
     if network:
-        reasons[VPC_EXECUTION] = (
+        acknowledgments[VPC_EXECUTION] = (
             "The AWS-maintained policy that lets Lambda manage the function's network interfaces in the VPC."
         )
     else:
-        reasons["LambdaInsideVPC"] = why_outside_vpc
-    acknowledge(function, reasons)
+        acknowledgments["LambdaInsideVPC"] = why_outside_vpc
+    acknowledge(function, {**acknowledgments, **(reasons or {})})
     return function

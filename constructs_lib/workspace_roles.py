@@ -10,15 +10,15 @@ from constructs import Construct
 
 from constructs_lib.bucket_access import READ, grant_objects
 from constructs_lib.compliance import acknowledge
-from constructs_lib.fargate_service import execution_role, task_role
+from constructs_lib.fargate_service import ECS_TASKS, task_role
 from constructs_lib.stable_ids import Group
 
 
 class WorkspaceRoles(Group):
     """Three roles: workspace tasks (CloudWatch Logs, their home directory on the workspaces' file system through an
     access point), AEM workspace tasks (the same, and read the artifacts bucket),
-    and the workspaces' execution role (pull images, write logs, no secret: a template can never inject a platform
-    secret into a workspace). Logs go to `/<qualifier>/workspaces*` only."""
+    and the workspaces' execution role (pull images but the platform's own, write logs, no secret: a template can
+    never inject a platform secret into a workspace). Logs go to `/<qualifier>/workspaces*` only."""
 
     def __init__(
         self,
@@ -29,6 +29,7 @@ class WorkspaceRoles(Group):
         artifacts_bucket: str,
         data_key: kms.IKey,
         file_system: efs.IFileSystem,
+        platform_repositories: tuple[str, ...] = (),  # ARNs of the ECR repositories of the platform's own images
     ) -> None:
         super().__init__(scope, construct_id)
         log_group_arn = Stack.of(self).format_arn(
@@ -81,15 +82,44 @@ class WorkspaceRoles(Group):
                     f"AwsSolutions-IAM5[Resource::{log_group_arn}:log-stream:*]": workspace_logs,
                 },
             )
-        self.execution_role = execution_role(
-            self, "WorkspaceExecutionRole", f"{qualifier}: workspace tasks: pull images and write logs (no secrets)"
+        # Not AWS's execution policy (container logs to any log group, pulls from any repository): a template could
+        # write into a platform service's log group, or pull the platform's private images.
+        self.execution_role = iam.Role(
+            self,
+            "WorkspaceExecutionRole",
+            assumed_by=iam.ServicePrincipal(ECS_TASKS),  # as ECS documents an execution role's trust
+            description=f"{qualifier}: workspace tasks: pull images and write logs (no secrets)",
         )
+        self.execution_role.add_to_policy(write_logs)
+        self.execution_role.add_to_policy(
+            iam.PolicyStatement(sid="RegistryLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"])
+        )
+        # Any account's and region's (a template may use a registry of its team's), but the platform's.
+        repositories = f"arn:{Stack.of(self).partition}:ecr:*:*:repository/*"
+        self.execution_role.add_to_policy(
+            iam.PolicyStatement(
+                sid="PullImages",
+                actions=["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                resources=[repositories],
+            )
+        )
+        if platform_repositories:
+            self.execution_role.add_to_policy(
+                iam.PolicyStatement(
+                    sid="NotThePlatformsImages",
+                    effect=iam.Effect.DENY,
+                    actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                    resources=list(platform_repositories),
+                )
+            )
         acknowledge(
             self.execution_role,
             {
-                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-                "AmazonECSTaskExecutionRolePolicy]": "The AWS-maintained execution policy: pull images and write "
-                "container logs, nothing else; this role reads no secret.",
+                f"AwsSolutions-IAM5[Resource::{log_group_arn}]": workspace_logs,
+                f"AwsSolutions-IAM5[Resource::{log_group_arn}:log-stream:*]": workspace_logs,
+                "AwsSolutions-IAM5[Resource::*]": "ecr:GetAuthorizationToken (the registry login) has no resource.",
+                f"AwsSolutions-IAM5[Resource::{repositories}]": "Workspace images come from repositories the "
+                "templates choose; pulls from the platform's own repositories are denied.",
             },
         )
 

@@ -1,4 +1,5 @@
-"""ObservabilityStack: ClickHouse, Langfuse web and Langfuse worker, and the Stage's smoke-test probe."""
+"""ObservabilityStack: ClickHouse, Langfuse web and Langfuse worker, the Stage's smoke-test probe and the workspace
+guard."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from constructs_lib.langfuse_service import LangfuseServices, langfuse_environme
 from constructs_lib.operations import Operations, Watched
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.smoke_probe import SmokeOutputs, SmokeProbe
+from constructs_lib.workspace_guard import WorkspaceGuard
 from stacks.data_stack import DataStackOutputs
 from stacks.network_stack import NetworkStackOutputs
 from stacks.platform_stack import PlatformStackOutputs
@@ -91,6 +93,17 @@ class ObservabilityStack(Stack):
             target_groups=[*platform.target_groups.values(), self.langfuse.web.target_group],
             logs_key=network.logs_key,
         )
+        # ECS lets a workspace service join any target group and security group: the guard takes them out again.
+        self.workspace_guard = WorkspaceGuard(
+            self,
+            "WorkspaceGuard",
+            platform_cluster=config.qualifier,
+            workspace_cluster=config.workspace_cluster_name,
+            platform_target_groups=[*platform.target_groups.values(), self.langfuse.web.target_group],
+            workspace_security_group=network.security_groups.ecs_workspaces,
+            logs_key=network.logs_key,
+            alarms=network.alarms,
+        )
         services = [*platform.services, self.clickhouse.service, self.langfuse.web, self.langfuse.worker]
         if self.langfuse.web_replicas is not None:
             services.append(self.langfuse.web_replicas)
@@ -106,7 +119,8 @@ class ObservabilityStack(Stack):
                 redis_group_id=data.redis.replication_group.ref,
                 file_systems={"platform": data.platform_file_system.file_system_id,
                               "workspaces": data.file_system.file_system_id},
-                functions={**data.functions, "smoke probe": self.smoke_probe.function},
+                functions={**data.functions, "smoke probe": self.smoke_probe.function,
+                           "workspace guard": self.workspace_guard.function},
                 services=services,
             ),
         )

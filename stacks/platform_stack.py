@@ -12,7 +12,7 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from config.model import Bucket, EnvironmentConfig
+from config.model import ECR_IMAGE, Bucket, EnvironmentConfig
 from constructs_lib.bucket_access import READ_WRITE, grant_objects
 from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
 from constructs_lib.ecs_exec import EcsExec
@@ -112,6 +112,10 @@ class PlatformStack(Stack):
             artifacts_bucket=config.bucket_name(Bucket.ARTIFACTS),
             data_key=data.data_key,
             file_system=data.file_system,
+            platform_repositories=tuple(
+                f"arn:{self.partition}:ecr:{m['region']}:{m['account']}:repository/{m['repository']}"
+                for image in config.images.model_dump().values() if (m := ECR_IMAGE.match(image))
+            ),
         )
         secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
         runtime = ServiceRuntime(

@@ -44,9 +44,9 @@ def test_every_log_group_is_encrypted_with_the_logs_key_and_kept_a_year(assembly
             assert "LogsKey" in json.dumps(group["KmsKeyId"]) and group["KmsKeyId"]["Fn::GetStackOutput"]
             counted += 1
     # 2 RDS exports, 2 Lambdas in Data (+ termination protection's in production); 3 services (+ ECS Exec sessions
-    # where allowed); 3 services (+ Langfuse web replicas) and the probe
+    # where allowed); 3 services (+ Langfuse web replicas), the probe and the workspace guard
     langfuse_web_replicas = env_config.services.langfuse_web_desired_count > 1
-    assert counted == 11 + env_config.ecs_exec + env_config.is_production + langfuse_web_replicas
+    assert counted == 12 + env_config.ecs_exec + env_config.is_production + langfuse_web_replicas
 
 
 def test_rds_logs_monitoring_and_identifier(data, env_config):

@@ -126,7 +126,7 @@ def test_shared_tiers_alarm_from_the_configured_thresholds(assembly, stage, env_
     assert alarms[f"{q}-efs-io-limit"][1]["Threshold"] == limits.efs_io_limit_percent
     assert alarms[f"{q}-alb-5xx"][1]["Threshold"] == limits.alb_5xx_percent
     lambdas = {n for n in alarms if n.endswith("-errors")}
-    expected = {"database-bootstrap", "secret-initializer", "smoke-probe"} | (
+    expected = {"database-bootstrap", "secret-initializer", "smoke-probe", "workspace-guard"} | (
         {"termination-protection"} if env_config.is_production else set())
     assert lambdas == {f"{q}-{name}-errors" for name in expected}
 

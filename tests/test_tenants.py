@@ -294,3 +294,25 @@ def test_task_roles_trust_only_this_accounts_ecs_tasks(assembly, stage, env_conf
     assert {r.rstrip("0123456789ABCDEF") for r in task_roles} >= {
         "WorkspaceTaskRole", "AemWorkspaceTaskRole", "CoderTaskRole", "LiteLLMTaskRole", "KeyProvisionerTaskRole",
         "LangfuseTaskRole", "ClickHouseTaskRole"}
+
+
+def test_the_workspaces_execution_role_pulls_no_platform_image_and_writes_no_platform_log(assembly, stage, env_config):
+    """Coder's templates choose a workspace's images and log group: never the platform's private images (the Key
+    Provisioner's code) nor a platform service's logs (forged entries beside the real ones)."""
+    platform = assembly.stack(stage, "Platform")
+    resolve = Resolver(platform, env_config.account, env_config.region, stacks=assembly.templates)
+    role = platform.logical_id("/Platform/Workspaces/WorkspaceExecutionRole/Resource")
+    statements = role_statements(platform, role, resolve)
+    assert not platform.resources[role]["Properties"].get("ManagedPolicyArns")  # not AWS's policy on every group
+    group = f"/coder-{env_config.name}/workspaces/alice-dev"
+    logs = resolve.arn("logs", f"log-group:{group}:log-stream:dev/abc")
+    assert allowed(statements, Request("logs:PutLogEvents", logs))
+    assert allowed(statements, Request("ecr:BatchGetImage", f"arn:aws:ecr:{env_config.region}:444444444444:repository/dev-base"))
+    platform_logs = next(iter(assembly.stack(stage, "Observability").of_type("AWS::Logs::LogGroup")))
+    for refused in (
+        Request("logs:PutLogEvents", resolve.arn("logs", f"log-group:{platform_logs}:log-stream:langfuse-web/x")),
+        Request("logs:PutLogEvents", resolve.arn("logs", f"log-group:/coder-{env_config.name}/ecs-exec:log-stream:x")),
+        Request("ecr:BatchGetImage", f"arn:aws:ecr:{env_config.region}:{env_config.account}:repository/key-provisioner"),
+        Request("secretsmanager:GetSecretValue", resolve.arn("secretsmanager", "secret:prod/litellm/master-key-AbCdEf")),
+    ):
+        assert not allowed(statements, refused), refused
