@@ -76,10 +76,17 @@ class WorkspaceGuard(Construct):
         for statement in (
             iam.PolicyStatement(sid="ReadTasks", actions=["ecs:ListTasks", "ecs:DescribeTasks"], resources=["*"],
                                 conditions={"ArnEquals": {"ecs:cluster": clusters}}),
-            iam.PolicyStatement(sid="ListWorkspaceServices", actions=["ecs:ListServices"], resources=["*"],
-                                conditions={"ArnEquals": {"ecs:cluster": clusters[1]}}),
-            iam.PolicyStatement(sid="RemoveWorkspaceServices", actions=["ecs:DescribeServices", "ecs:DeleteService"],
+            iam.PolicyStatement(sid="ListServices", actions=["ecs:ListServices"], resources=["*"],
+                                conditions={"ArnEquals": {"ecs:cluster": clusters}}),
+            iam.PolicyStatement(sid="ReadServices", actions=["ecs:DescribeServices"],
+                                resources=[arn("ecs", "service", f"{platform_cluster}/*"),
+                                           arn("ecs", "service", f"{workspace_cluster}/*")]),
+            iam.PolicyStatement(sid="RemoveWorkspaceServices", actions=["ecs:DeleteService"],
                                 resources=[arn("ecs", "service", f"{workspace_cluster}/*")]),
+            # Workspaces an earlier release left in the platform's cluster (tagged as Coder's), never a platform service.
+            iam.PolicyStatement(sid="RemoveLegacyWorkspaceServices", actions=["ecs:DeleteService"],
+                                resources=[arn("ecs", "service", f"{platform_cluster}/*")],
+                                conditions={"StringEquals": {"aws:ResourceTag/coder_provisioned": "true"}}),
             iam.PolicyStatement(sid="StopWorkspaceTasks", actions=["ecs:StopTask"],
                                 resources=[arn("ecs", "task", f"{workspace_cluster}/*")]),
             iam.PolicyStatement(sid="ReadLoadBalancing", actions=["elasticloadbalancing:DescribeTargetHealth",
@@ -96,6 +103,8 @@ class WorkspaceGuard(Construct):
             "clusters by condition; all read-only.",
             f"AwsSolutions-IAM5[Resource::{arn('ecs', 'service', f'{workspace_cluster}/*')}]": "Workspace services, "
             "named by Coder at run time; the guard deletes only those that reach into the platform.",
+            f"AwsSolutions-IAM5[Resource::{arn('ecs', 'service', f'{platform_cluster}/*')}]": "It reads the platform "
+            "services (whose tasks may be targets); it deletes only services tagged coder_provisioned there.",
             f"AwsSolutions-IAM5[Resource::{arn('ecs', 'task', f'{workspace_cluster}/*')}]": "Workspace tasks, "
             "named by ECS; the guard stops only those outside the workspaces' security group.",
             f"AwsSolutions-IAM5[Resource::{workspace_target_groups}]": "Direct-access target groups Coder creates "

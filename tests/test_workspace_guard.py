@@ -44,14 +44,16 @@ def _target(ip: str, port: int, state: str) -> dict:
     return {"Target": {"Id": ip, "Port": port}, "TargetHealth": {"State": state}}
 
 
-def _task(cluster: str, task_id: str, ip: str, eni: str) -> dict:
-    return {"taskArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/{task_id}", "attachments": [{
+def _task(cluster: str, task_id: str, ip: str, eni: str, service: str | None = None) -> dict:
+    return {"taskArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/{task_id}",
+            **({"group": f"service:{service}"} if service else {}), "attachments": [{
         "type": "ElasticNetworkInterface", "details": [
             {"name": "privateIPv4Address", "value": ip}, {"name": "networkInterfaceId", "value": eni}]}]}
 
 
-def _service(name: str, groups: list[str], target_group: str | None = None, **extra) -> dict:
-    return {"serviceArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/{WORKSPACES}/{name}", "serviceName": name,
+def _service(name: str, groups: list[str], target_group: str | None = None, cluster: str = WORKSPACES,
+             **extra) -> dict:
+    return {"serviceArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/{cluster}/{name}", "serviceName": name,
             "loadBalancers": [{"targetGroupArn": target_group, "containerName": "dev", "containerPort": 13337}]
             if target_group else [],
             "networkConfiguration": {"awsvpcConfiguration": {"subnets": ["subnet-1"], "securityGroups": groups}}, **extra}
@@ -66,9 +68,20 @@ def test_one_sweep_removes_what_reaches_into_the_platform_and_leaves_the_rest(cl
         _target(ATTACKER_IP, 13337, "initial"),  # a workspace service that named LiteLLM's target group
         _target(LEAVING_IP, 13337, "draining"),  # already leaving
     ]}, {"TargetGroupArn": LITELLM_TG})
-    platform_task = _task(PLATFORM, "aaaa", LITELLM_IP, "eni-platform")
-    stub["ecs"].add_response("list_tasks", {"taskArns": [platform_task["taskArn"]]}, {"cluster": PLATFORM})
-    stub["ecs"].add_response("describe_tasks", {"tasks": [platform_task]}, {"cluster": PLATFORM, "tasks": ANY})
+    # The platform's cluster: LiteLLM, and a workspace an earlier release left there (tagged as Coder's) that now
+    # names LiteLLM's target group: its task's address is no platform address.
+    litellm = _service("Staging-Platform-LiteLLMService", [ALB_SG], LITELLM_TG, cluster=PLATFORM)
+    legacy = _service("coder-bob-dev", [WORKSPACE_SG], LITELLM_TG, cluster=PLATFORM,
+                      tags=[{"key": "coder_provisioned", "value": "true"}])
+    stub["ecs"].add_response("list_services", {"serviceArns": [litellm["serviceArn"], legacy["serviceArn"]]},
+                             {"cluster": PLATFORM})
+    stub["ecs"].add_response("describe_services", {"services": [litellm, legacy]},
+                             {"cluster": PLATFORM, "services": ANY, "include": ["TAGS"]})
+    platform_task = _task(PLATFORM, "aaaa", LITELLM_IP, "eni-platform", litellm["serviceName"])
+    legacy_task = _task(PLATFORM, "dddd", "10.1.10.77", "eni-legacy", legacy["serviceName"])
+    stub["ecs"].add_response("list_tasks", {"taskArns": [platform_task["taskArn"], legacy_task["taskArn"]]},
+                             {"cluster": PLATFORM})
+    stub["ecs"].add_response("describe_tasks", {"tasks": [platform_task, legacy_task]}, {"cluster": PLATFORM, "tasks": ANY})
     lb.add_response("deregister_targets", {}, {"TargetGroupArn": LITELLM_TG,
                                                 "Targets": [{"Id": ATTACKER_IP, "Port": 13337}]})
     # Direct access: Alice's target group may hold her workspace, never a platform task (the admin UI without sign-in).
@@ -85,10 +98,12 @@ def test_one_sweep_removes_what_reaches_into_the_platform_and_leaves_the_rest(cl
         _service("listed", [WORKSPACE_SG], serviceRegistries=[{"registryArn": "arn:aws:servicediscovery:x:1:service/srv-1"}]),
     ]
     stub["ecs"].add_response("list_services", {"serviceArns": [s["serviceArn"] for s in services]}, {"cluster": WORKSPACES})
-    stub["ecs"].add_response("describe_services", {"services": services}, {"cluster": WORKSPACES, "services": ANY})
+    stub["ecs"].add_response("describe_services", {"services": services},
+                             {"cluster": WORKSPACES, "services": ANY, "include": ["TAGS"]})
     for service in services[1:]:
         stub["ecs"].add_response("delete_service", {}, {"cluster": WORKSPACES, "service": service["serviceArn"],
                                                         "force": True})
+    stub["ecs"].add_response("delete_service", {}, {"cluster": PLATFORM, "service": legacy["serviceArn"], "force": True})
     alice, stray = _task(WORKSPACES, "bbbb", ALICE_IP, "eni-alice"), _task(WORKSPACES, "cccc", "10.1.11.8", "eni-stray")
     stub["ecs"].add_response("list_tasks", {"taskArns": [alice["taskArn"], stray["taskArn"]]}, {"cluster": WORKSPACES})
     stub["ecs"].add_response("describe_tasks", {"tasks": [alice, stray]}, {"cluster": WORKSPACES, "tasks": ANY})
@@ -101,9 +116,12 @@ def test_one_sweep_removes_what_reaches_into_the_platform_and_leaves_the_rest(cl
     done = guard.sweep(ecs, elbv2, ec2, platform_cluster=PLATFORM, workspace_cluster=WORKSPACES,
                        platform_target_groups=[LITELLM_TG], workspace_group=WORKSPACE_SG)
     assert [d["action"] for d in done] == ["deregistered", "deregistered", "deleted service", "deleted service",
-                                           "deleted service", "stopped task"]
+                                           "deleted service", "deleted service", "stopped task"]
     assert [d["why"] for d in done if d["action"] == "deleted service"] == [
-        [f"joins the platform target group {LITELLM_TG}"], [f"runs in security groups {[ALB_SG]}"], ["registers in Cloud Map"]]
+        [f"joins the platform target group {LITELLM_TG}"], [f"runs in security groups {[ALB_SG]}"], ["registers in Cloud Map"],
+        [f"joins the platform target group {LITELLM_TG}"]]
+    # LiteLLM's own service (not Coder's) is never touched, although it runs in another group than the workspaces'.
+    assert litellm["serviceArn"] not in json.dumps(done)
 
 
 def test_a_quiet_platform_is_left_alone(clients):
@@ -111,7 +129,11 @@ def test_a_quiet_platform_is_left_alone(clients):
     ecs, elbv2, ec2 = made["ecs"], made["elbv2"], made["ec2"]
     stub["elbv2"].add_response("describe_target_health", {"TargetHealthDescriptions": [
         _target(LITELLM_IP, 4000, "healthy")]}, {"TargetGroupArn": LITELLM_TG})
-    platform_task = _task(PLATFORM, "aaaa", LITELLM_IP, "eni-platform")
+    litellm = _service("Staging-Platform-LiteLLMService", [ALB_SG], LITELLM_TG, cluster=PLATFORM)
+    stub["ecs"].add_response("list_services", {"serviceArns": [litellm["serviceArn"]]}, {"cluster": PLATFORM})
+    stub["ecs"].add_response("describe_services", {"services": [litellm]},
+                             {"cluster": PLATFORM, "services": ANY, "include": ["TAGS"]})
+    platform_task = _task(PLATFORM, "aaaa", LITELLM_IP, "eni-platform", litellm["serviceName"])
     stub["ecs"].add_response("list_tasks", {"taskArns": [platform_task["taskArn"]]}, {"cluster": PLATFORM})
     stub["ecs"].add_response("describe_tasks", {"tasks": [platform_task]}, {"cluster": PLATFORM, "tasks": ANY})
     stub["elbv2"].add_response("describe_target_groups", {"TargetGroups": []}, {})
@@ -174,6 +196,8 @@ def test_the_guards_role_removes_only_what_reaches_into_the_platform(assembly, s
     platform, workspaces = env_config.qualifier, env_config.workspace_cluster_name
     platform_service = resolve.arn("ecs", f"service/{platform}/LiteLLMService")
     assert allowed(statements, Request("ecs:DeleteService", resolve.arn("ecs", f"service/{workspaces}/evil")))
+    assert allowed(statements, Request("ecs:DeleteService", resolve.arn("ecs", f"service/{platform}/coder-bob-dev"),
+                                       {"aws:ResourceTag/coder_provisioned": "true"}))
     assert allowed(statements, Request("ecs:StopTask", resolve.arn("ecs", f"task/{workspaces}/cccc")))
     assert allowed(statements, Request("elasticloadbalancing:DeregisterTargets",
                                        resolve.arn("elasticloadbalancing", "targetgroup/ws-alice-dev/1111")))

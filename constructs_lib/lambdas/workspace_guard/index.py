@@ -9,7 +9,8 @@ key covers these parameters, so this function looks, every 15 seconds (4 sweeps 
 - a platform target group's target that is no task of the platform's cluster is deregistered; a new target only
   receives traffic once two health checks 30 s apart pass, so it is gone before it does;
 - a workspace target group (`ws-*`, direct access) that holds a platform task's address is emptied of it;
-- a workspace service that names a platform target group, any service registry or Service Connect, another security
+- a workspace service (in the workspaces' cluster, or one an earlier release left in the platform's, tagged
+  coder_provisioned) that names a platform target group, any service registry or Service Connect, another security
   group than the workspaces', or a public IP is deleted; a workspace task in another security group is stopped.
 
 Every action is logged as one JSON line with `"intrusions"`: the alarm `workspace-guard-intrusions` counts them.
@@ -57,8 +58,16 @@ def _eni(task: dict) -> dict[str, str]:
     return {}
 
 
-def platform_addresses(ecs, cluster: str) -> set[str]:
-    return {ip for task in _tasks(ecs, cluster) if (ip := _eni(task).get("privateIPv4Address"))}
+def _coder_provisioned(service: dict) -> bool:
+    return {"key": "coder_provisioned", "value": "true"} in service.get("tags", [])
+
+
+def platform_addresses(tasks: list[dict], platform_services: set[str]) -> set[str]:
+    """The addresses of the platform services' own tasks: the only targets the platform's target groups may hold.
+    (A workspace an earlier release left in the platform's cluster, tagged coder_provisioned, is no platform service.)"""
+    return {ip for task in tasks
+            if task.get("group", "").removeprefix("service:") in platform_services
+            and (ip := _eni(task).get("privateIPv4Address"))}
 
 
 def intruders(health: list[dict], legitimate: set[str]) -> list[dict]:
@@ -75,7 +84,8 @@ def _services(ecs, cluster: str) -> list[dict]:
         token = page.get("nextToken")
         if not token:
             break
-    return [s for chunk in _chunks(arns, 10) for s in ecs.describe_services(cluster=cluster, services=chunk)["services"]]
+    return [s for chunk in _chunks(arns, 10)
+            for s in ecs.describe_services(cluster=cluster, services=chunk, include=["TAGS"])["services"]]
 
 
 def service_offences(service: dict, platform_target_groups: set[str], workspace_group: str) -> list[str]:
@@ -102,7 +112,10 @@ def sweep(ecs, elbv2, ec2, *, platform_cluster: str, workspace_cluster: str, pla
     # listed, by the second; read the other way round, one starting in between would look like an intruder.
     health = {group: elbv2.describe_target_health(TargetGroupArn=group)["TargetHealthDescriptions"]
               for group in platform_target_groups}
-    legitimate = platform_addresses(ecs, platform_cluster)
+    in_platform_cluster = _services(ecs, platform_cluster)
+    legacy = [s for s in in_platform_cluster if _coder_provisioned(s)]
+    platform_services = {s["serviceName"] for s in in_platform_cluster if not _coder_provisioned(s)}
+    legitimate = platform_addresses(_tasks(ecs, platform_cluster), platform_services)
     for target_group in platform_target_groups:
         found = intruders(health[target_group], legitimate)
         if found:
@@ -125,11 +138,12 @@ def sweep(ecs, elbv2, ec2, *, platform_cluster: str, workspace_cluster: str, pla
             break
 
     platform_groups = set(platform_target_groups)
-    for service in _services(ecs, workspace_cluster):
-        offences = service_offences(service, platform_groups, workspace_group)
-        if offences:
-            ecs.delete_service(cluster=workspace_cluster, service=service["serviceArn"], force=True)
-            done.append({"action": "deleted service", "service": service["serviceArn"], "why": offences})
+    for cluster, services in ((workspace_cluster, _services(ecs, workspace_cluster)), (platform_cluster, legacy)):
+        for service in services:
+            offences = service_offences(service, platform_groups, workspace_group)
+            if offences:
+                ecs.delete_service(cluster=cluster, service=service["serviceArn"], force=True)
+                done.append({"action": "deleted service", "service": service["serviceArn"], "why": offences})
 
     tasks = {_eni(task).get("networkInterfaceId"): task for task in _tasks(ecs, workspace_cluster)}
     tasks.pop(None, None)
