@@ -32,11 +32,8 @@ SECRET_LIKE_NAME = re.compile(
 # Switches whose names contain such a word: they carry `true`/`false`, never a credential.
 SWITCHES = frozenset({"AUTH_DISABLE_USERNAME_PASSWORD"})
 ECS_TASKS = "ecs-tasks.amazonaws.com"
-# The move container's script, without its comment lines (they stay in the file).
-MOVE_SCRIPT = "\n".join(
-    line for line in (Path(__file__).parent / "scripts" / "move-data.sh").read_text().splitlines()
-    if line.strip() and not line.lstrip().startswith("#")
-)
+# The move container's script, as it is in the file (tests/test_move_data.py runs that file).
+MOVE_SCRIPT = (Path(__file__).parent / "scripts" / "move-data.sh").read_text()
 
 
 def task_role(scope: Construct, construct_id: str, description: str) -> iam.Role:
@@ -474,6 +471,12 @@ class FargateService(Construct):
 
 
 
+def ecr_repository_arn(image: str, partition: str) -> str | None:
+    """The ARN of an ECR image's repository; None for an image of another registry."""
+    match = ECR_IMAGE.match(image)
+    return f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/{match['repository']}" if match else None
+
+
 def _image(scope: Construct, image: str) -> ecs.ContainerImage:
     """ECR images through their repository (the execution role gets pull rights on it); others from their registry."""
     match = ECR_IMAGE.match(image)
@@ -483,7 +486,7 @@ def _image(scope: Construct, image: str) -> ecs.ContainerImage:
         scope,
         "Repository",
         repository_name=match["repository"],
-        repository_arn=f"arn:{Stack.of(scope).partition}:ecr:{match['region']}:{match['account']}:repository/{match['repository']}",
+        repository_arn=ecr_repository_arn(image, Stack.of(scope).partition),
     )
     return ecs.ContainerImage.from_ecr_repository(repository, match["tag"] or match["digest"])
 

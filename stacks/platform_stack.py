@@ -12,11 +12,11 @@ from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
-from config.model import ECR_IMAGE, Bucket, EnvironmentConfig
+from config.model import Bucket, EnvironmentConfig
 from constructs_lib.bucket_access import READ_WRITE, grant_objects
 from constructs_lib.coder_service import CoderService, CoderWorkspaceAccess
 from constructs_lib.ecs_exec import EcsExec
-from constructs_lib.fargate_service import FargateService, ServiceRuntime, task_role
+from constructs_lib.fargate_service import FargateService, ServiceRuntime, ecr_repository_arn, task_role
 from constructs_lib.internal_load_balancer import InternalLoadBalancer
 from constructs_lib.key_provisioner_service import KeyProvisionerService
 from constructs_lib.litellm_service import LiteLLMService
@@ -113,8 +113,7 @@ class PlatformStack(Stack):
             data_key=data.data_key,
             file_system=data.file_system,
             platform_repositories=tuple(
-                f"arn:{self.partition}:ecr:{m['region']}:{m['account']}:repository/{m['repository']}"
-                for image in config.images.model_dump().values() if (m := ECR_IMAGE.match(image))
+                arn for image in config.images.model_dump().values() if (arn := ecr_repository_arn(image, self.partition))
             ),
         )
         secrets = SecretAccess.import_into(self, data.secrets, data.data_key)
