@@ -79,12 +79,16 @@ $(LITELLM_STAMP): tests/litellm/constraints.txt $(PY_STAMP)
 	  -c tests/litellm/constraints.txt
 	touch $@
 
-# The database bootstrap tests start a real PostgreSQL server: install Debian's server package when it is missing.
-test-deps: $(LITELLM_STAMP) ## Install what the tests run besides Python packages: PostgreSQL (Debian, if missing), the LiteLLM proxy
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+# The database bootstrap tests start a real PostgreSQL server, the LiteLLM tests a real Redis: Debian's server packages,
+# installed when missing.
+test-deps: $(LITELLM_STAMP) ## Install what the tests run besides Python packages: PostgreSQL and Redis (Debian, if missing), the LiteLLM proxy
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-	echo "Installing PostgreSQL server (apt-get)"; \
-	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+	echo "Installing$$missing (apt-get)"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 # The Python, Node.js and Lambda installs are independent: make runs them side by side.
 synth: ## Synthesize the whole app into cdk.out, offline; fails on any open cdk-nag finding

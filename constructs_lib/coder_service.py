@@ -88,12 +88,22 @@ class CoderService(Construct):
                 # Sign-up is open to the tenant's accounts in these domains only, not to any account of the tenant.
                 "CODER_OIDC_EMAIL_DOMAIN": ",".join(config.oidc.allowed_email_domains),
                 # Entra ID (Coder's Microsoft guide): users without a mail attribute sign in by their UPN, and
-                # offline_access gives refresh tokens, so sessions renew instead of ending at token expiry.
+                # offline_access gives refresh tokens, so sessions renew instead of ending at token expiry. The app
+                # registration must add the `upn` optional claim to the ID token (config comments, README).
                 "CODER_OIDC_EMAIL_FIELD": "upn",
                 "CODER_OIDC_SCOPES": "openid,profile,email,offline_access",
                 # Behind an ALB the DERP relay's HTTP upgrade fails; WebSockets pass.
                 "CODER_DERP_FORCE_WEBSOCKETS": "true",
-                "CODER_TELEMETRY": "false",
+                # Relayed connections only. No UDP can reach a workspace (its security group admits TCP from the
+                # ALB alone, and neither it nor Coder's may send UDP out but DNS), so STUN (UDP 19302 to public
+                # servers) could only find the NAT gateway's address, and every peer-to-peer attempt would wait for
+                # nothing before falling back to the relay: STUN off, direct connections off (Coder's air-gap setup).
+                "CODER_DERP_SERVER_STUN_ADDRESSES": "disable",
+                "CODER_BLOCK_DIRECT": "true",
+                # Apps on their own subdomains only (the wildcard URL above): a path-based app runs on Coder's own
+                # origin, where a workspace's JavaScript could call Coder's API as the signed-in user.
+                "CODER_DISABLE_PATH_APPS": "true",
+                "CODER_TELEMETRY_ENABLE": "false",  # CODER_TELEMETRY is its deprecated alias
                 "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",
             },
             secrets={

@@ -12,8 +12,11 @@ from constructs import Construct
 
 from constructs_lib.compliance import acknowledge
 from constructs_lib.stable_ids import Group
+from constructs_lib.timeouts import ALB_IDLE_TIMEOUT_SECONDS
 
-IDLE_TIMEOUT = Duration.seconds(300)  # Coder's WebSockets (DERP keepalive 60 s) must outlive idle periods
+# Longer than LiteLLM's longest silent model call (constructs_lib/timeouts.py); Coder's WebSockets (DERP keepalive
+# 60 s) outlive idle periods too.
+IDLE_TIMEOUT = Duration.seconds(ALB_IDLE_TIMEOUT_SECONDS)
 HTTPS_PORT = 443
 DIRECT_ACCESS_PORT = 8443  # workspace direct access: Coder's own listener, no platform route on it
 
@@ -22,7 +25,7 @@ class InternalLoadBalancer(Group):
     """An internal ALB in `subnets` with an HTTPS listener for `domain` and `*.domain` (one ACM certificate).
 
     Defaults:
-    - TLS 1.2+ policy; drops invalid header fields; HTTP/2; idle timeout 300 s; access logs to `access_logs`.
+    - TLS 1.2+ policy; drops invalid header fields; HTTP/2; idle timeout 660 s (constructs_lib/timeouts.py); access logs to `access_logs`.
     - The listener answers 404 to any host no rule claims; services add their host rules to it.
     - The certificate is validated through `hosted_zone_id` when given, else by hand (records in the ACM console).
     - `open=False`: the security group alone says who may connect.

@@ -8,13 +8,26 @@ from pathlib import Path
 
 import yaml
 
+from constructs_lib.timeouts import ALB_IDLE_TIMEOUT_SECONDS, LLM_REQUEST_TIMEOUT_SECONDS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = ROOT / "litellm" / "config.yaml"
 ENV_REF = re.compile(r"^os\.environ/([A-Z_][A-Z0-9_]*)$")
-CREDENTIAL_KEYS = ("api_key", "master_key", "database_url", "aws_secret_access_key", "aws_access_key_id", "salt_key")
+CREDENTIAL_KEYS = ("api_key", "master_key", "database_url", "aws_secret_access_key", "aws_access_key_id", "salt_key",
+                   "password")
 # Bedrock cross-region inference profiles start with a geography; their ids name the foundation model after it.
 PROFILE_PREFIXES = ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "global.")
 BEDROCK_ROUTES = ("converse/", "invoke/")
+# The shared state every replica must use (litellm_settings.cache_params): the Data stack's Redis, over TLS with its
+# AUTH token, holding usage state only.
+SHARED_STATE = {
+    "type": "redis",
+    "host": "os.environ/REDIS_HOST",
+    "port": "os.environ/REDIS_PORT",
+    "password": "os.environ/REDIS_PASSWORD",
+    "ssl": True,
+    "supported_call_types": [],
+}
 
 
 class LiteLLMConfigError(ValueError):
@@ -42,6 +55,7 @@ class LiteLLMConfig:
     model_names: tuple[str, ...]
     bedrock_models: tuple[BedrockModel, ...]
     environment_names: frozenset[str]  # every NAME in an `os.environ/NAME` value
+    request_timeout_seconds: float  # litellm_settings.request_timeout
 
 
 def _walk(value: object, where: str, found: set[str], problems: list[str]) -> None:
@@ -93,6 +107,32 @@ def load_litellm_config(path: Path = DEFAULT_PATH) -> LiteLLMConfig:
                 bedrock.append(BedrockModel(model_id))
     found: set[str] = set()
     _walk(document, "", found, problems)
+    settings = document.get("litellm_settings")
+    settings = settings if isinstance(settings, dict) else {}
+    timeout = settings.get("request_timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= LLM_REQUEST_TIMEOUT_SECONDS:
+        problems.append(
+            f"litellm_settings.request_timeout: {timeout!r}; needs a number of seconds, at most {LLM_REQUEST_TIMEOUT_SECONDS}: "
+            f"the ALB closes connections idle for {ALB_IDLE_TIMEOUT_SECONDS} s, and a call silent longer than that would "
+            "get a 504 while LiteLLM goes on calling the model (raise LLM_REQUEST_TIMEOUT_SECONDS in "
+            "constructs_lib/timeouts.py to allow more: the ALB's idle timeout follows it)"
+        )
+    problems += _shared_state_problems(settings)
     if problems:
         raise LiteLLMConfigError(f"{path}:\n  " + "\n  ".join(problems))
-    return LiteLLMConfig(path, tuple(names), tuple(dict.fromkeys(bedrock)), frozenset(found))
+    return LiteLLMConfig(path, tuple(names), tuple(dict.fromkeys(bedrock)), frozenset(found), float(timeout))
+
+
+def _shared_state_problems(settings: dict) -> list[str]:
+    """Several replicas count limits and spend together only through Redis (`cache: true` with redis cache_params;
+    the router takes the same connection); the Redis keeps Langfuse's queues and evicts nothing, so no response is
+    cached there."""
+    if settings.get("cache") is not True:
+        return ["litellm_settings.cache: must be true (the replicas' shared usage state in Redis; nothing is cached: "
+                "cache_params.supported_call_types is [])"]
+    params = settings.get("cache_params")
+    params = params if isinstance(params, dict) else {}
+    wrong = [f"{key}: {params.get(key)!r} (needs {value!r})" for key, value in SHARED_STATE.items() if params.get(key) != value]
+    if isinstance(params.get("db"), bool) or not isinstance(params.get("db"), int) or params.get("db") == 0:
+        wrong.append(f"db: {params.get('db')!r} (needs a database number other than 0, which holds Langfuse's queues)")
+    return [f"litellm_settings.cache_params.{problem}" for problem in wrong]

@@ -17,6 +17,7 @@ from constructs_lib.fargate_service import FargateService, Listener, ServiceRunt
 from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.service_catalogue import LANGFUSE_WEB, LITELLM
+from constructs_lib.timeouts import TARGET_KEEP_ALIVE_SECONDS
 
 
 class LiteLLMService(Construct):
@@ -26,6 +27,9 @@ class LiteLLMService(Construct):
       changed file gives a new object key, so a new task definition and a rolling deploy.
     - The task role may invoke exactly the Bedrock models of that file and read exactly that object.
     - Health is `/health/readiness` (`/health` would call every model).
+    - The replicas share usage state (limits, spend counters, the router's counts) through the Data stack's Redis
+      (`redis_host`/`redis_port`: its primary endpoint; TLS and the AUTH token; litellm/config.yaml says how).
+    - Idle connections stay open longer than the ALB keeps them (KEEPALIVE_TIMEOUT, constructs_lib/timeouts.py).
     """
 
     def __init__(
@@ -37,6 +41,8 @@ class LiteLLMService(Construct):
         runtime: ServiceRuntime,
         listener: elbv2.IApplicationListener,
         secrets: SecretAccess,
+        redis_host: str,
+        redis_port: str,
         config_path: Path = DEFAULT_PATH,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -75,6 +81,14 @@ class LiteLLMService(Construct):
 
         api_base = config.custom_llm_api_base.rstrip("/")
         environment = {
+            # Production mode: no .env file is read at start (LiteLLM's production guide).
+            "LITELLM_MODE": "PRODUCTION",
+            # uvicorn closes idle connections after 5 s by default: the ALB would reuse closed ones (502s).
+            "KEEPALIVE_TIMEOUT": str(TARGET_KEEP_ALIVE_SECONDS),
+            # One uvicorn worker process per vCPU of the task (LiteLLM's production guide); they share state in Redis.
+            "NUM_WORKERS": str(max(1, config.tasks.litellm.cpu // 1024)),
+            "REDIS_HOST": redis_host,
+            "REDIS_PORT": redis_port,
             "AWS_REGION_NAME": config.region,
             # The langfuse_otel callback (litellm/config.yaml) posts to <host>/api/public/otel. Traces carry prompts
             # and completions: over HTTPS through the internal ALB, never plain HTTP in the VPC.
@@ -92,6 +106,7 @@ class LiteLLMService(Construct):
             "LITELLM_MASTER_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "master_key"),
             "LITELLM_SALT_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "salt_key"),
             "ANTHROPIC_API_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/anthropic-api-key"]),
+            "REDIS_PASSWORD": ecs.Secret.from_secrets_manager(secrets["redis/auth-token"]),
             "CUSTOM_LLM_API_KEY": ecs.Secret.from_secrets_manager(secrets["custom-llm/api-key"]),
             "LANGFUSE_PUBLIC_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "public_key"),
             "LANGFUSE_SECRET_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "secret_key"),

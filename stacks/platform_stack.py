@@ -49,7 +49,8 @@ class PlatformStack(Stack):
 
     Non-obvious defaults:
     - The ALB is internal (private app subnets), HTTPS only with a TLS 1.2+ policy, drops invalid header fields,
-      answers 404 to any host no rule claims, keeps idle connections 300 s, and logs to the Network layer's bucket.
+      answers 404 to any host no rule claims, keeps idle connections 660 s (longer than LiteLLM's request timeout),
+      and logs to the Network layer's bucket.
     - Each service has an execution role of its own that reads exactly the secrets its containers receive (and
       decrypts them only through Secrets Manager). Workspaces get an execution role without any secret access:
       Coder's templates register workspace task definitions, and must not be able to inject platform secrets.
@@ -150,7 +151,10 @@ class PlatformStack(Stack):
             ),
             config_file_system=data.platform_file_system,
         )
-        litellm = LiteLLMService(self, "LiteLLM", config=config, runtime=runtime, listener=listener, secrets=secrets)
+        litellm = LiteLLMService(
+            self, "LiteLLM", config=config, runtime=runtime, listener=listener, secrets=secrets,
+            redis_host=data.redis.endpoint, redis_port=data.redis.port,
+        )
         key_provisioner = KeyProvisionerService(
             self, "KeyProvisioner", config=config, runtime=runtime, listener=listener, secrets=secrets
         )

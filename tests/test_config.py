@@ -379,3 +379,28 @@ def test_app_run_without_the_cli_says_how_to_run_it(tmp_path):
     assert "`make synth`" in result.stderr and "-c config=PATH" in result.stderr
     assert "Traceback" not in result.stderr and "jsii" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# Each upstream's production minimum (vCPU units, MiB), as config/environments.toml cites them.
+UPSTREAM_PRODUCTION_MINIMUMS = {
+    "coder": (2048, 4096),  # Coder: 2 cores / 4 GB for a control plane with its own provisioners
+    "litellm": (4096, 8192),  # LiteLLM production guide: 4 vCPU / 8 GB
+    "langfuse_web": (2048, 4096),  # Langfuse scaling guide: web 2 CPU / 4 GiB
+    "langfuse_worker": (2048, 4096),  # worker 2 CPU / 4 GiB
+    "clickhouse": (2048, 8192),  # ClickHouse 2 CPU / 8 GiB
+}
+
+
+def test_production_runs_each_app_at_least_at_its_upstream_minimum():
+    for environment in load_config(DEFAULT_CONFIG_PATH).environments:
+        if not environment.is_production:
+            continue
+        for service, (cpu, memory_mib) in UPSTREAM_PRODUCTION_MINIMUMS.items():
+            size = getattr(environment.tasks, service)
+            assert size.cpu >= cpu and size.memory_mib >= memory_mib, (service, size)
+
+
+def test_the_config_says_how_the_azure_ad_app_gives_coder_its_upn_claim():
+    """Coder reads the e-mail from `upn` (CODER_OIDC_EMAIL_FIELD): without that optional claim nobody signs in."""
+    text = DEFAULT_CONFIG_PATH.read_text()
+    assert "add the optional claim `upn` to the ID token" in text

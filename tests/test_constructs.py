@@ -64,6 +64,49 @@ def write(tmp_path, text: str):
     return path
 
 
+# What every config must say besides its models: a request timeout the ALB does not cut, and the shared Redis state.
+SETTINGS = """
+litellm_settings:
+  request_timeout: 600
+  cache: true
+  cache_params: {type: redis, host: os.environ/REDIS_HOST, port: os.environ/REDIS_PORT,
+                 password: os.environ/REDIS_PASSWORD, ssl: true, db: 1, supported_call_types: []}
+"""
+MODEL = """
+model_list:
+  - model_name: a
+    litellm_params: {model: openai/gpt-4o, api_key: os.environ/KEY}
+"""
+
+
+def test_litellm_config_with_the_settings_loads(tmp_path):
+    config = load_litellm_config(write(tmp_path, MODEL + SETTINGS))
+    assert config.request_timeout_seconds == 600
+    assert {"REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD"} <= config.environment_names
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("request_timeout: 600", "request_timeout: 661"), "request_timeout: 661; needs a number of seconds, at most 600: "
+     "the ALB closes connections idle for 660 s"),
+    (("request_timeout: 600", "request_timeout: true"), "request_timeout: True; needs a number of seconds"),
+    (("  request_timeout: 600\n", ""), "request_timeout: None; needs a number of seconds"),
+    (("cache: true", "cache: false"), "litellm_settings.cache: must be true"),
+    (("ssl: true", "ssl: false"), "cache_params.ssl: False (needs True)"),
+    (("supported_call_types: []", "supported_call_types: [acompletion]"),
+     "cache_params.supported_call_types: ['acompletion'] (needs [])"),
+    (("db: 1", "db: 0"), "cache_params.db: 0 (needs a database number other than 0, which holds Langfuse's queues)"),
+    (("password: os.environ/REDIS_PASSWORD", "password: hunter2hunter2"),
+     "cache_params.password: a credential must be `os.environ/NAME`"),
+    (("host: os.environ/REDIS_HOST", "host: localhost"), "cache_params.host: 'localhost' (needs 'os.environ/REDIS_HOST')"),
+])
+def test_litellm_config_refuses_a_timeout_the_alb_cuts_and_state_outside_redis(tmp_path, change, message):
+    settings = SETTINGS.replace(*change)
+    assert settings != SETTINGS
+    with pytest.raises(LiteLLMConfigError) as error:
+        load_litellm_config(write(tmp_path, MODEL + settings))
+    assert message in str(error.value)
+
+
 def test_litellm_config_refuses_literal_credentials_and_bad_models(tmp_path):
     path = write(tmp_path, """
 model_list:
@@ -103,7 +146,7 @@ model_list:
     litellm_params: {model: bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0}
   - model_name: b
     litellm_params: {model: bedrock/converse/anthropic.claude-3-5-haiku-20241022-v1:0}
-"""))
+""" + SETTINGS))
     stack = Stack(App(), "S", env={"account": "222222222222", "region": "us-west-2"})
     rendered = [str(stack.resolve(arn)) for arn in bedrock_model_arns(stack, config)]
     assert len(rendered) == 3

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from constructs_lib.litellm_config import load_litellm_config
+from constructs_lib.timeouts import TARGET_KEEP_ALIVE_SECONDS
 from tests.assembly import ROOT
 from tests.synths import VARIANT_SECRET_VERSION
 
@@ -139,7 +140,7 @@ def test_target_groups_ports_and_health_checks(platform):
 
 def test_coder_container(platform, env_config):
     task = _task(platform, "Coder")
-    assert (task["Cpu"], task["Memory"]) == ("1024", "4096")
+    assert (task["Cpu"], task["Memory"]) == (str(env_config.tasks.coder.cpu), str(env_config.tasks.coder.memory_mib))
     assert task["Family"] == f"coder-{env_config.name}-coder"
     container = _container(platform, "Coder")
     assert container["Image"] == env_config.images.coder
@@ -157,7 +158,11 @@ def test_coder_container(platform, env_config):
         "CODER_OIDC_EMAIL_FIELD": "upn",  # Entra ID users without a mail attribute
         "CODER_OIDC_SCOPES": "openid,profile,email,offline_access",  # refresh tokens: sessions renew
         "CODER_DERP_FORCE_WEBSOCKETS": "true",  # the relay's HTTP upgrade fails behind an ALB
-        "CODER_TELEMETRY": "false",
+        # No UDP reaches a workspace: no STUN, no peer-to-peer attempts, every connection relayed at once.
+        "CODER_DERP_SERVER_STUN_ADDRESSES": "disable",
+        "CODER_BLOCK_DIRECT": "true",
+        "CODER_DISABLE_PATH_APPS": "true",  # apps on their own subdomains only (the wildcard URL above)
+        "CODER_TELEMETRY_ENABLE": "false",  # the current name (CODER_TELEMETRY is a deprecated alias)
         "CODER_CACHE_DIRECTORY": "/home/coder/.cache/coder",
     }
     secrets = _secrets(container)
@@ -189,7 +194,8 @@ def test_coder_config_directory_on_the_platform_file_system_through_an_access_po
 
 def test_litellm_container(platform, env_config):
     task = _task(platform, "LiteLLM")
-    assert (task["Cpu"], task["Memory"]) == ("512", "2048")
+    size = env_config.tasks.litellm
+    assert (task["Cpu"], task["Memory"]) == (str(size.cpu), str(size.memory_mib))
     container = _container(platform, "LiteLLM")
     assert container["Image"] == env_config.images.litellm
     assert container["PortMappings"][0]["ContainerPort"] == 4000
@@ -198,7 +204,13 @@ def test_litellm_container(platform, env_config):
     api_base = env_config.custom_llm_api_base.rstrip("/")
     bucket = f"cdk-hnb659fds-assets-{env_config.account}-{env_config.region}"
     assert environment.pop("LITELLM_CONFIG_BUCKET_OBJECT_KEY").endswith(".yaml")
+    # The replicas' shared state: the Data stack's Redis primary endpoint (TLS and database: litellm/config.yaml).
+    assert "RedisPrimaryEndPointAddress" in json.dumps(environment.pop("REDIS_HOST"))
+    assert "RedisPrimaryEndPointPort" in json.dumps(environment.pop("REDIS_PORT"))
     assert environment == {
+        "LITELLM_MODE": "PRODUCTION",  # no .env file read at start
+        "KEEPALIVE_TIMEOUT": str(TARGET_KEEP_ALIVE_SECONDS),  # seconds (uvicorn), longer than the ALB keeps idle
+        "NUM_WORKERS": str(max(1, size.cpu // 1024)),  # one worker process per vCPU
         "AWS_REGION_NAME": env_config.region,
         "LANGFUSE_OTEL_HOST": f"https://langfuse.{env_config.domain}",  # the langfuse_otel callback
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # the bundled price map, no download at start
@@ -210,8 +222,9 @@ def test_litellm_container(platform, env_config):
     secrets = _secrets(container)
     assert set(secrets) == {
         "DATABASE_URL", "LITELLM_MASTER_KEY", "LITELLM_SALT_KEY", "ANTHROPIC_API_KEY", "CUSTOM_LLM_API_KEY",
-        "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY",
+        "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "REDIS_PASSWORD",
     }
+    assert _secret_is(secrets["REDIS_PASSWORD"], "RedisAuthTokenSecret", None)
     assert _secret_is(secrets["DATABASE_URL"], "LitellmDatabaseSecret", "url")
     assert _secret_is(secrets["LITELLM_MASTER_KEY"], "LiteLLMMasterKeySecret", "master_key")
     assert _secret_is(secrets["LITELLM_SALT_KEY"], "LiteLLMMasterKeySecret", "salt_key")
@@ -220,7 +233,8 @@ def test_litellm_container(platform, env_config):
     assert _secret_is(secrets["LANGFUSE_PUBLIC_KEY"], "LangfuseApiKeysSecret", "public_key")
     assert _secret_is(secrets["LANGFUSE_SECRET_KEY"], "LangfuseApiKeysSecret", "secret_key")
     # Every os.environ/NAME of the shipped config.yaml reaches the container.
-    assert load_litellm_config().environment_names <= set(environment) | set(secrets) | {"LITELLM_CONFIG_BUCKET_OBJECT_KEY"}
+    assert load_litellm_config().environment_names <= (
+        set(environment) | set(secrets) | {"LITELLM_CONFIG_BUCKET_OBJECT_KEY", "REDIS_HOST", "REDIS_PORT"})
 
 
 def test_litellm_config_file_is_the_shipped_one(platform, assembly, stage):

@@ -7,13 +7,19 @@ The world: loopback up; one more interface (`egress0`, a TUN device this script 
 so any attempt to reach a non-loopback address (DNS included: resolv.conf names a server behind it) arrives here as a
 packet, is recorded, and goes nowhere; /etc/hosts maps the Langfuse host of the task definition to 127.0.0.1; a fake Langfuse
 answers HTTPS on 443 with a certificate for that host from the tests' CA, and records every request; a fake
-OpenAI-compatible gateway answers chat completions on HTTP. Then the proxy starts with litellm/config.yaml and the
-given environment, lists its models, answers one chat completion, and the script waits for the trace.
+OpenAI-compatible gateway answers chat completions on HTTP; a real Redis server (Debian's redis-server) answers only
+TLS, with an AUTH password, on the Redis host and port of the task definition, as ElastiCache does.
+
+Then two proxies (the service's replicas) start with the given config and environment, side by side. The first lists
+its models, answers one chat completion, and the script waits for the trace. Then: a connection left idle longer than
+uvicorn's default keep-alive (5 s) is used again; requests to a model with a small rpm limit alternate between the two
+replicas; a caller asks for its answer to be cached; and Redis is asked what the replicas left in it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import socket
@@ -24,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,8 +47,9 @@ def sh(*command: str) -> None:
 TUNSETIFF, IFF_TUN, IFF_NO_PI = 0x400454CA, 0x0001, 0x1000
 
 
-def build_world(langfuse_host: str) -> int:
-    """The namespace's network and name files; returns the TUN device that every non-loopback packet reaches."""
+def build_world(*local_hosts: str) -> int:
+    """The namespace's network and name files (`local_hosts` on 127.0.0.1); returns the TUN device that every
+    non-loopback packet reaches."""
     sh("ip", "link", "set", "lo", "up")
     tun = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH", EGRESS.encode(), IFF_TUN | IFF_NO_PI))
@@ -49,7 +57,7 @@ def build_world(langfuse_host: str) -> int:
     sh("ip", "addr", "add", f"{TRAP_ADDRESS}/32", "dev", EGRESS)
     sh("ip", "route", "add", "default", "dev", EGRESS)
     files = Path(tempfile.mkdtemp())
-    (files / "hosts").write_text(f"127.0.0.1 localhost {langfuse_host}\n")
+    (files / "hosts").write_text(f"127.0.0.1 localhost {' '.join(local_hosts)}\n")
     (files / "resolv.conf").write_text(f"nameserver {TRAP_DNS}\n")
     sh("mount", "--bind", str(files / "hosts"), "/etc/hosts")
     sh("mount", "--bind", str(files / "resolv.conf"), "/etc/resolv.conf")
@@ -138,48 +146,146 @@ def call(url: str, key: str, body: dict | None = None, timeout: float = 60) -> t
         return response.status, json.loads(response.read())
 
 
+def start_redis(redis: dict, directory: Path) -> subprocess.Popen:
+    """A real Redis on `redis["port"]` that speaks TLS only and asks for the AUTH password, persisting nothing."""
+    server = subprocess.Popen(  # noqa: S603 - the tests' own command line
+        ["redis-server", "--port", "0", "--tls-port", str(redis["port"]), "--bind", "127.0.0.1",
+         "--tls-cert-file", redis["certificate"], "--tls-key-file", redis["key"], "--tls-ca-cert-file", redis["ca"],
+         "--tls-auth-clients", "no", "--requirepass", redis["password"], "--maxmemory-policy", "noeviction",
+         "--save", "", "--appendonly", "no", "--dir", str(directory)],
+        stdout=open(directory / "redis.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the server's lifetime
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if redis_cli(redis, "PING").strip() == "PONG":
+            return server
+        time.sleep(0.2)
+    raise RuntimeError("redis-server did not answer: " + (directory / "redis.log").read_text()[-2000:])
+
+
+def redis_cli(redis: dict, *command: str) -> str:
+    return subprocess.run(  # noqa: S603 - the tests' own command line
+        ["redis-cli", "--tls", "--cacert", redis["ca"], "-h", redis["host"], "-p", str(redis["port"]),
+         "-a", redis["password"], "--no-auth-warning", *command],
+        capture_output=True, text=True, timeout=10,
+    ).stdout
+
+
+def attempt(url: str, key: str, body: dict) -> dict:
+    """One request: its status and, when refused, the error's message."""
+    try:
+        status, _ = call(url, key, body)
+        return {"status": status}
+    except urllib.error.HTTPError as error:
+        return {"status": error.code, "error": error.read().decode(errors="replace")[:500]}
+
+
+def idle_connection(port: int, idle_seconds: float) -> dict:
+    """A request, `idle_seconds` of silence on the same connection, then another request on it, as the ALB does
+    between two callers. `closed` is whether the server had closed the connection when the silence ended."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/health/readiness")
+    first = connection.getresponse()
+    first.read()
+    sock = connection.sock
+    time.sleep(idle_seconds)
+    sock.setblocking(False)
+    try:
+        closed = sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        closed = False
+    sock.setblocking(True)
+    sock.settimeout(30)
+    try:
+        connection.request("GET", "/health/readiness")
+        second = connection.getresponse()
+        second.read()
+        status = second.status
+    except (OSError, http.client.HTTPException) as error:
+        status = repr(error)
+    same = connection.sock is sock
+    connection.close()
+    return {"idle_seconds": idle_seconds, "first": first.status, "closed": closed, "second": status, "same_socket": same}
+
+
+def start_proxies(world: dict, environment: dict, ports: tuple[int, ...], log) -> list[subprocess.Popen]:
+    return [
+        subprocess.Popen(  # noqa: S603 - the tests' own command line
+            [world["litellm"], "--config", world["config"], "--host", "127.0.0.1", "--port", str(port)],
+            env={**environment, "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
+            stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.mkdtemp(),
+        )
+        for port in ports
+    ]
+
+
+def wait_ready(proxies: list[subprocess.Popen], ports: tuple[int, ...], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    waiting = set(ports)
+    while waiting and time.monotonic() < deadline and all(p.poll() is None for p in proxies):
+        for port in sorted(waiting):
+            try:
+                if call(f"http://127.0.0.1:{port}/health/readiness", "")[0] == 200:
+                    waiting.discard(port)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    return not waiting
+
+
 def main(world_file: str) -> int:
     world = json.loads(Path(world_file).read_text())
-    egress = Egress(build_world(world["langfuse_host"]))
+    redis = world["redis"]
+    egress = Egress(build_world(world["langfuse_host"], redis["host"]))
     egress.start()
     serve(Langfuse, 443, (world["certificate"], world["key"]))
     gateway = serve(Gateway, 0)
+    redis_server = start_redis(redis, Path(world["log"]).parent)
     environment = {key: value.replace("{gateway}", f"127.0.0.1:{gateway.server_port}")
                    for key, value in world["environment"].items()}
-    proxy_port = 4000
-    log = open(world["log"], "w")  # noqa: SIM115 - kept open for the proxy's lifetime
-    proxy = subprocess.Popen(  # noqa: S603 - the tests' own command line
-        [world["litellm"], "--config", world["config"], "--host", "127.0.0.1", "--port", str(proxy_port)],
-        env={**environment, "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")},
-        stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.mkdtemp(),
-    )
+    ports = (4000, 4001)
+    log = open(world["log"], "w")  # noqa: SIM115 - kept open for the proxies' lifetime
+    proxies = start_proxies(world, environment, ports, log)
     result: dict = {"started": False}
-    base = f"http://127.0.0.1:{proxy_port}"
+    first, second = (f"http://127.0.0.1:{port}" for port in ports)
+    key = environment["LITELLM_MASTER_KEY"]
     try:
-        deadline = time.monotonic() + world.get("start_seconds", 120)
-        while time.monotonic() < deadline and proxy.poll() is None:
-            try:
-                if call(f"{base}/health/readiness", "")[0] == 200:
-                    result["started"] = True
-                    break
-            except OSError:
-                time.sleep(0.5)
-        result["exit_code"] = proxy.poll()
+        result["started"] = wait_ready(proxies, ports, world.get("start_seconds", 120))
+        result["exit_codes"] = [p.poll() for p in proxies]
         if result["started"]:
-            key = environment["LITELLM_MASTER_KEY"]
-            result["models"] = sorted(m["id"] for m in call(f"{base}/v1/models", key)[1]["data"])
-            status, completion = call(f"{base}/v1/chat/completions", key, {
+            result["models"] = sorted(m["id"] for m in call(f"{first}/v1/models", key)[1]["data"])
+            status, completion = call(f"{first}/v1/chat/completions", key, {
                 "model": world["model"], "messages": [{"role": "user", "content": world["prompt"]}]})
-            result["completion"] = {"status": status, "content": completion["choices"][0]["message"]["content"]}
+            result["completion"] = {"status": status, "content": completion["choices"][0]["message"]["content"],
+                                    "gateway_calls": len(Gateway.received)}
             deadline = time.monotonic() + world.get("trace_seconds", 30)
             while time.monotonic() < deadline and not any("/otel" in r["path"] for r in Langfuse.received):
                 time.sleep(0.5)
+            result["idle"] = idle_connection(ports[0], world["idle_seconds"])
+            # A model's rpm counts per minute: all of it inside one minute.
+            while time.gmtime().tm_sec > 45:
+                time.sleep(1)
+            limited = {"model": world["limited_model"], "messages": [{"role": "user", "content": "count me"}]}
+            result["limited"] = [
+                {"replica": url[-4:], **attempt(f"{url}/v1/chat/completions", key, limited)}
+                for url in (first, second, first, second)
+            ]
+            before = len(Gateway.received)
+            cached = {"model": world["model"], "messages": [{"role": "user", "content": "cache me"}],
+                      "cache": {"use-cache": True, "ttl": 86400}}
+            result["cache_requests"] = [attempt(f"{url}/v1/chat/completions", key, cached) for url in (first, first)]
+            result["cache_gateway_calls"] = len(Gateway.received) - before
+            result["redis_keyspace"] = redis_cli(redis, "INFO", "keyspace")
+            result["redis_keys"] = sorted(redis_cli(redis, "-n", str(world["redis_db"]), "--scan").split())
     finally:
-        proxy.terminate()
-        try:
-            proxy.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
+        for proxy in proxies:
+            proxy.terminate()
+        for proxy in proxies:
+            try:
+                proxy.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proxy.kill()
+        redis_server.terminate()
         time.sleep(0.5)
     result["langfuse"] = Langfuse.received
     result["gateway"] = [{k: r[k] for k in ("method", "path", "headers")} for r in Gateway.received]
