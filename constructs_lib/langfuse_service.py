@@ -14,6 +14,7 @@ from constructs_lib.clickhouse_service import CLICKHOUSE_DATABASE, CLICKHOUSE_US
 from constructs_lib.fargate_service import FargateService, Listener, ServiceRuntime, ServiceSpec, http_health_check
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.service_catalogue import CLICKHOUSE, LANGFUSE_WEB, LANGFUSE_WEB_REPLICAS, LANGFUSE_WORKER
+from constructs_lib.timeouts import TARGET_KEEP_ALIVE_SECONDS
 
 EVENTS_PREFIX = "events/"
 MEDIA_PREFIX = "media/"
@@ -27,15 +28,12 @@ def langfuse_environment(
     events_bucket: s3.IBucket,
     media_bucket: s3.IBucket,
 ) -> dict[str, str]:
-    """The configuration web and worker share (Langfuse reads the same variables in both)."""
-    clickhouse = f"{CLICKHOUSE.name}.{namespace}"
+    """The configuration web and worker both read (Langfuse 4.4.0: worker/src/env.ts, packages/shared/src/env.ts)."""
     return {
         "NODE_ENV": "production",
         "HOSTNAME": "0.0.0.0",  # noqa: S104 - listen on the task's interface; the security group limits who connects
-        "NEXTAUTH_URL": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",
-        "TELEMETRY_ENABLED": "false",
+        "NEXTAUTH_URL": f"https://{LANGFUSE_WEB.routes[0].host_name(config.domain)}",  # the worker's links to web
         "CLICKHOUSE_URL": CLICKHOUSE.url(namespace),
-        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://{clickhouse}:{CLICKHOUSE.extra_ports['native']}",
         "CLICKHOUSE_USER": CLICKHOUSE_USER,
         "CLICKHOUSE_DB": CLICKHOUSE_DATABASE,
         "CLICKHOUSE_CLUSTER_ENABLED": "false",  # a single ClickHouse server: no ON CLUSTER statements
@@ -48,12 +46,25 @@ def langfuse_environment(
         "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET": media_bucket.bucket_name,
         "LANGFUSE_S3_MEDIA_UPLOAD_REGION": config.region,
         "LANGFUSE_S3_MEDIA_UPLOAD_PREFIX": MEDIA_PREFIX,
+    }
+
+
+def langfuse_web_environment(config: EnvironmentConfig, namespace: str) -> dict[str, str]:
+    """What only web reads (Langfuse 4.4.0: web/src/env.mjs, web/entrypoint.sh, the Next.js standalone server)."""
+    return {
+        # Next.js' standalone server reads only this (milliseconds; the image's --keepAliveTimeout flag is ignored):
+        # idle connections outlive the ALB's (constructs_lib/timeouts.py), or the ALB reuses closed ones (502s).
+        "KEEP_ALIVE_TIMEOUT": str(TARGET_KEEP_ALIVE_SECONDS * 1000),
+        "TELEMETRY_ENABLED": "false",
+        # The entrypoint's ClickHouse migrations (golang-migrate over the native protocol).
+        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://{CLICKHOUSE.name}.{namespace}:{CLICKHOUSE.extra_ports['native']}",
         # Headless initialisation: the organisation and project LiteLLM traces into, with the project keys of
         # `<prefix>/langfuse/api-keys`, the same keys LiteLLM's callback uses.
         "LANGFUSE_INIT_ORG_ID": config.project,
         "LANGFUSE_INIT_ORG_NAME": config.project,
         "LANGFUSE_INIT_PROJECT_ID": f"{config.project}-gateway",
         "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
+        **langfuse_sign_in(config),
     }
 
 
@@ -84,6 +95,8 @@ MIGRATIONS_OFF = {"LANGFUSE_AUTO_POSTGRES_MIGRATION_DISABLED": "true", "LANGFUSE
 
 
 def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
+    """The secrets web and worker both read (the worker needs SALT and ENCRYPTION_KEY for API keys and the integrations'
+    stored credentials)."""
     def field(name: str, json_field: str | None = None) -> ecs.Secret:
         return ecs.Secret.from_secrets_manager(secrets[name], json_field)
 
@@ -91,17 +104,18 @@ def langfuse_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
         "DATABASE_URL": field("langfuse/database", "url"),
         "CLICKHOUSE_PASSWORD": field("langfuse/clickhouse"),
         "REDIS_AUTH": field("redis/auth-token"),
-        "NEXTAUTH_SECRET": field("langfuse/auth", "nextauth_secret"),
         "SALT": field("langfuse/auth", "salt"),
         "ENCRYPTION_KEY": field("langfuse/auth", "encryption_key"),
-        "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": field("langfuse/api-keys", "public_key"),
-        "LANGFUSE_INIT_PROJECT_SECRET_KEY": field("langfuse/api-keys", "secret_key"),
     }
 
 
-def langfuse_sign_in_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
-    """Web only: the Azure AD app's client secret (operator-supplied, shared with Coder) and the owner's password."""
+def langfuse_web_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
+    """Web only: its session secret, the initial project's keys, the Azure AD app's client secret (operator-supplied,
+    shared with Coder) and the owner's password."""
     return {
+        "NEXTAUTH_SECRET": ecs.Secret.from_secrets_manager(secrets["langfuse/auth"], "nextauth_secret"),
+        "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "public_key"),
+        "LANGFUSE_INIT_PROJECT_SECRET_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "secret_key"),
         "AUTH_AZURE_AD_CLIENT_SECRET": ecs.Secret.from_secrets_manager(secrets["coder/oidc"], "client_secret"),
         "LANGFUSE_INIT_USER_PASSWORD": ecs.Secret.from_secrets_manager(secrets["langfuse/owner"]),
     }
@@ -109,7 +123,7 @@ def langfuse_sign_in_secrets(secrets: SecretAccess) -> dict[str, ecs.Secret]:
 
 class LangfuseServices(Construct):
     """Langfuse web behind the ALB on its catalogue route, and the worker (its health checked inside the container,
-    no ALB), same image version, same environment.
+    no ALB), same image version; each gets the settings it reads, nothing more.
 
     Exactly one container runs the database migrations: the first web task (`langfuse-web`), on regular Fargate (a
     Spot interruption mid-migration would leave ClickHouse dirty), replaced stop-then-start so that two never
@@ -131,8 +145,8 @@ class LangfuseServices(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         container_secrets = langfuse_secrets(secrets)
-        web_environment = {**environment, **langfuse_sign_in(config)}
-        web_secrets = {**container_secrets, **langfuse_sign_in_secrets(secrets)}
+        web_environment = {**environment, **langfuse_web_environment(config, runtime.namespace.namespace_name)}
+        web_secrets = {**container_secrets, **langfuse_web_secrets(secrets)}
         web_count = config.services.langfuse_web_desired_count
         worker_count = config.services.langfuse_worker_desired_count
         web_size, worker_size = config.tasks.langfuse_web, config.tasks.langfuse_worker
@@ -180,7 +194,7 @@ class LangfuseServices(Construct):
                 cpu=worker_size.cpu,
                 memory_mib=worker_size.memory_mib,
                 desired_count=worker_count,
-                environment={**environment, "PORT": str(LANGFUSE_WORKER.port), **MIGRATIONS_OFF},
+                environment={**environment, "PORT": str(LANGFUSE_WORKER.port)},
                 secrets=container_secrets,
                 use_spot=worker_count >= 2,
                 container_health_check=http_health_check(LANGFUSE_WORKER.local_url(), start_period=Duration.seconds(120)),

@@ -80,6 +80,9 @@ class ObservabilityStack(Stack):
                 data.buckets[Bucket.LANGFUSE_MEDIA],
             ),
         )
+        # Langfuse web migrates ClickHouse when it starts and exits when it cannot: on a first deploy (or when both
+        # change) CloudFormation creates or updates web only once ClickHouse's service is stable, its server healthy.
+        self.langfuse.web.service.node.add_dependency(self.clickhouse.service.service)
         # The last layer: every target group exists, so the smoke-test probe lives here.
         self.smoke_probe = SmokeProbe(
             self,

@@ -8,22 +8,24 @@ import re
 
 import pytest
 
+from constructs_lib.timeouts import TARGET_KEEP_ALIVE_SECONDS
 from tests.assembly import ROOT
 from tests.test_platform_services import SECRET_LIKE_NAME, SECRET_LIKE_VALUE
 
 LANGFUSE_SECRETS = {
-    # name -> (Data-layer secret construct id, JSON field)
+    # name -> (Data-layer secret construct id, JSON field): what web and worker both read
     "DATABASE_URL": ("LangfuseDatabaseSecret", "url"),
     "CLICKHOUSE_PASSWORD": ("ClickHousePasswordSecret", None),
     "REDIS_AUTH": ("RedisAuthTokenSecret", None),
-    "NEXTAUTH_SECRET": ("LangfuseAuthSecret", "nextauth_secret"),
     "SALT": ("LangfuseAuthSecret", "salt"),
     "ENCRYPTION_KEY": ("LangfuseAuthSecret", "encryption_key"),
+}
+# Web only (Langfuse 4.4.0's worker reads none of them): its session secret, the initial project's keys, the Azure AD
+# app's client secret (the one Coder uses) and the first owner's password.
+WEB_SECRETS = {
+    "NEXTAUTH_SECRET": ("LangfuseAuthSecret", "nextauth_secret"),
     "LANGFUSE_INIT_PROJECT_PUBLIC_KEY": ("LangfuseApiKeysSecret", "public_key"),
     "LANGFUSE_INIT_PROJECT_SECRET_KEY": ("LangfuseApiKeysSecret", "secret_key"),
-}
-# Web only: the Azure AD app's client secret (the one Coder uses) and the first owner's password.
-SIGN_IN_SECRETS = {
     "AUTH_AZURE_AD_CLIENT_SECRET": ("CoderOidcSecret", "client_secret"),
     "LANGFUSE_INIT_USER_PASSWORD": ("LangfuseOwnerSecret", None),
 }
@@ -215,14 +217,12 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, s
     assert [p["ContainerPort"] for p in container["PortMappings"]] == [port]
     environment = _environment(container)
     namespace = f"coder-{env_config.name}.local"
-    expected = {
+    expected = {  # what web and worker both read
         "NODE_ENV": "production",
         "HOSTNAME": "0.0.0.0",
         "PORT": str(port),
         "NEXTAUTH_URL": f"https://langfuse.{env_config.domain}",
-        "TELEMETRY_ENABLED": "false",
         "CLICKHOUSE_URL": f"http://clickhouse.{namespace}:8123",
-        "CLICKHOUSE_MIGRATION_URL": f"clickhouse://clickhouse.{namespace}:9000",
         "CLICKHOUSE_USER": "langfuse",
         "CLICKHOUSE_DB": "langfuse",
         "CLICKHOUSE_CLUSTER_ENABLED": "false",
@@ -231,21 +231,25 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, s
         "LANGFUSE_S3_EVENT_UPLOAD_PREFIX": "events/",
         "LANGFUSE_S3_MEDIA_UPLOAD_REGION": env_config.region,
         "LANGFUSE_S3_MEDIA_UPLOAD_PREFIX": "media/",
-        "LANGFUSE_INIT_ORG_ID": "coder",
-        "LANGFUSE_INIT_ORG_NAME": "coder",
-        "LANGFUSE_INIT_PROJECT_ID": "coder-gateway",
-        "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
-        **({} if migrates else MIGRATIONS_OFF),  # exactly one container migrates: the first web task
     }
     web = path.startswith("Langfuse/Web")
-    if web:  # sign-in: Azure AD of the company's tenant only, no password, no organisation for newcomers
+    if web:  # what only web reads; the worker gets none of it (Langfuse 4.4.0: worker/src/env.ts)
         expected |= {
+            "KEEP_ALIVE_TIMEOUT": str(TARGET_KEEP_ALIVE_SECONDS * 1000),  # milliseconds (Next.js standalone server)
+            "TELEMETRY_ENABLED": "false",
+            "CLICKHOUSE_MIGRATION_URL": f"clickhouse://clickhouse.{namespace}:9000",
+            "LANGFUSE_INIT_ORG_ID": "coder",
+            "LANGFUSE_INIT_ORG_NAME": "coder",
+            "LANGFUSE_INIT_PROJECT_ID": "coder-gateway",
+            "LANGFUSE_INIT_PROJECT_NAME": "LiteLLM gateway",
+            # sign-in: Azure AD of the company's tenant only, no password, no organisation for newcomers
             "AUTH_AZURE_AD_CLIENT_ID": env_config.oidc.client_id,
             "AUTH_AZURE_AD_TENANT_ID": env_config.oidc.issuer_url.split("/")[3],
             "AUTH_AZURE_AD_ALLOW_ACCOUNT_LINKING": "true",
             "AUTH_DISABLE_USERNAME_PASSWORD": "true",
             "LANGFUSE_INIT_USER_EMAIL": env_config.langfuse.owner_email,
             "LANGFUSE_INIT_USER_NAME": "Langfuse owner",
+            **({} if migrates else MIGRATIONS_OFF),  # exactly one container migrates: the first web task
         }
     references = {name: environment.pop(name) for name in (
         "REDIS_HOST", "REDIS_PORT", "LANGFUSE_S3_EVENT_UPLOAD_BUCKET", "LANGFUSE_S3_MEDIA_UPLOAD_BUCKET")}
@@ -256,7 +260,7 @@ def test_langfuse_containers(observability, env_config, path, image_key, port, s
     assert "LangfuseMediaBucket" in json.dumps(references["LANGFUSE_S3_MEDIA_UPLOAD_BUCKET"])
     assert not any(name.startswith("LANGFUSE_DEFAULT_") for name in environment)  # newcomers see no one's traces
     sources = _secret_sources(container)
-    wanted = {**LANGFUSE_SECRETS, **(SIGN_IN_SECRETS if web else {})}
+    wanted = {**LANGFUSE_SECRETS, **(WEB_SECRETS if web else {})}
     assert set(sources) == set(wanted)
     for name, (construct_id, field) in wanted.items():
         assert sources[name][0].startswith(construct_id.removesuffix("Secret")), (name, sources[name])
@@ -356,3 +360,10 @@ def test_clickhouse_task_role_mounts_only_its_access_points(observability, env_c
     for grant in exec_grants:
         actions = grant["Action"] if isinstance(grant["Action"], list) else [grant["Action"]]
         assert all(a.startswith(("ssmmessages:", "logs:", "kms:")) for a in actions)
+
+
+def test_langfuse_web_starts_only_once_clickhouse_runs(observability):
+    """Web migrates ClickHouse at start and exits when it cannot: CloudFormation creates (and updates) it after
+    ClickHouse's service is stable, so a first deploy does not crash-loop it into the circuit breaker."""
+    web = observability.resources[observability.logical_id("/Observability/Langfuse/Web/Service/Service")]
+    assert observability.logical_id("/Observability/ClickHouse/Service/Service/Service") in web["DependsOn"]
