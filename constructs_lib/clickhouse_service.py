@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aws_cdk import Duration
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_efs as efs
@@ -16,6 +18,8 @@ CLICKHOUSE_UID = "101"  # the `clickhouse` user of the official image
 DATA_PATH = "/clickhouse"  # on the platform's file system, as it was on the workspaces' one
 CLICKHOUSE_DATABASE = "langfuse"
 CLICKHOUSE_USER = "langfuse"
+# Bounds the system log tables, then runs the image's entrypoint (tests/test_clickhouse_start.py runs this file).
+START_SCRIPT = (Path(__file__).parent / "scripts" / "clickhouse-start.sh").read_text()
 
 
 class ClickHouseService(Construct):
@@ -25,8 +29,10 @@ class ClickHouseService(Construct):
 
     The image's entrypoint creates the `langfuse` database and user with the password from Secrets Manager.
     Data lives on the platform's file system (no workspace reaches it) through an access point that acts as uid/gid
-    101; logs go to CloudWatch, not to EFS. Earlier releases kept it on the workspaces' file system: on its first
-    start the task copies it from there (`MovedData`), before the server starts.
+    101; logs go to CloudWatch, not to EFS. The system log tables are bounded (scripts/clickhouse-start.sh writes the
+    server configuration for it before the image's entrypoint starts the server). Earlier releases kept the data on
+    the workspaces' file system: on its first start the task copies it from there (`MovedData`), before the server
+    starts.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class ClickHouseService(Construct):
                     "CLICKHOUSE_DO_NOT_CHOWN": "1",  # the access point already owns the directory as 101
                 },
                 secrets={"CLICKHOUSE_PASSWORD": ecs.Secret.from_secrets_manager(secrets["langfuse/clickhouse"])},
+                entry_point=("sh", "-c"),
+                command=(START_SCRIPT,),
                 stateless=False,
                 min_healthy_percent=0,
                 max_healthy_percent=100,

@@ -129,6 +129,7 @@ class ServiceSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     secrets: Mapping[str, ecs.Secret] = field(default_factory=dict)
     command: Sequence[str] | None = None
+    entry_point: Sequence[str] | None = None  # None: the image's own
     stateless: bool = True  # False: never on Spot (Coder, ClickHouse)
     use_spot: bool = False  # only honoured for stateless services with >= 2 tasks
     min_healthy_percent: int = 100
@@ -205,6 +206,7 @@ class FargateService(Construct):
             environment=dict(spec.environment),
             secrets=dict(spec.secrets),
             command=list(spec.command) if spec.command else None,
+            entry_point=list(spec.entry_point) if spec.entry_point else None,
             logging=ecs.LogDriver.aws_logs(stream_prefix=spec.name, log_group=self.log_group),
             health_check=spec.container_health_check,
             essential=True,
