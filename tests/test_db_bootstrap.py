@@ -1,5 +1,6 @@
-"""The database bootstrap against a real PostgreSQL server (TLS only, RDS-like non-superuser administrator) and
-moto's Secrets Manager: first run, second run, password rotation, repair of a half-made or tampered state."""
+"""The database bootstrap against real PostgreSQL servers, Debian's and 16 (the RDS major version; TLS only, RDS-like
+non-superuser administrator) and moto's Secrets Manager: first run, second run, password rotation, repair of a
+half-made or tampered state."""
 
 from __future__ import annotations
 
@@ -160,8 +161,9 @@ def test_repairs_a_half_made_or_tampered_state(secrets_client, secrets, clean_se
         su.run("CREATE ROLE litellm NOLOGIN CREATEDB PASSWORD 'stale-password'")
         su.run(f"CREATE DATABASE litellm OWNER {ADMIN}")
         su.run("GRANT CONNECT ON DATABASE litellm TO PUBLIC")
-        # Granted the way RDS would have it: the administrator created the role, so it administers it.
-        su.run(f"GRANT litellm TO {ADMIN}")
+        # Granted the way RDS would have it: the administrator created the role, so it administers it (on 16 the
+        # creator holds ADMIN OPTION on the role it made).
+        su.run(f"GRANT litellm TO {ADMIN} WITH ADMIN OPTION")
     finally:
         su.close()
     inside = clean_server.superuser("litellm")
@@ -189,6 +191,23 @@ def test_repairs_a_half_made_or_tampered_state(secrets_client, secrets, clean_se
     finally:
         connection.close()
     assert run(secrets_client, secrets)["litellm"] == []
+
+
+def test_a_role_the_administrator_does_not_administer(secrets_client, secrets, clean_server):
+    """Made by another login (say a superuser): 15 lets a CREATEROLE administrator repair it, 16 does not (no ADMIN
+    OPTION on it) and the bootstrap says what to do instead of failing on ALTER ROLE."""
+    su = clean_server.superuser()
+    try:
+        su.run("CREATE ROLE litellm NOLOGIN PASSWORD 'stale-password'")
+        version = int(su.run("SHOW server_version_num")[0][0])
+    finally:
+        su.close()
+    if version < 160000:
+        assert run(secrets_client, secrets)["litellm"][:2] == ["role attributes reset", "password set"]
+        return
+    with pytest.raises(bootstrap.BootstrapError, match=r"role litellm exists, but this administrator does not administer it .*"
+                                        r"GRANT \"litellm\" TO <this administrator> WITH ADMIN OPTION"):
+        run(secrets_client, secrets)
 
 
 def test_refuses_an_over_privileged_role(secrets_client, secrets, clean_server):

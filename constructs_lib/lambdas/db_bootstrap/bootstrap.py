@@ -118,6 +118,7 @@ def reconcile_app(connect: Connect, login: Login, connect_as: Callable[[Login], 
             "FROM pg_roles WHERE rolname = :name",
             name=login.username,
         )
+        version = int(_one(admin, "SHOW server_version_num")[0])
         if found is None:
             admin.run(f"CREATE ROLE {role} WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD {literal(scram_verifier(login.password))}")
             changes.append("role created")
@@ -126,6 +127,16 @@ def reconcile_app(connect: Connect, login: Login, connect_as: Callable[[Login], 
             if any(forbidden):
                 names = [name for name, value in zip(FORBIDDEN_ATTRIBUTES, forbidden, strict=True) if value]
                 raise BootstrapError(f"role {login.username} has {', '.join(names)}: refusing to use it as an app login")
+            # PostgreSQL 16: a CREATEROLE login may change only the roles it administers (ADMIN OPTION; the role's
+            # creator has it). 15 lets it change any role that is not a superuser.
+            if version >= 160000 and not _one(
+                admin, "SELECT pg_has_role(current_user, :name, 'MEMBER WITH ADMIN OPTION')", name=login.username
+            )[0]:
+                raise BootstrapError(
+                    f"role {login.username} exists, but this administrator does not administer it (PostgreSQL 16: no "
+                    f"ADMIN OPTION on the role), so it can neither check nor repair it. Whoever created the role runs "
+                    f"GRANT {role} TO <this administrator> WITH ADMIN OPTION (or drops the role), then the deploy is retried"
+                )
             if not can_login or create_db or create_role:
                 admin.run(f"ALTER ROLE {role} WITH LOGIN NOCREATEDB NOCREATEROLE")
                 changes.append("role attributes reset")
@@ -135,7 +146,6 @@ def reconcile_app(connect: Connect, login: Login, connect_as: Callable[[Login], 
 
         # The administrator must be able to act as the role to give it a database. PostgreSQL 16 (RDS) splits
         # membership into ADMIN / INHERIT / SET options and CREATE DATABASE ... OWNER needs SET; 15 has no options.
-        version = int(_one(admin, "SHOW server_version_num")[0])
         privilege, grant = ("SET", f"GRANT {role} TO CURRENT_USER WITH SET TRUE") if version >= 160000 else (
             "MEMBER",
             f"GRANT {role} TO CURRENT_USER",
