@@ -510,6 +510,17 @@ class AllowedChange(Section):
         return self
 
 
+class AllowedDrift(AllowedChange):
+    """A release may deploy over this resource although what runs differs from its deployed template (drift found by
+    python -m pipeline.changes --drift): the difference is known and the deploy may overwrite it."""
+
+    reason: Annotated[
+        StrictStr,
+        Field(min_length=MIN_ALLOWANCE_REASON,
+              description=f"why deploying over the drift is intended ({MIN_ALLOWANCE_REASON}+ characters)"),
+    ]
+
+
 class PlatformDataConfig(Section):
     """Platform data that earlier releases kept on the workspaces' file system, where an access point Coder creates
     can reach it. ClickHouse's data now lives on the platform's file system."""
@@ -573,6 +584,11 @@ class EnvironmentConfig(Section):
     allowed_changes: Annotated[
         tuple[AllowedChange, ...],
         Field(description="[[environments.allowed_changes]]: stateful resources a release may replace, with a reason"),
+    ] = ()
+    # Known drift on a stateful resource or one the release changes; anything else of the kind blocks the release.
+    allowed_drift: Annotated[
+        tuple[AllowedDrift, ...],
+        Field(description="[[environments.allowed_drift]]: drifted resources a release may deploy over, with a reason"),
     ] = ()
 
     _project: str = PrivateAttr(default="")  # set by AppConfig: the project every name starts with

@@ -15,6 +15,12 @@ and security-group rules added or removed are rows of their own. Replacing or re
 cache, file system, bucket, table, secret, key, backup vault), a renamed one included, blocks, unless the environment
 allows that change in the config (`allowed_changes`, with a reason).
 
+With `--drift` (and `--base deployed`): CloudFormation's drift detection runs on every deployed stack, through the same
+lookup role (its ReadOnlyAccess includes cloudformation:Detect* and the reads the detection makes); a stack not
+deployed yet has no drift. Drift on a stateful resource, or on one this release changes, blocks unless the environment
+allows it (`allowed_drift`, with a reason): the deploy would overwrite a difference nobody has looked at. Other drift is
+reported. The report names the drifted properties, not their values (a value may be anything, a credential included).
+
 Exit status: 0 nothing blocking; 1 something blocking (listed); 2 bad input (unreadable assembly, unknown stage, no
 credentials, an AWS error), one line, no traceback.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -96,25 +103,51 @@ class Row:
 
 
 @dataclass
+class Drift:
+    """A deployed resource that differs from its deployed template (CloudFormation drift detection)."""
+
+    stage: str
+    stack: str
+    logical_id: str
+    type: str
+    status: str  # MODIFIED or DELETED
+    properties: list[str] = field(default_factory=list)  # "path (difference type)"
+    stateful: bool = False
+    changed: bool = False  # this release changes, replaces or removes the resource
+    allowed: str | None = None  # the config's reason, when an allowance covers it
+
+    @property
+    def blocking(self) -> bool:
+        return (self.stateful or self.changed) and self.allowed is None
+
+
+@dataclass
 class Review:
     changes: list[Change]
     rows: list[Row]
     unused_allowances: list[str]
+    drifts: list[Drift] | None = None  # None: drift was not detected
+    drift_notes: list[str] = field(default_factory=list)  # stacks whose detection finished with a reason
 
     def counts(self) -> dict[str, int]:
-        return {
+        counts = {
             "added": sum(c.action == "add" for c in self.changes),
             "removed": sum(c.action == "remove" for c in self.changes),
             "changed": sum(c.action == "modify" for c in self.changes),
             "replaced": sum(c.replacement in ("yes", "maybe") for c in self.changes),
-            "blocking": sum(c.blocking for c in self.changes),
+            "blocking": sum(c.blocking for c in self.changes) + sum(d.blocking for d in self.drifts or ()),
         }
+        if self.drifts is not None:
+            counts["drifted"] = len(self.drifts)
+        return counts
 
     def summary(self, scope: str) -> str:
         counts = self.counts()
         blocking = [f"{c.stack}/{c.logical_id}" for c in self.changes if c.blocking]
+        blocking += [f"{d.stack}/{d.logical_id} (drift)" for d in self.drifts or () if d.blocking]
+        drifted = f", {counts['drifted']} drifted" if self.drifts is not None else ""
         return (f"{scope}: {counts['added']} added, {counts['changed']} changed, {counts['removed']} removed, "
-                f"{counts['replaced']} replaced, blocking: {', '.join(blocking) or 'none'}")
+                f"{counts['replaced']} replaced{drifted}, blocking: {', '.join(blocking) or 'none'}")
 
 
 # --- reading assemblies and deployed stacks -----------------------------------------------------------------------
@@ -135,27 +168,60 @@ def read_assembly(directory: Path, stage: str = PIPELINE_STAGE) -> list[StackTem
     return stacks
 
 
-def deployed(stacks: Sequence[StackTemplate], session_factory=None) -> list[StackTemplate]:
-    """The templates now deployed, read through each environment's lookup role; {} for a stack not there yet."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+class LookupClients:
+    """CloudFormation clients of each stack's environment, through its lookup role (one assumed session per role)."""
 
-    make_session = session_factory or boto3.session.Session
-    base = make_session()
-    sessions: dict[str, object] = {}
-    found = []
-    for stack in stacks:
+    def __init__(self, session_factory=None) -> None:
+        import boto3
+
+        self._make_session = session_factory or boto3.session.Session
+        self._base = self._make_session()
+        self._sessions: dict[str, object] = {}
+
+    def role(self, stack: StackTemplate) -> str:
         if not stack.lookup_role:
             raise ReviewError(f"{stack.name}: the assembly names no lookup role (was it synthesized by cdk synth?)")
-        role = stack.lookup_role.replace("${AWS::Partition}", "aws").replace("${AWS::Region}", stack.region)
-        try:
-            if role not in sessions:
-                credentials = base.client("sts", region_name=stack.region).assume_role(
-                    RoleArn=role, RoleSessionName="release-review")["Credentials"]
-                sessions[role] = make_session(
-                    aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"],
-                    aws_session_token=credentials["SessionToken"], region_name=stack.region)
-            client = sessions[role].client("cloudformation", region_name=stack.region)
+        return stack.lookup_role.replace("${AWS::Partition}", "aws").replace("${AWS::Region}", stack.region)
+
+    def cloudformation(self, stack: StackTemplate):
+        role = self.role(stack)
+        if role not in self._sessions:
+            credentials = self._base.client("sts", region_name=stack.region).assume_role(
+                RoleArn=role, RoleSessionName="release-review")["Credentials"]
+            self._sessions[role] = self._make_session(
+                aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"],
+                aws_session_token=credentials["SessionToken"], region_name=stack.region)
+        return self._sessions[role].client("cloudformation", region_name=stack.region)
+
+
+def _aws_errors(stack: StackTemplate, role: str):
+    """AWS failures as one ReviewError line naming the stack and the role."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    class Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, error, _traceback):
+            if isinstance(error, NoCredentialsError):
+                raise ReviewError("no AWS credentials: run with the pipeline account's credentials") from None
+            if isinstance(error, ClientError | BotoCoreError):
+                raise ReviewError(f"{stack.name} in {stack.account}/{stack.region} through {role}: {error}") from None
+            return False
+
+    return Guard()
+
+
+def deployed(stacks: Sequence[StackTemplate], session_factory=None, clients: LookupClients | None = None) -> list[StackTemplate]:
+    """The templates now deployed, read through each environment's lookup role; {} for a stack not there yet."""
+    from botocore.exceptions import ClientError
+
+    clients = clients or LookupClients(session_factory)
+    found = []
+    for stack in stacks:
+        role = clients.role(stack)
+        with _aws_errors(stack, role):
+            client = clients.cloudformation(stack)
             try:
                 body = client.get_template(StackName=stack.name, TemplateStage="Original")["TemplateBody"]
             except ClientError as error:
@@ -163,13 +229,82 @@ def deployed(stacks: Sequence[StackTemplate], session_factory=None) -> list[Stac
                     body = {}
                 else:
                     raise
-        except NoCredentialsError:
-            raise ReviewError("no AWS credentials: run with the pipeline account's credentials") from None
-        except (ClientError, BotoCoreError) as error:
-            raise ReviewError(f"{stack.name} in {stack.account}/{stack.region} through {role}: {error}") from None
         template = json.loads(body) if isinstance(body, str) else body
         found.append(StackTemplate(stack.stage, stack.name, stack.account, stack.region, template or {}, role))
     return found
+
+
+# --- drift ----------------------------------------------------------------------------------------------------------
+
+DRIFT_POLL_SECONDS = 5
+DRIFT_TIMEOUT_SECONDS = 900  # CloudFormation: "can take up to several minutes" per stack; the stacks run side by side
+
+
+def detect_drift(
+    targets: Sequence[tuple[StackTemplate, object]], *, poll_seconds: float | None = None,
+    timeout_seconds: float | None = None, sleep=time.sleep, clock=time.monotonic,
+) -> tuple[list[Drift], list[str]]:
+    """Drift detection on each (deployed stack, its CloudFormation client), all started before any is waited for.
+    Returns the drifted resources (MODIFIED or DELETED) and a note for each stack whose detection ended with a reason
+    (DETECTION_FAILED: some resources could not be checked; the others' results still count)."""
+    poll_seconds = DRIFT_POLL_SECONDS if poll_seconds is None else poll_seconds
+    timeout_seconds = DRIFT_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds
+    started = []
+    for stack, client in targets:
+        with _aws_errors(stack, stack.lookup_role or ""):
+            started.append((stack, client, client.detect_stack_drift(StackName=stack.name)["StackDriftDetectionId"]))
+    deadline = clock() + timeout_seconds
+    drifts: list[Drift] = []
+    notes: list[str] = []
+    for stack, client, detection in started:
+        with _aws_errors(stack, stack.lookup_role or ""):
+            while True:
+                status = client.describe_stack_drift_detection_status(StackDriftDetectionId=detection)
+                if status["DetectionStatus"] != "DETECTION_IN_PROGRESS":
+                    break
+                if clock() > deadline:
+                    raise ReviewError(f"{stack.name}: drift detection still running after {timeout_seconds:.0f} s")
+                sleep(poll_seconds)
+            if status["DetectionStatus"] == "DETECTION_FAILED":
+                notes.append(f"{stack.name}: {status.get('DetectionStatusReason', 'detection failed')}")
+            drifts += _resource_drifts(stack, client)
+    return drifts, notes
+
+
+def _resource_drifts(stack: StackTemplate, client) -> list[Drift]:
+    found, token = [], None
+    while True:
+        page = client.describe_stack_resource_drifts(
+            StackName=stack.name, StackResourceDriftStatusFilters=["MODIFIED", "DELETED"], **({"NextToken": token} if token else {}))
+        for drift in page["StackResourceDrifts"]:
+            found.append(Drift(
+                stack.stage, stack.name, drift["LogicalResourceId"], drift["ResourceType"], drift["StackResourceDriftStatus"],
+                [f"{d['PropertyPath']} ({d['DifferenceType']})" for d in drift.get("PropertyDifferences", [])],
+                stateful=drift["ResourceType"] in STATEFUL_TYPES,
+            ))
+        token = page.get("NextToken")
+        if not token:
+            return found
+
+
+def judge_drift(
+    drifts: list[Drift], changes: Sequence[Change], allowances: dict[str, list[dict]], stages: Iterable[str]
+) -> list[str]:
+    """Marks drift on resources this release changes, applies the config's allowances; returns the unused ones."""
+    touched = {(c.stack, c.logical_id) for c in changes if c.action in ("modify", "remove")}
+    for drift in drifts:
+        drift.changed = (drift.stack, drift.logical_id) in touched
+    unused = []
+    for stage in sorted(set(stages) - {PIPELINE_STAGE}):
+        for allowance in allowances.get(stage.lower(), []):
+            stack = f"{stage}-{allowance['stack']}"
+            matched = [d for d in drifts if d.stage == stage and d.stack == stack and d.logical_id == allowance["logical_id"]]
+            for drift in matched:
+                drift.allowed = allowance["reason"]
+            if not matched:
+                unused.append(f"{stage.lower()}: {allowance['stack']}/{allowance['logical_id']} has no drift: remove the "
+                              "allowed_drift entry")
+    return unused
 
 
 # --- what changes -------------------------------------------------------------------------------------------------
@@ -305,6 +440,15 @@ def read_allowances(config: Path) -> dict[str, list[dict]]:
     return {e.get("name", ""): list(e.get("allowed_changes", [])) for e in data.get("environments", [])}
 
 
+def read_drift_allowances(config: Path) -> dict[str, list[dict]]:
+    """{environment name: [{stack, logical_id, reason}]}: `allowed_drift` of each environment."""
+    try:
+        data = tomllib.loads(config.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ReviewError(f"{config}: {error}") from None
+    return {e.get("name", ""): list(e.get("allowed_drift", [])) for e in data.get("environments", [])}
+
+
 def apply_allowances(changes: list[Change], allowances: dict[str, list[dict]], stages: Iterable[str]) -> list[str]:
     unused = []
     for stage in stages:
@@ -358,6 +502,8 @@ def render_markdown(result: Review, title: str) -> str:
         lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {markdown_cell(_describe(c))} | "
                   f"{'allowed: ' + markdown_cell(c.allowed) if c.allowed else '**blocking**'} |" for c in destructive]
         lines.append("")
+    if result.drifts is not None:
+        lines += _drift_markdown(result)
     if result.unused_allowances:
         lines += ["## Allowances that match nothing", ""] + [f"- {u}" for u in result.unused_allowances] + [""]
     for kind, heading in (("iam", "IAM statements"), ("network", "Security-group rules")):
@@ -372,6 +518,29 @@ def render_markdown(result: Review, title: str) -> str:
         lines += [f"| {c.stack} | `{c.logical_id}` | {c.type} | {markdown_cell(_describe(c))} |" for c in others]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _drift_status(drift: Drift) -> str:
+    if drift.allowed:
+        return "allowed: " + markdown_cell(drift.allowed)
+    if drift.blocking:
+        return "**blocking**: " + ("stateful" if drift.stateful else "this release changes it")
+    return "reported"
+
+
+def _drift_markdown(result: Review) -> list[str]:
+    drifts = result.drifts or []
+    lines = ["## Drift (what runs differs from the deployed template)", ""]
+    if not drifts:
+        lines.append("No deployed resource has drifted.")
+    else:
+        lines += ["| stack | resource | type | drift | properties | status |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {d.stack} | `{d.logical_id}` | {d.type} | {d.status} | {markdown_cell(', '.join(d.properties) or '-')} "
+                  f"| {_drift_status(d)} |" for d in drifts]
+        lines += ["", "Values are in the CloudFormation console (the stack's drift view). Deploying over drift on a "
+                  "stateful resource or on one this release changes needs `allowed_drift` with a reason."]
+    lines += [f"- Detection incomplete: {note}" for note in result.drift_notes]
+    return [*lines, ""]
 
 
 def write_junit(path: Path, result: Review) -> None:
@@ -392,6 +561,20 @@ def write_junit(path: Path, result: Review) -> None:
             else:
                 ElementTree.SubElement(case, "system-out").text = _describe(change) + (
                     f" (allowed: {change.allowed})" if change.allowed else "")
+    if result.drifts is not None:
+        suite = ElementTree.SubElement(root, "testsuite", name="drift", tests=str(len(result.drifts)),
+                                       failures=str(sum(d.blocking for d in result.drifts)), errors="0")
+        for drift in result.drifts:
+            case = ElementTree.SubElement(suite, "testcase", classname=f"{drift.stack} drift",
+                                          name=f"{drift.logical_id} ({drift.type})")
+            text = f"{drift.status}: {', '.join(drift.properties) or '-'}"
+            if drift.blocking:
+                ElementTree.SubElement(case, "failure", message="drifted: look at the difference, then allow it in the "
+                                       "config with a reason (allowed_drift) or put the resource back", type="drift").text = text
+            else:
+                ElementTree.SubElement(case, "system-out").text = text + (f" (allowed: {drift.allowed})" if drift.allowed else "")
+        root.set("tests", str(len(cases) + len(result.drifts)))
+        root.set("failures", str(sum(c.blocking for c in cases) + sum(d.blocking for d in result.drifts)))
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
@@ -416,14 +599,28 @@ def main(argv: Sequence[str] | None = None, session_factory=None) -> int:
     parser.add_argument("--junit", type=Path)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--notify", metavar="TOPIC_ARN", help="publish the summary to this SNS topic")
+    parser.add_argument("--drift", action="store_true",
+                        help="also detect the deployed stacks' drift (with --base deployed; allowed_drift in the config)")
     args = parser.parse_args(argv)
     try:
+        if args.drift and args.base != "deployed":
+            raise ReviewError("--drift compares what runs with what is deployed: it needs --base deployed")
         new, stage = _select(read_assembly(args.assembly), args.stage)
         if args.base == "deployed":
-            base = deployed(new, session_factory)
+            clients = LookupClients(session_factory)
+            base = deployed(new, clients=clients)
         else:
             base = [s for s in read_assembly(Path(args.base)) if s.stage in {n.stage for n in new}]
         result = review(base, new, read_allowances(args.config))
+        if args.drift:
+            targets = []
+            for stack in base:
+                if stack.template:  # a stack not deployed yet has no drift
+                    with _aws_errors(stack, clients.role(stack)):
+                        targets.append((stack, clients.cloudformation(stack)))
+            result.drifts, result.drift_notes = detect_drift(targets)
+            result.unused_allowances += judge_drift(
+                result.drifts, result.changes, read_drift_allowances(args.config), {s.stage for s in new})
     except AssemblyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -437,12 +634,21 @@ def main(argv: Sequence[str] | None = None, session_factory=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"summary": result.counts(), "changes": [asdict(c) | {"blocking": c.blocking}
                                          for c in result.changes], "rows": [asdict(r) for r in result.rows],
-                                         "unused_allowances": result.unused_allowances}, indent=2))
+                                         "unused_allowances": result.unused_allowances,
+                                         "drifts": None if result.drifts is None else [
+                                             asdict(d) | {"blocking": d.blocking} for d in result.drifts],
+                                         "drift_notes": result.drift_notes}, indent=2))
     print(result.summary(scope))
     for change in result.changes:
         if change.destructive:
             state = f"allowed: {change.allowed}" if change.allowed else "BLOCKING"
             print(f"  {state}: {change.stack}/{change.logical_id} ({change.type}) {_describe(change)}")
+    for drift in result.drifts or ():
+        state = f"allowed: {drift.allowed}" if drift.allowed else ("BLOCKING" if drift.blocking else "reported")
+        print(f"  drift, {state}: {drift.stack}/{drift.logical_id} ({drift.type}) {drift.status} "
+              f"{', '.join(drift.properties)}".rstrip())
+    for note in result.drift_notes:
+        print(f"  drift detection incomplete: {note}")
     for unused in result.unused_allowances:
         print(f"  unused allowance: {unused}")
     if args.notify:

@@ -291,9 +291,10 @@ class PipelineStack(Stack):
     def _review_step(
         self, stage: PlatformStage, source: pipelines.IFileSetProducer, synth: pipelines.IFileSetProducer
     ) -> pipelines.CodeBuildStep:
-        """Before the Stage deploys: what the release changes against the templates deployed in that environment
-        (read through the environment's CDK bootstrap lookup role). A change that would destroy data, unless the
-        config allows it, fails the step. JUnit to CodeBuild Reports, the Markdown report in the build log; the summary
+        """Before the Stage deploys: what the release changes against the templates deployed in that environment,
+        and where what runs has drifted from them (both through the environment's CDK bootstrap lookup role). A change
+        that would destroy data, or drift on a stateful resource or on one the release changes, unless the config
+        allows it, fails the step. JUnit to CodeBuild Reports, the Markdown report in the build log; the summary
         to the notifications topic, so the approver's e-mail says what the release will do. It writes no artifact: only
         the Synth step writes what later steps and the deploy read."""
         config = stage.config
@@ -308,7 +309,7 @@ class PipelineStack(Stack):
             # cfn-lint for CloudFormation's resource schemas (what replaces a resource), boto3 to read the stacks.
             install_commands=[_hashed_install("review")],
             commands=[
-                f"python -m pipeline.changes --base deployed --assembly cdk.out --stage {name}"
+                f"python -m pipeline.changes --base deployed --drift --assembly cdk.out --stage {name}"
                 " --junit reports/changes.xml --markdown reports/changes.md --json reports/changes.json"
                 ' --notify "$NOTIFICATIONS_TOPIC"'
             ],

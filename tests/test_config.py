@@ -276,6 +276,15 @@ BAD_INPUTS = {
         'reason = "moving to a new engine with a restored snapshot"\n',
         ["production.allowed_changes[0].stack = 'Database'", "not a layer of the platform"],
     ),
+    "allowed drift without a real reason": (
+        BASE + '\n[[environments.allowed_drift]]\nstack = "Data"\nlogical_id = "Postgres9DC8BB04"\nreason = "known"\n',
+        ["production.allowed_drift[0].reason = 'known'", "at least 25 characters"],
+    ),
+    "allowed drift in an unknown stack": (
+        BASE + '\n[[environments.allowed_drift]]\nstack = "Pipeline"\nlogical_id = "Postgres9DC8BB04"\n'
+        'reason = "a parameter changed by hand during the incident of May"\n',
+        ["production.allowed_drift[0].stack = 'Pipeline'", "not a layer of the platform"],
+    ),
     "approval not a boolean": (
         replace("requires_approval = true", 'requires_approval = "yes"'),
         ["production.requires_approval = 'yes'", "expected true or false, got str"],

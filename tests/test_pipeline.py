@@ -266,7 +266,7 @@ def test_release_review_runs_before_the_stage_deploys_against_what_is_deployed(p
     project, spec = _project_spec(pipeline, step)
     assert project["Name"] == f"coder-review-{stage_name.lower()}"
     assert spec["phases"]["build"]["commands"] == [
-        f"python -m pipeline.changes --base deployed --assembly cdk.out --stage {stage_name} --junit reports/changes.xml"
+        f"python -m pipeline.changes --base deployed --drift --assembly cdk.out --stage {stage_name} --junit reports/changes.xml"
         ' --markdown reports/changes.md --json reports/changes.json --notify "$NOTIFICATIONS_TOPIC"'
     ]
     assert spec["reports"]["changes"] == {"base-directory": "reports", "files": ["changes.xml"], "file-format": "JUNITXML"}
