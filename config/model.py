@@ -521,6 +521,60 @@ class AllowedDrift(AllowedChange):
     ]
 
 
+# CodePipeline's DeploymentWindow rule: six fields (seconds, always `*`; minutes; hours; day of month; month; day of
+# week) and an optional year, separated by spaces.
+CRON_FIELD = r"[0-9A-Za-z*?/,#L-]+"
+WINDOW_CRON = rf"^\*( {CRON_FIELD}){{5,6}}$"
+
+
+def _time_zone(value: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "not a time zone name of the IANA database"
+    return None
+
+
+def _window(value: str) -> str | None:
+    if not value:
+        return None
+    if not re.match(WINDOW_CRON, value):
+        return ("not a deployment-window cron expression: 6 or 7 fields separated by spaces, the first (seconds) `*`, "
+                "e.g. \"* * 8-16 ? * MON-THU *\"")
+    fields = value.split()
+    if "?" not in (fields[3], fields[5]):
+        return "day of month or day of week must be `?` (the other one says the days)"
+    return None
+
+
+class ReleaseGatesConfig(Section):
+    """When a release may enter this environment and when it counts as done (the pipeline's stage gates)."""
+
+    # After the smoke tests, the environment's alarms (`<project>-<env>-*`) are watched this long; one that goes into
+    # ALARM fails the stage (production's stage then rolls back). 0: no bake.
+    bake_minutes: integer(0, 180, "minutes of watching the alarms after the smoke tests: 0 (none) to 180") = 0
+    # The stage is entered only at these times (CodePipeline's DeploymentWindow rule); otherwise the release stops
+    # there. "" means always.
+    deployment_window: _checked(
+        StrictStr, '"" (always) or a cron expression of the times a release may enter, e.g. "* * 8-16 ? * MON-THU *"',
+        _window,
+    ) = ""
+    time_zone: _checked(StrictStr, "an IANA time zone name (the deployment window's), e.g. Europe/Berlin", _time_zone) = "UTC"
+    # How long the approval before this environment waits for a person (requires_approval); 0: CodePipeline's 7 days.
+    approval_timeout_minutes: Annotated[
+        StrictInt, Field(ge=0, le=86400, description="0 (CodePipeline's 7 days) or 5 to 86400 minutes")
+    ] = 0
+
+    @model_validator(mode="after")
+    def _timeout_range(self) -> ReleaseGatesConfig:
+        if 0 < self.approval_timeout_minutes < 5:
+            report([Problem(("approval_timeout_minutes",), self.approval_timeout_minutes,
+                            "shorter than CodePipeline's shortest approval timeout", "0, or 5 to 86400")])
+        return self
+
+
 class PlatformDataConfig(Section):
     """Platform data that earlier releases kept on the workspaces' file system, where an access point Coder creates
     can reach it. ClickHouse's data now lives on the platform's file system."""
@@ -580,6 +634,7 @@ class EnvironmentConfig(Section):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     platform_data: PlatformDataConfig = Field(default_factory=PlatformDataConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
+    release: ReleaseGatesConfig = Field(default_factory=ReleaseGatesConfig)
     # Intended replacements or removals of stateful resources; anything else of the kind blocks the release.
     allowed_changes: Annotated[
         tuple[AllowedChange, ...],
@@ -606,6 +661,10 @@ class EnvironmentConfig(Section):
         if copy and copy.group("region") == self.region:
             problems.append(Problem(("backup", "copy_vault_arn"), self.backup.copy_vault_arn,
                                     f"the copy would stay in {self.region}", "a vault in another region"))
+        if self.release.approval_timeout_minutes and not self.requires_approval:
+            problems.append(Problem(("release", "approval_timeout_minutes"), self.release.approval_timeout_minutes,
+                                    "this environment has no approval (requires_approval = false)",
+                                    "0, or requires_approval = true"))
         report(problems)
         return self
 

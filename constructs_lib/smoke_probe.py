@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from aws_cdk import CfnOutput, Duration, Stack
+from aws_cdk import ArnFormat, CfnOutput, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
@@ -112,6 +112,18 @@ class SmokeProbe(Construct):
                 resources=["*"],  # Describe* actions of Elastic Load Balancing support no resource-level permissions
             )
         )
+        if config.release.bake_minutes:
+            # The bake after the smoke tests reads this environment's alarm states (pipeline/smoke.py --bake-minutes).
+            alarms = stack.format_arn(service="cloudwatch", resource="alarm", resource_name=f"{config.qualifier}-*",
+                                      arn_format=ArnFormat.COLON_RESOURCE_NAME)
+            self.role.add_to_policy(
+                iam.PolicyStatement(sid="ReadAlarmStates", actions=["cloudwatch:DescribeAlarms"], resources=[alarms])
+            )
+            acknowledge(self.role, {
+                f"AwsSolutions-IAM5[Resource::{stack.resolve(alarms)}]": "The alarms of this environment (every one is "
+                f"named {config.qualifier}-<what>), whose states the bake reads; DescribeAlarms reads states and "
+                "settings, never changes them.",
+            })
 
         self.outputs = SmokeOutputs(
             function_name=CfnOutput(self, "FunctionName", value=self.function.function_name,

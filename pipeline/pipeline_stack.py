@@ -131,6 +131,7 @@ class PipelineStack(Stack):
         self._publishing_starts_no_builds()
         self._notifications_from_this_account_only()
         self._roll_back_production_on_failure(config)
+        self._release_gates(config)
         self._pipeline_logging_and_acknowledgments(config)
         self.pipeline.pipeline.notify_on(
             "NotifyOnFailure",
@@ -188,6 +189,31 @@ class PipelineStack(Stack):
         for environment in config.environments:
             if environment.is_production:
                 cfn.add_property_override(f"Stages.{names.index(environment.stage_id)}.OnFailure", {"Result": "ROLLBACK"})
+
+    def _release_gates(self, config: AppConfig) -> None:
+        """Per environment ([environments.release]): its stage is entered only inside the deployment window
+        (CodePipeline V2 `BeforeEntry` condition, DeploymentWindow rule, result FAIL: the release stops there), and
+        its approval waits `approval_timeout_minutes`. (The bake is the smoke step's: `_smoke_step`.)"""
+        cfn: codepipeline.CfnPipeline = self.pipeline.pipeline.node.default_child  # type: ignore[assignment]
+        stages = list(self.pipeline.pipeline.stages)
+        names = [stage.stage_name for stage in stages]
+        for environment in config.environments:
+            index = names.index(environment.stage_id)
+            gates = environment.release
+            if gates.deployment_window:
+                cfn.add_property_override(f"Stages.{index}.BeforeEntry", {"Conditions": [{
+                    "Result": "FAIL",
+                    "Rules": [{
+                        "Name": "DeploymentWindow",
+                        "RuleTypeId": {"Category": "Rule", "Owner": "AWS", "Provider": "DeploymentWindow", "Version": "1"},
+                        "Configuration": {"Cron": gates.deployment_window, "TimeZone": gates.time_zone},
+                    }],
+                }]})
+            if gates.approval_timeout_minutes:
+                actions = [action.action_properties.action_name for action in stages[index].actions]
+                position = actions.index(f"PromoteTo{environment.stage_id}")
+                cfn.add_property_override(f"Stages.{index}.Actions.{position}.TimeoutInMinutes",
+                                          gates.approval_timeout_minutes)
 
     def _pipeline_logging_and_acknowledgments(self, config: AppConfig) -> None:
         """The artifact bucket logs to a bucket of its own; the CDK Pipelines internals are acknowledged here, in one
@@ -351,9 +377,14 @@ class PipelineStack(Stack):
 
     def _smoke_step(self, stage: PlatformStage, source: pipelines.IFileSetProducer) -> pipelines.CodeBuildStep:
         """After the Stage's four stacks: assume the Stage's smoke role, run every HTTP check through the probe
-        Lambda inside the Stage's VPC and read the target health of every target group; JUnit to CodeBuild Reports."""
+        Lambda inside the Stage's VPC and read the target health of every target group; JUnit to CodeBuild Reports.
+        Then the bake ([environments.release] bake_minutes): the environment's alarms are watched that long, and one
+        that goes into ALARM fails the step, so the stage (production's rolls back; see _roll_back_production_on_failure).
+        The bake runs here rather than as a stage condition: the alarms live in the environment's account, where this
+        step already has a role, while a CloudWatchAlarm rule reads alarms of the pipeline's account."""
         smoke = stage.observability.outputs.smoke
         config = stage.config
+        bake = config.release.bake_minutes
         return pipelines.CodeBuildStep(
             f"SmokeTests{stage.stage_name}",
             input=source,
@@ -369,7 +400,11 @@ class PipelineStack(Stack):
                 ' --role-arn "$PROBE_ROLE_ARN" --function "$PROBE_FUNCTION" --check "$SMOKE_CHECKS"'
                 f' --target-group "$SMOKE_TARGET_GROUPS" --region {config.region}'
                 f" --deadline {SMOKE_DEADLINE_SECONDS} --junit reports/smoke.xml"
+                # The bake: once every check passed, the environment's alarms for `bake` minutes.
+                + (f" --bake-minutes {bake} --alarm-prefix {config.qualifier}" if bake else "")
             ],
+            # The checks' deadline, the bake, and room for the installs.
+            timeout=Duration.minutes(SMOKE_DEADLINE_SECONDS // 60 + bake + 15),
             build_environment=codebuild.BuildEnvironment(build_image=BUILD_IMAGE),
             partial_build_spec=codebuild.BuildSpec.from_object(yaml.safe_load((BUILDSPECS / "smoke.yml").read_text())),
             # Named, so that the environment's smoke-test role trusts exactly this role (smoke_step_role_name).

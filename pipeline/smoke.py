@@ -10,7 +10,11 @@ combinable in one run:
 - Via the probe Lambda: `--function NAME` runs the same HTTP checks inside the Stage's VPC (the pipeline's CodeBuild
   cannot reach an internal ALB in another account).
 - Target health: `--target-group ARN` passes when every registered target is healthy.
-`--role-arn` assumes a role first (the Stage's smoke role, trusted by the pipeline account).
+- Bake: `--bake-minutes N --alarm-prefix PREFIX`, once every other check has passed: the environment's alarms (names
+  `PREFIX-*`) are watched for N minutes; one that goes into ALARM in that time fails the run (in production the stage
+  then rolls back). An alarm already in ALARM when the bake starts is reported, not counted: it did not start now.
+`--role-arn` assumes a role first (the Stage's smoke role, trusted by the pipeline account; assumed again before its
+hour runs out while baking).
 
 Failing checks are retried until `--deadline`; the run never outlasts the deadline by more than a few seconds.
 One line per check; exit 0 only when all passed (1 otherwise, 2 for bad arguments). `--junit` writes one testcase
@@ -85,6 +89,47 @@ def run_via_function(client, function_name: str, checks: Sequence[Check], connec
         return [Outcome(check.name, "http", False, detail) for check in checks]
 
 
+BAKE_INTERVAL = 30.0  # seconds between two looks at the alarms (CloudWatch evaluates most alarms every minute)
+
+
+def _in_alarm(client, prefix: str) -> dict[str, str]:
+    """{alarm name: its reason} of every alarm `prefix-*` (metric and composite) now in ALARM."""
+    found: dict[str, str] = {}
+    for page in client.get_paginator("describe_alarms").paginate(
+        AlarmNamePrefix=f"{prefix}-", StateValue="ALARM", AlarmTypes=["MetricAlarm", "CompositeAlarm"]
+    ):
+        for alarm in page.get("MetricAlarms", []) + page.get("CompositeAlarms", []):
+            found[alarm["AlarmName"]] = alarm.get("StateReason", "")
+    return found
+
+
+def bake(client_factory, prefix: str, minutes: float, *, interval: float = BAKE_INTERVAL, sleep=time.sleep,
+         clock=time.monotonic) -> tuple[Outcome, list[str]]:
+    """Watch the environment's alarms for `minutes`. Fails at the first alarm that goes into ALARM while watching;
+    returns, besides, a note for each alarm that was in ALARM already when the watch began. `client_factory()` gives a
+    CloudWatch client (called again for every look, so that credentials can be renewed)."""
+    start = clock()
+    looks = 0
+    try:
+        before = _in_alarm(client_factory(), prefix)
+        notes = [f"already in ALARM when the bake began (not counted): {name}: {reason}" for name, reason in sorted(before.items())]
+        while True:
+            looks += 1
+            now = _in_alarm(client_factory(), prefix)
+            fired = sorted(set(now) - set(before))
+            if fired:
+                detail = "; ".join(f"{name}: {now[name]}" for name in fired)
+                return Outcome("bake", "bake", False, f"went into ALARM while baking: {detail}", looks, clock() - start), notes
+            before = {name: reason for name, reason in before.items() if name in now}  # one that recovers counts again
+            if clock() - start >= minutes * 60:
+                return Outcome("bake", "bake", True, f"no alarm of {prefix}-* went into ALARM in {minutes:g} min", looks,
+                               clock() - start), notes
+            sleep(min(interval, max(0.0, minutes * 60 - (clock() - start))))
+    except Exception as error:  # access denied, throttling: an outcome, not a traceback; the bake did not hold
+        return Outcome("bake", "bake", False, f"cannot read the alarms: {type(error).__name__}: {error}", looks,
+                       clock() - start), []
+
+
 def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "smoke") -> None:
     failures = sum(not o.ok for o in outcomes)
     root = ElementTree.Element("testsuites", name=suite, tests=str(len(outcomes)), failures=str(failures))
@@ -102,6 +147,9 @@ def write_junit(path: Path, outcomes: Sequence[Outcome], suite: str = "smoke") -
             failure.text = f"{outcome.detail} after {outcome.attempts} attempt(s)"
     path.parent.mkdir(parents=True, exist_ok=True)
     ElementTree.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+SESSION_RENEWAL_SECONDS = 40 * 60
 
 
 def _session(role_arn: str | None, region: str | None):
@@ -134,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="target group whose registered targets must all be healthy (repeatable)")
     parser.add_argument("--role-arn", help="assume this role first (AWS modes)")
     parser.add_argument("--region", help="AWS region (AWS modes; default: the environment's)")
+    parser.add_argument("--bake-minutes", type=float, default=0.0,
+                        help="after every check passed, watch the alarms PREFIX-* this long (0: no bake)")
+    parser.add_argument("--alarm-prefix", help="the environment's alarm name prefix (with --bake-minutes)")
     return parser
 
 
@@ -152,12 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         address = parse_address(args.connect) if args.connect and not args.function else None
         if args.ca_bundle and not Path(args.ca_bundle).is_file():
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+        if args.bake_minutes < 0 or (args.bake_minutes > 0 and not args.alarm_prefix):
+            raise UsageError("--bake-minutes must be >= 0, and a bake needs --alarm-prefix (the alarms to watch)")
     except UsageError as error:
         parser.error(str(error))
 
     outcomes: list[Outcome] = []
     session = None
-    if args.function or target_groups:
+    if args.function or target_groups or args.bake_minutes:
         try:
             session = _session(args.role_arn, args.region)
         except Exception as error:
@@ -175,6 +228,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for outcome in outcomes:
         print(outcome.line())
+    if args.bake_minutes and outcomes and all(o.ok for o in outcomes):
+        print(f"Baking: watching the alarms {args.alarm_prefix}-* for {args.bake_minutes:g} min", flush=True)
+        renewed = {"session": session, "at": time.monotonic()}
+
+        def cloudwatch():
+            if time.monotonic() - renewed["at"] > SESSION_RENEWAL_SECONDS:  # the role's session lasts an hour
+                renewed.update(session=_session(args.role_arn, args.region), at=time.monotonic())
+            return renewed["session"].client("cloudwatch")
+
+        outcome, notes = bake(cloudwatch, args.alarm_prefix, args.bake_minutes)
+        for note in notes:
+            print(f"NOTE {note}")
+        print(outcome.line())
+        outcomes.append(outcome)
     passed = sum(o.ok for o in outcomes)
     print(f"{passed}/{len(outcomes)} passed")
     if args.junit:

@@ -285,6 +285,30 @@ BAD_INPUTS = {
         'reason = "a parameter changed by hand during the incident of May"\n',
         ["production.allowed_drift[0].stack = 'Pipeline'", "not a layer of the platform"],
     ),
+    "deployment window not a cron expression": (
+        replace('deployment_window = "* * 8-16 ? * MON-THU *"', 'deployment_window = "0 8-16 * * MON-THU"'),
+        ["production.release.deployment_window = '0 8-16 * * MON-THU'", "not a deployment-window cron expression"],
+    ),
+    "deployment window with both day fields": (
+        replace('deployment_window = "* * 8-16 ? * MON-THU *"', 'deployment_window = "* * 8-16 1 * MON-THU *"'),
+        ["production.release.deployment_window", "day of month or day of week must be `?`"],
+    ),
+    "deployment window in an unknown time zone": (
+        replace('time_zone = "UTC"\napproval_timeout_minutes', 'time_zone = "Europe/Atlantis"\napproval_timeout_minutes'),
+        ["production.release.time_zone = 'Europe/Atlantis'", "not a time zone name of the IANA database"],
+    ),
+    "approval timeout without an approval": (
+        replace("bake_minutes = 10\n", "bake_minutes = 10\napproval_timeout_minutes = 60\n"),
+        ["staging.release.approval_timeout_minutes = 60", "this environment has no approval"],
+    ),
+    "approval timeout too short": (
+        replace("approval_timeout_minutes = 1440", "approval_timeout_minutes = 3"),
+        ["production.release.approval_timeout_minutes = 3", "shorter than CodePipeline's shortest approval timeout"],
+    ),
+    "bake longer than the smoke step can": (
+        replace("bake_minutes = 30", "bake_minutes = 600"),
+        ["production.release.bake_minutes = 600"],
+    ),
     "approval not a boolean": (
         replace("requires_approval = true", 'requires_approval = "yes"'),
         ["production.requires_approval = 'yes'", "expected true or false, got str"],

@@ -76,11 +76,12 @@ def test_smoke_role_trusts_only_the_pipelines_smoke_step_of_its_environment(obse
         "ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{pipeline_account}:role/coder-pipeline-smoke-{env_config.name}"}}
 
 
-def test_smoke_role_may_only_invoke_the_probe_and_read_target_health(observability):
+def test_smoke_role_may_only_invoke_the_probe_and_read_target_health(observability, env_config):
+    """And, where the environment bakes, read its alarms' states (tests/test_release_gates.py)."""
     role_id = observability.logical_id("/Observability/SmokeProbe/Role/Resource")
     (policy,) = [p for p in observability.props("AWS::IAM::Policy") if p["Roles"] == [{"Ref": role_id}]]
     statements = {s["Sid"]: s for s in policy["PolicyDocument"]["Statement"]}
-    assert set(statements) == {"InvokeProbe", "ReadTargetHealth"}
+    assert set(statements) == {"InvokeProbe", "ReadTargetHealth", *(["ReadAlarmStates"] if env_config.release.bake_minutes else [])}
     assert statements["InvokeProbe"]["Action"] == "lambda:InvokeFunction"
     assert statements["InvokeProbe"]["Resource"] == {
         "Fn::GetAtt": [observability.logical_id("/Observability/SmokeProbe/Function/Resource"), "Arn"]}
