@@ -33,7 +33,7 @@ BASE_PIP := $(shell $(BASE_PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, 
 new_venv = $(BASE_PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
 pip_in = $(if $(BASE_PIP),$(BASE_PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 
-.PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint lock schema clean
+.PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint lock schema execution-policies clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -151,6 +151,9 @@ test: ## ruff, then the whole test suite on every core (real CDK synths, cfn-lin
 # requirements.txt: every file PyPI has for each pinned release, by hash (pipeline/locks.py; needs PyPI).
 lock: ## Rewrite the hash-pinned locks from requirements.txt and constraints.txt (needs PyPI)
 	$(BASE_PYTHON) -m pipeline.locks
+
+execution-policies: synth $(DEV_STAMP) ## Rewrite pipeline/execution-policies/ (CloudFormation's execution role) from the synthesized stacks
+	python -m pipeline.execution_policy --assembly $(OUT)
 
 schema: setup ## Regenerate config/environments.schema.json from the config model (config/model.py)
 	python -m config.schema

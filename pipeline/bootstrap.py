@@ -4,26 +4,36 @@ then the connection hand-shake and the first deploy.
     python -m pipeline.bootstrap [--config FILE]                         # print the steps; needs no credentials
     python -m pipeline.bootstrap --apply --profile pipeline=tools --profile staging=stg --profile production=prd
 
-With `--apply` it runs the bootstrap commands with the given AWS CLI profiles (keys: `pipeline`, an environment's
-name, or an account id), in order, and stops at the first failure with its reason. `cdk bootstrap` changes nothing on
-an account that is already bootstrapped the same way, so running it again is safe.
+CloudFormation's execution role gets the least-privilege policies of pipeline/execution-policies/ (derived from the
+synthesized stacks: python -m pipeline.execution_policy), created in each account as customer managed policies
+`<project>-cdk-execution-<set>-<n>`, never AdministratorAccess.
+
+With `--apply` it creates or updates those policies (a new default version when a document changed) and runs the
+bootstrap commands with the given AWS CLI profiles (keys: `pipeline`, an environment's name, or an account id), in
+order, and stops at the first failure with its reason. `cdk bootstrap` changes nothing on an account that is already
+bootstrapped the same way, so running it again is safe; run it again after a release adds a resource type (the
+policies' files change with it).
 Exit status: 0 done; 1 a command failed; 2 bad input (config, a missing profile), one line, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.loader import ConfigError, load_config
 from config.model import AppConfig
+from pipeline.execution_policy import DIRECTORY as POLICY_DIRECTORY
+from pipeline.execution_policy import PolicyError, policy_names
 
 QUALIFIER = "hnb659fds"  # the CDK bootstrap's default qualifier (the pipeline's roles name it)
-EXECUTION_POLICY = "arn:aws:iam::aws:policy/AdministratorAccess"
+ADMINISTRATOR_ACCESS = "arn:aws:iam::aws:policy/AdministratorAccess"
 
 
 @dataclass(frozen=True)
@@ -32,10 +42,14 @@ class Target:
     account: str
     region: str
     trust: str | None  # the pipeline account, for the environments
+    policies: tuple[str, ...] = ()  # the execution role's customer managed policies (names)
+
+    def policy_arns(self) -> list[str]:
+        return [f"arn:aws:iam::{self.account}:policy/{name}" for name in self.policies]
 
     def command(self, profile: str | None = None) -> list[str]:
         command = ["npx", "cdk", "bootstrap", f"aws://{self.account}/{self.region}", "--qualifier", QUALIFIER,
-                   "--cloudformation-execution-policies", EXECUTION_POLICY]
+                   "--cloudformation-execution-policies", ",".join(self.policy_arns())]
         if self.trust:
             command += ["--trust", self.trust, "--trust-for-lookup", self.trust]
         if profile:
@@ -44,16 +58,61 @@ class Target:
 
 
 def targets(config: AppConfig) -> list[Target]:
-    """The pipeline account, then each environment's account and region once, in promotion order."""
-    found = [Target("pipeline", config.pipeline.account, config.pipeline.region, None)]
+    """The pipeline account, then each environment's account and region once, in promotion order. An account and region
+    that hosts both the pipeline and an environment is bootstrapped once, with both policy sets and the trust."""
+    project = config.project.name
+    pipeline_policies, platform_policies = (tuple(policy_names(project, kind)) for kind in ("pipeline", "platform"))
+    found = [Target("pipeline", config.pipeline.account, config.pipeline.region, None, pipeline_policies)]
     for environment in config.environments:
-        same = [t for t in found[1:] if (t.account, t.region) == (environment.account, environment.region)]
+        same = [t for t in found if (t.account, t.region) == (environment.account, environment.region)]
         if same:
-            found[found.index(same[0])] = Target(f"{same[0].key}+{environment.name}", same[0].account, same[0].region,
-                                                 same[0].trust)
+            target = same[0]
+            policies = tuple(dict.fromkeys((*target.policies, *platform_policies)))
+            found[found.index(target)] = Target(f"{target.key}+{environment.name}", target.account, target.region,
+                                                config.pipeline.account, policies)
         else:
-            found.append(Target(environment.name, environment.account, environment.region, config.pipeline.account))
+            found.append(Target(environment.name, environment.account, environment.region, config.pipeline.account,
+                                platform_policies))
     return found
+
+
+def policy_document(name: str) -> str:
+    """The committed document of a policy `<project>-cdk-execution-<set>-<n>`."""
+    kind, number = name.rsplit("-", 2)[-2:]
+    return (POLICY_DIRECTORY / f"{kind}-{number}.json").read_text()
+
+
+def create_policy_command(target: Target, name: str) -> str:
+    kind, number = name.rsplit("-", 2)[-2:]
+    path = (POLICY_DIRECTORY / f"{kind}-{number}.json").relative_to(POLICY_DIRECTORY.parents[1])
+    return f"aws iam create-policy --policy-name {name} --policy-document file://{path}"
+
+
+def ensure_policies(iam, target: Target) -> list[str]:
+    """Create each execution policy of `target`, or give it a new default version when its document changed (IAM keeps
+    five versions: the oldest other one goes first). Returns what it did, one line each."""
+    done = []
+    for name, arn in zip(target.policies, target.policy_arns(), strict=True):
+        document = policy_document(name)
+        try:
+            policy = iam.get_policy(PolicyArn=arn)["Policy"]
+        except iam.exceptions.NoSuchEntityException:
+            iam.create_policy(PolicyName=name, PolicyDocument=document,
+                              Description="CloudFormation execution role: the actions the platform's resource types need")
+            done.append(f"created {name}")
+            continue
+        current = iam.get_policy_version(PolicyArn=arn, VersionId=policy["DefaultVersionId"])["PolicyVersion"]["Document"]
+        current = json.loads(urllib.parse.unquote(current)) if isinstance(current, str) else current
+        if current == json.loads(document):
+            done.append(f"{name} is current")
+            continue
+        versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
+        if len(versions) >= 5:
+            oldest = min((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])
+            iam.delete_policy_version(PolicyArn=arn, VersionId=oldest["VersionId"])
+        iam.create_policy_version(PolicyArn=arn, PolicyDocument=document, SetAsDefault=True)
+        done.append(f"updated {name}")
+    return done
 
 
 def plan(config: AppConfig, stack_name: str) -> list[str]:
@@ -61,7 +120,10 @@ def plan(config: AppConfig, stack_name: str) -> list[str]:
     for number, target in enumerate(targets(config), start=1):
         what = "the pipeline (tools) account" if target.key == "pipeline" else (
             f"{target.key}: trusts the pipeline account to deploy and to look up")
-        lines += [f"{number}. Bootstrap {what}:", f"   {' '.join(target.command())}"]
+        lines += [f"{number}. Bootstrap {what}: CloudFormation's execution policies (least privilege, "
+                  "pipeline/execution-policies/; `--apply` updates them when they exist), then the bootstrap:"]
+        lines += [f"   {create_policy_command(target, name)}" for name in target.policies]
+        lines.append(f"   {' '.join(target.command())}")
     step = len(targets(config)) + 1
     lines += [
         f"{step}. Finish the CodeConnections hand-shake in the pipeline account's console (Developer Tools > Settings >"
@@ -94,9 +156,23 @@ def profile_for(target: Target, profiles: dict[str, str]) -> str:
     raise ValueError(f"no --profile for {target.key} ({target.account}): give --profile {target.key.split('+')[0]}=PROFILE")
 
 
-def apply(config: AppConfig, profiles: dict[str, str], run=subprocess.run) -> int:
+def apply(config: AppConfig, profiles: dict[str, str], run=subprocess.run, iam_client=None) -> int:
+    """`iam_client(profile)`: an IAM client of that profile's account (boto3 by default)."""
+    if iam_client is None:
+        import boto3
+
+        def iam_client(profile: str):
+            return boto3.session.Session(profile_name=profile).client("iam")
+
     commands = [(target, target.command(profile_for(target, profiles))) for target in targets(config)]
     for target, command in commands:
+        try:
+            for line in ensure_policies(iam_client(profile_for(target, profiles)), target):
+                print(f"  {line}", flush=True)
+        except Exception as error:
+            print(f"error: the execution policies of {target.key} ({target.account}) could not be put: "
+                  f"{type(error).__name__}: {error}", file=sys.stderr)
+            return 1
         print(f"$ {' '.join(command)}", flush=True)
         result = run(command)
         if result.returncode != 0:
@@ -107,7 +183,7 @@ def apply(config: AppConfig, profiles: dict[str, str], run=subprocess.run) -> in
     return 0
 
 
-def main(argv: Sequence[str] | None = None, run=subprocess.run) -> int:
+def main(argv: Sequence[str] | None = None, run=subprocess.run, iam_client=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bootstrap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="the environments file (default config/environments.toml)")
     parser.add_argument("--apply", action="store_true", help="run the bootstrap commands")
@@ -123,13 +199,13 @@ def main(argv: Sequence[str] | None = None, run=subprocess.run) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except ValueError as error:
+    except (ValueError, PolicyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not args.apply:
         print("\n".join(plan(config, f"{config.project.name.capitalize()}Pipeline")))
         return 0
-    return apply(config, profiles, run)
+    return apply(config, profiles, run, iam_client)
 
 
 if __name__ == "__main__":

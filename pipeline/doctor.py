@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from config.loader import ConfigError, load_config
 from config.model import AppConfig
-from pipeline.bootstrap import QUALIFIER, Target, targets
+from pipeline.bootstrap import ADMINISTRATOR_ACCESS, QUALIFIER, Target, policy_document, targets
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
 MINIMUM_BOOTSTRAP_VERSION = 6  # what CDK Pipelines' cross-account deploy roles need, when no assembly says more
@@ -83,6 +84,7 @@ class Doctor:
             return checks + self._example_values()
         all_targets = targets(self.config)
         checks.append(self._pipeline_bootstrap(all_targets[0]))
+        checks.append(self._execution_policies(self.session, all_targets[0], "pipeline account"))
         environment_sessions = {}
         for target in all_targets[1:]:
             found, session = self._environment_bootstrap(target)
@@ -126,6 +128,41 @@ class Doctor:
         return version if version.status == FAIL else Check(PASS, "pipeline account bootstrapped",
                                                             f"CDKToolkit {stack['StackStatus']}, {version.found}")
 
+    def _execution_policies(self, session, target: Target, where: str) -> Check:
+        """CloudFormation's execution role: the least-privilege policies of pipeline/execution-policies/, current; a
+        warning for AdministratorAccess (an older bootstrap) or for policies out of date (a new resource type)."""
+        name = f"{where} execution policies"
+        fix = f"make bootstrap ARGS=\"--apply --profile {target.key.split('+')[0]}=<profile>\" (or: {' '.join(target.command())})"
+        try:
+            (stack,) = session.client("cloudformation", region_name=target.region).describe_stacks(
+                StackName="CDKToolkit")["Stacks"]
+        except Exception as error:
+            return Check(WARN, name, f"CDKToolkit not readable ({_error_code(error)})", fix)
+        parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+        attached = [arn for arn in parameters.get("CloudFormationExecutionPolicies", "").split(",") if arn]
+        if ADMINISTRATOR_ACCESS in attached:
+            return Check(WARN, name, "CloudFormation's execution role has AdministratorAccess: a deploy may do anything "
+                         "in this account", fix)
+        missing = [arn for arn in target.policy_arns() if arn not in attached]
+        if missing:
+            return Check(WARN, name, f"the bootstrap does not attach {', '.join(missing)}", fix)
+        iam = session.client("iam", region_name=target.region)
+        stale = []
+        for policy, arn in zip(target.policies, target.policy_arns(), strict=True):
+            try:
+                default = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+                document = iam.get_policy_version(PolicyArn=arn, VersionId=default)["PolicyVersion"]["Document"]
+            except Exception as error:
+                stale.append(f"{policy} ({_error_code(error)})")
+                continue
+            document = json.loads(urllib.parse.unquote(document)) if isinstance(document, str) else document
+            if document != json.loads(policy_document(policy)):
+                stale.append(policy)
+        if stale:
+            return Check(WARN, name, f"out of date with pipeline/execution-policies/: {', '.join(stale)} (a release "
+                         "with a new resource type would fail to deploy)", fix)
+        return Check(PASS, name, f"{len(attached)} least-privilege policies, current")
+
     def _role(self, kind: str, target: Target) -> str:
         return f"arn:aws:iam::{target.account}:role/cdk-{QUALIFIER}-{kind}-role-{target.account}-{target.region}"
 
@@ -142,7 +179,7 @@ class Doctor:
         session = self.make_session(aws_access_key_id=credentials["AccessKeyId"],
                                     aws_secret_access_key=credentials["SecretAccessKey"],
                                     aws_session_token=credentials["SessionToken"], region_name=target.region)
-        checks = [self._version(session, target, where)]
+        checks = [self._version(session, target, where), self._execution_policies(session, target, where)]
         iam = session.client("iam", region_name=target.region)
         pipeline = self.config.pipeline.account
         for kind in ("lookup", "deploy", "file-publishing"):

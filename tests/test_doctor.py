@@ -75,12 +75,28 @@ def stubbed(session_maker, connection_status="AVAILABLE", execution_status=None)
     return factory
 
 
-def bootstrap_account(session, trusted: str | None, version: str = "21", qualifier: str = "hnb659fds") -> None:
-    """What `cdk bootstrap` leaves: the CDKToolkit stack, the version parameter and (with trust) the roles."""
-    session.client("cloudformation").create_stack(StackName="CDKToolkit", TemplateBody=json.dumps(
-        {"Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}}))
-    session.client("ssm").put_parameter(Name=f"/cdk-bootstrap/{qualifier}/version", Value=version, Type="String")
+def bootstrap_account(session, trusted: str | None, version: str = "21", qualifier: str = "hnb659fds",
+                      execution: str = "least-privilege") -> None:
+    """What `cdk bootstrap` leaves: the CDKToolkit stack (its execution-policies parameter), the version parameter and
+    (with trust) the roles; and the execution policies `make bootstrap --apply` puts ("least-privilege"), or none and
+    AdministratorAccess ("administrator", an older bootstrap)."""
     account = session.client("sts").get_caller_identity()["Account"]
+    kinds = ("pipeline",) if trusted is None else ("platform",)
+    names = [name for kind in kinds for name in __import__("pipeline.execution_policy").execution_policy.policy_names(
+        "coder", kind)]
+    if execution == "least-privilege":
+        for name in names:
+            session.client("iam").create_policy(PolicyName=name, PolicyDocument=bootstrap.policy_document(name))
+        attached = ",".join(f"arn:aws:iam::{account}:policy/{name}" for name in names)
+    else:
+        attached = bootstrap.ADMINISTRATOR_ACCESS
+    session.client("cloudformation").create_stack(StackName="CDKToolkit", TemplateBody=json.dumps(
+        # CDK's template declares a CommaDelimitedList, which CloudFormation shows comma-joined; moto would show the
+        # Python list's repr, so the stand-in is a String with the same text.
+        {"Parameters": {"CloudFormationExecutionPolicies": {"Type": "String", "Default": ""}},
+         "Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}}),
+        Parameters=[{"ParameterKey": "CloudFormationExecutionPolicies", "ParameterValue": attached}])
+    session.client("ssm").put_parameter(Name=f"/cdk-bootstrap/{qualifier}/version", Value=version, Type="String")
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
         "AWS": f"arn:aws:iam::{trusted or account}:root"}}]}
     for kind in ("lookup", "deploy", "file-publishing"):
@@ -118,7 +134,30 @@ def test_a_fully_bootstrapped_set_up_passes(aws, capsys):
         for kind in ("lookup", "deploy", "file-publishing"):
             assert f"PASS {where} {kind} role: trusts the pipeline account {PIPELINE}" in out
         assert f"PASS {where} bootstrap version: 21 (>= 6)" in out
+        assert f"PASS {where} execution policies: 3 least-privilege policies, current" in out
+    assert "PASS pipeline account execution policies: 1 least-privilege policies, current" in out
     assert "PASS source connection: AVAILABLE" in out and "PASS example values: none left in the config" in out
+
+
+def test_administrator_access_and_out_of_date_execution_policies_are_warned_with_the_fix(aws, capsys):
+    account, config = aws
+    bootstrap_account(account(PIPELINE), None, execution="administrator")
+    bootstrap_account(account(STAGING), PIPELINE)
+    bootstrap_account(account(PRODUCTION), PIPELINE)
+    # A release added a resource type since production's policies were put: its committed document grew.
+    stale = f"arn:aws:iam::{PRODUCTION}:policy/coder-cdk-execution-platform-2"
+    older = json.loads(bootstrap.policy_document("coder-cdk-execution-platform-2"))
+    older["Statement"][0]["Action"] = older["Statement"][0]["Action"][1:]
+    iam = account(PRODUCTION).client("iam")
+    iam.create_policy_version(PolicyArn=stale, PolicyDocument=json.dumps(older), SetAsDefault=True)
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert code == 0, out  # warnings: the set-up works, but wider or older than it should be
+    assert ("WARN pipeline account execution policies: CloudFormation's execution role has AdministratorAccess: a deploy "
+            "may do anything in this account") in out
+    assert f"--cloudformation-execution-policies arn:aws:iam::{PIPELINE}:policy/coder-cdk-execution-pipeline-1" in out
+    assert (f"WARN production ({PRODUCTION}/us-west-2) execution policies: out of date with pipeline/execution-policies/: "
+            "coder-cdk-execution-platform-2") in out
+    assert f"PASS staging ({STAGING}/us-west-2) execution policies" in out
 
 
 def test_a_role_without_trust_and_an_old_version_fail(aws, capsys):
@@ -180,13 +219,20 @@ def test_no_credentials_exit_2_without_traceback(tmp_path):
 def test_bootstrap_prints_every_step_in_order_for_the_default_config(capsys):
     assert bootstrap.main([]) == 0
     out = capsys.readouterr().out
-    pipeline = "npx cdk bootstrap aws://111111111111/us-west-2 --qualifier hnb659fds"
+    assert "AdministratorAccess" not in out
+    pipeline = ("npx cdk bootstrap aws://111111111111/us-west-2 --qualifier hnb659fds --cloudformation-execution-policies "
+                "arn:aws:iam::111111111111:policy/coder-cdk-execution-pipeline-1")
+    platform = ",".join(f"arn:aws:iam::222222222222:policy/coder-cdk-execution-platform-{n}" for n in (1, 2, 3))
     staging = ("npx cdk bootstrap aws://222222222222/us-west-2 --qualifier hnb659fds --cloudformation-execution-policies "
-               "arn:aws:iam::aws:policy/AdministratorAccess --trust 111111111111 --trust-for-lookup 111111111111")
+               f"{platform} --trust 111111111111 --trust-for-lookup 111111111111")
     production = staging.replace("222222222222", "333333333333")
-    steps = [pipeline, staging, production, "Update pending connection", "make doctor", "npx cdk deploy CoderPipeline"]
-    positions = [out.index(step) for step in steps]
-    assert positions == sorted(positions)
+    create = ("aws iam create-policy --policy-name coder-cdk-execution-platform-1 "
+              "--policy-document file://pipeline/execution-policies/platform-1.json")
+    steps = [pipeline, create, staging, create, production, "Update pending connection", "make doctor",
+             "npx cdk deploy CoderPipeline"]
+    position = 0
+    for step in steps:  # each after the one before it
+        position = out.index(step, position) + len(step)
     assert "--trust" not in out.splitlines()[out.splitlines().index(next(line for line in out.splitlines()
                                                                           if pipeline in line))]
 
@@ -211,7 +257,7 @@ def test_bootstrap_apply_runs_with_profiles_and_stops_at_the_first_failure(capsy
         return Result(1 if "aws://222222222222/us-west-2" in command else 0)
 
     code = bootstrap.main(["--apply", "--profile", "pipeline=tools", "--profile", "staging=stg",
-                           "--profile", "333333333333=prd"], run=run)
+                           "--profile", "333333333333=prd"], run=run, iam_client=lambda _profile: FakeIam())
     assert code == 1
     assert [c[-1] for c in calls] == ["tools", "stg"]  # production never ran
     assert "bootstrapping staging (222222222222/us-west-2) failed" in capsys.readouterr().err
@@ -221,3 +267,67 @@ def test_bootstrap_apply_refuses_a_missing_profile_before_running_anything(capsy
     calls = []
     assert bootstrap.main(["--apply", "--profile", "pipeline=tools"], run=calls.append) == 2
     assert calls == [] and "no --profile for staging" in capsys.readouterr().err
+
+
+class FakeIam:
+    """IAM's customer managed policies of one account, as the bootstrap uses them (create, read, version)."""
+
+    class exceptions:  # noqa: N801 - botocore's naming
+        class NoSuchEntityException(Exception):
+            pass
+
+    def __init__(self) -> None:
+        self.policies: dict[str, list[dict]] = {}
+
+    def get_policy(self, PolicyArn):  # noqa: N803 - botocore's naming
+        if PolicyArn not in self.policies:
+            raise self.exceptions.NoSuchEntityException(PolicyArn)
+        (default,) = [v for v in self.policies[PolicyArn] if v["IsDefaultVersion"]]
+        return {"Policy": {"DefaultVersionId": default["VersionId"]}}
+
+    def create_policy(self, PolicyName, PolicyDocument, Description):  # noqa: N803
+        self.policies[f"arn:aws:iam::222222222222:policy/{PolicyName}"] = [
+            {"VersionId": "v1", "IsDefaultVersion": True, "Document": PolicyDocument, "CreateDate": 1}]
+
+    def get_policy_version(self, PolicyArn, VersionId):  # noqa: N803
+        (version,) = [v for v in self.policies[PolicyArn] if v["VersionId"] == VersionId]
+        return {"PolicyVersion": {"Document": json.loads(version["Document"])}}
+
+    def list_policy_versions(self, PolicyArn):  # noqa: N803
+        return {"Versions": self.policies[PolicyArn]}
+
+    def delete_policy_version(self, PolicyArn, VersionId):  # noqa: N803
+        self.policies[PolicyArn] = [v for v in self.policies[PolicyArn] if v["VersionId"] != VersionId]
+
+    def create_policy_version(self, PolicyArn, PolicyDocument, SetAsDefault):  # noqa: N803
+        versions = self.policies[PolicyArn]
+        for version in versions:
+            version["IsDefaultVersion"] = False
+        number = max(int(v["VersionId"][1:]) for v in versions) + 1
+        versions.append({"VersionId": f"v{number}", "IsDefaultVersion": SetAsDefault, "Document": PolicyDocument,
+                         "CreateDate": number})
+
+
+def test_bootstrap_apply_creates_the_execution_policies_then_keeps_them_current(monkeypatch, tmp_path, capsys):
+    staging = bootstrap.targets(bootstrap.load_config(None))[1]
+    iam = FakeIam()
+    assert bootstrap.ensure_policies(iam, staging) == [f"created coder-cdk-execution-platform-{n}" for n in (1, 2, 3)]
+    assert bootstrap.ensure_policies(iam, staging) == [f"coder-cdk-execution-platform-{n} is current" for n in (1, 2, 3)]
+    # A new resource type changed platform-2's committed document: it gets a new default version, IAM's five kept.
+    directory = tmp_path / "execution-policies"
+    directory.mkdir()
+    for path in bootstrap.POLICY_DIRECTORY.glob("*.json"):
+        (directory / path.name).write_text(path.read_text())
+    grown = json.loads((directory / "platform-2.json").read_text())
+    grown["Statement"][0]["Action"].append("ecs:PutClusterCapacityProviders")
+    (directory / "platform-2.json").write_text(json.dumps(grown))
+    monkeypatch.setattr(bootstrap, "POLICY_DIRECTORY", directory)
+    arn = "arn:aws:iam::222222222222:policy/coder-cdk-execution-platform-2"
+    for number in range(2, 6):  # four older versions besides the first: IAM holds five at most
+        iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps({"v": number}), SetAsDefault=False)
+    iam.policies[arn][0]["IsDefaultVersion"] = True
+    assert bootstrap.ensure_policies(iam, staging)[1] == "updated coder-cdk-execution-platform-2"
+    versions = iam.policies[arn]
+    assert len(versions) == 5 and "v2" not in [v["VersionId"] for v in versions]  # the oldest non-default went
+    (default,) = [v for v in versions if v["IsDefaultVersion"]]
+    assert json.loads(default["Document"]) == grown
