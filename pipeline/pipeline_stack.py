@@ -9,9 +9,10 @@ from pathlib import Path
 
 import jsii
 import yaml
-from aws_cdk import Annotations, Duration, Environment, IAnyProducer, IResolveContext, Lazy, Stack, pipelines
+from aws_cdk import Annotations, Duration, Environment, IAnyProducer, IResolveContext, Lazy, RemovalPolicy, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
+from aws_cdk import aws_codepipeline_actions as codepipeline_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
@@ -23,6 +24,7 @@ from config.markers import EXAMPLE_VALUE
 from config.model import AppConfig, EnvironmentConfig
 from constructs_lib.compliance import acknowledge, wildcard_findings
 from constructs_lib.log_bucket import log_bucket
+from constructs_lib.python_lambda import python_code, python_function
 from constructs_lib.secure_bucket import SecureBucket
 from constructs_lib.smoke_probe import smoke_role_arn, smoke_step_role_name
 from stages.platform_stage import PlatformStage
@@ -128,6 +130,7 @@ class PipelineStack(Stack):
             previous = environment
 
         self.pipeline.build_pipeline()
+        self._pipeline_guard(config)
         self._publishing_starts_no_builds()
         self._notifications_from_this_account_only()
         self._roll_back_production_on_failure(config)
@@ -154,6 +157,57 @@ class PipelineStack(Stack):
             notification_topic=self.notifications,
             review_url=self._report_url(self._review_project_name(environment.stage_id), "changes"),
         )
+
+    def _pipeline_guard(self, config: AppConfig) -> None:
+        """Between Synth and UpdatePipeline: a Lambda action compares the pipeline template this release synthesized
+        with the deployed pipeline stack and fails when the release widens what the pipeline may do (a statement,
+        trust or managed policy added, a new role or step, an approval or gate removed, the guard itself changed),
+        unless the template carries an allowance for exactly that widening ([[pipeline.allowed_widening]], by
+        fingerprint, with a reason). Self-mutation deploys the pipeline before any approval: without the guard, a
+        commit could remove the approval itself. The guard's code is the deployed release's, never the commit's."""
+        self.template_options.metadata = {"PipelineGuard": {"AllowedWidening": [
+            {"fingerprint": allowed.fingerprint, "reason": allowed.reason} for allowed in config.pipeline.allowed_widening]}}
+        logs_key = kms.Key(
+            self, "PipelineLogsKey", alias=f"alias/{config.project.name}-pipeline-logs", enable_key_rotation=True,
+            description=f"{config.project.name}: encrypts the pipeline's own log groups", removal_policy=RemovalPolicy.RETAIN,
+        )
+        logs_key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchLogsOfThisAccount",
+            principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
+            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+            resources=["*"],
+            conditions={"ArnLike": {
+                "kms:EncryptionContext:aws:logs:arn": f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:*"}},
+        ))
+        function = python_function(
+            self, "PipelineGuard", code=python_code("pipeline_guard"), handler="index.handler",
+            timeout=Duration.minutes(5),
+            description=f"{config.project.name}: stops a release that widens what the pipeline may do (before UpdatePipeline)",
+            logs_key=logs_key, log_group_id="PipelineGuardLogs", invoked_by="the pipeline's PipelineGuard action",
+            why_outside_vpc="It reads the synth artifact from S3 and the pipeline stack's template; no VPC resource.",
+            environment={"STACK_NAME": self.stack_name, "TEMPLATE_FILE": self.template_file},
+        )
+        function.add_to_role_policy(iam.PolicyStatement(
+            sid="ReadThePipelineStack", actions=["cloudformation:GetTemplate"],
+            resources=[self.format_arn(service="cloudformation", resource="stack", resource_name=f"{self.stack_name}/*")],
+        ))
+        guard_ids = [self.get_logical_id(function.node.default_child), self.get_logical_id(function.role.node.default_child)]
+        policy = function.role.node.try_find_child("DefaultPolicy")
+        if policy is not None:
+            guard_ids.append(self.get_logical_id(policy.node.default_child))
+        function.add_environment("GUARD_LOGICAL_IDS", ",".join(guard_ids))
+        build = next(stage for stage in self.pipeline.pipeline.stages if stage.stage_name == "Build")
+        (synth_output,) = build.actions[0].action_properties.outputs
+        build.add_action(codepipeline_actions.LambdaInvokeAction(
+            action_name="PipelineGuard", lambda_=function, inputs=[synth_output], run_order=2))
+        self.guard = function
+        acknowledge(function, {"IAMNoInlinePolicy": "The guard's role has one policy of its own (its stack's template, "
+                               "the job results), owned by that role alone and gone with it."})
+        if policy is not None:
+            cfn = policy.node.default_child
+            document = self.resolve(cfn.policy_document)
+            acknowledge(cfn, {f"AwsSolutions-IAM5[{finding}]": _pipeline_wildcard_reason(finding, document)
+                              for finding in wildcard_findings(document)})
 
     def _publishing_starts_no_builds(self) -> None:
         """CDK Pipelines gives its asset publishing role (the service role of every Assets build) CodeBuild's build
@@ -426,6 +480,10 @@ _PIPELINE_WILDCARDS = (
      "CDK Pipelines' own grant on the artifact bucket's KMS key, which encrypts artifacts shared across accounts."),
     (r"^Resource::arn:[^:]+:(logs|codebuild):[^:]+:\d+:(log-group:/aws/codebuild/|report-group/)",
      "CodeBuild's own log groups and report groups, named after each project."),
+    (r"^Resource::arn:[^:]+:cloudformation:[^:]+:\d+:stack/[A-Z][A-Za-z0-9]*Pipeline/\*$",
+     "The pipeline guard reads the template of the pipeline's own stack (every stack id of that name)."),
+    (r"^Resource::<PipelineGuard[0-9A-F]+\.Arn>:\*$",
+     "CDK's grant to invoke the pipeline guard: its versions and aliases, of that one function only."),
     (r"^Resource::arn:\*:iam::\d+:role/\*$",
      "Self-mutation assumes the CDK bootstrap roles (cdk-<qualifier>-*) of the pipeline's accounts; bootstrap "
      "fixes their names and their trust."),
@@ -438,6 +496,12 @@ _UNSCOPED_ACTIONS = {
     "outputs of the stacks it deploys, the bootstrap stack's included. It describes, it changes nothing.",
     "s3:ListBucket": "CDK Pipelines' grant to self-mutation, for the CDK CLI's checks of the bootstrap buckets "
     "(without it S3 answers a missing object with 403, not 404). It lists object keys and reads no object.",
+    "lambda:ListFunctions": "CDK's grant to the pipeline guard's action role (CodePipeline lists functions before it "
+    "invokes one); it lists names and settings, never code or secrets. The invocation is scoped to the guard.",
+    "codepipeline:PutJobSuccessResult": "The pipeline guard reports its decision on the job CodePipeline gave it; job "
+    "results have no resource-level permissions.",
+    "codepipeline:PutJobFailureResult": "The pipeline guard reports its decision on the job CodePipeline gave it; job "
+    "results have no resource-level permissions.",
 }
 
 # CodeBuild's build control: for the pipeline's action role only, on its own projects (_publishing_starts_no_builds).

@@ -51,7 +51,7 @@ def test_source_is_the_configured_connection_on_main(stages, app_config):
 
 
 def test_synth_runs_make_synth_on_node_22(pipeline, stages):
-    (synth,) = stages["Build"]
+    synth, _guard = sorted(stages["Build"], key=lambda a: a["RunOrder"])  # then the pipeline guard (test_pipeline_guard)
     project_id = synth["Configuration"]["ProjectName"]["Ref"]
     project = pipeline.resources[project_id]["Properties"]
     spec = json.loads(project["Source"]["BuildSpec"])
@@ -137,7 +137,7 @@ def test_production_waits_for_manual_approval(stages):
 
 def test_artifacts_encrypted_with_a_rotated_cross_account_key(pipeline):
     keys = pipeline.props("AWS::KMS::Key")
-    assert len(keys) == 2 and all(k["EnableKeyRotation"] is True for k in keys)  # artifacts, notifications
+    assert len(keys) == 3 and all(k["EnableKeyRotation"] is True for k in keys)  # artifacts, notifications, guard logs
     bucket = pipeline.resources[pipeline.logical_id("/Pipeline/Pipeline/ArtifactsBucket/Resource")]["Properties"]
     rule = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert rule["SSEAlgorithm"] == "aws:kms"
