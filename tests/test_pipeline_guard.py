@@ -94,7 +94,7 @@ def _edits():
         "statement": (statement, '"Action":"iam:*"'),
         "trust": (trust, "AssumeRolePolicyDocument"),
         "approval": (approval, "approval removed: Production/PromoteToProduction"),
-        "gate": (gate, "gate changed or removed: stage Production"),
+        "gate": (gate, "gate changed or removed: stage Production BeforeEntry"),
         "guard code": (guard_code, "the pipeline guard changes: PipelineGuard"),
         "guard action": (guard_action, "the pipeline guard changes: action Build/PipelineGuard"),
         "new step": (new_step, "new action Build/Extra (Build)"),
@@ -118,6 +118,13 @@ def test_narrowing_passes(deployed):
     new = copy.deepcopy(deployed)
     _role_policy(new, "ReviewProduction")["Statement"].pop()
     assert widening.decide(deployed, new, _guard_ids(deployed))[0] is True
+
+
+def test_a_gate_added_is_no_widening(deployed):
+    older = copy.deepcopy(deployed)
+    for stage in _stages(older):
+        stage.pop("BeforeEntry", None)  # deployed before production had its window; its rollback stays
+    assert widening.decide(older, copy.deepcopy(deployed), _guard_ids(deployed))[0] is True
 
 
 def test_an_allowance_for_exactly_that_widening_lets_it_through(deployed):

@@ -43,14 +43,15 @@ def _actions(template: dict) -> dict[tuple[str, str], dict]:
     return found
 
 
-def _gates(template: dict) -> dict[str, str]:
-    """{stage: its conditions (BeforeEntry, OnSuccess, OnFailure)} of every CodePipeline in the template."""
+def _gates(template: dict) -> dict[tuple[str, str], str]:
+    """{(stage, BeforeEntry | OnSuccess | OnFailure): the condition} of every CodePipeline in the template."""
     found = {}
     for resource in template.get("Resources", {}).values():
         if resource.get("Type") == "AWS::CodePipeline::Pipeline":
             for stage in resource.get("Properties", {}).get("Stages", []):
-                found[stage.get("Name", "")] = _canonical({k: stage[k] for k in ("BeforeEntry", "OnSuccess", "OnFailure")
-                                                           if k in stage})
+                for kind in ("BeforeEntry", "OnSuccess", "OnFailure"):
+                    if kind in stage:
+                        found[(stage.get("Name", ""), kind)] = _canonical(stage[kind])
     return found
 
 
@@ -75,9 +76,9 @@ def widening(old: dict, new: dict, guard_logical_ids: tuple[str, ...] = ()) -> l
         if (stage, name) not in new_actions and action.get("ActionTypeId", {}).get("Category") == "Approval":
             rows.append(f"approval removed: {stage}/{name}")
     old_gates, new_gates = _gates(old), _gates(new)
-    for stage, gates in sorted(old_gates.items()):
-        if gates != "{}" and new_gates.get(stage) != gates:
-            rows.append(f"gate changed or removed: stage {stage} ({gates})")
+    for (stage, kind), gate in sorted(old_gates.items()):  # a gate added is no widening; one changed or removed is
+        if new_gates.get((stage, kind)) != gate:
+            rows.append(f"gate changed or removed: stage {stage} {kind} ({gate})")
     for logical_id in guard_logical_ids:
         if _canonical(old_resources.get(logical_id)) != _canonical(new_resources.get(logical_id)):
             rows.append(f"the pipeline guard changes: {logical_id}")
