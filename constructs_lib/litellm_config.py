@@ -18,6 +18,7 @@ CREDENTIAL_KEYS = ("api_key", "master_key", "database_url", "aws_secret_access_k
 # Bedrock cross-region inference profiles start with a geography; their ids name the foundation model after it.
 PROFILE_PREFIXES = ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "global.")
 BEDROCK_ROUTES = ("converse/", "invoke/")
+MAX_REDIS_TTL_SECONDS = 86400
 # The shared state every replica must use (litellm_settings.cache_params): the Data stack's Redis, over TLS with its
 # AUTH token, holding usage state only.
 SHARED_STATE = {
@@ -133,6 +134,10 @@ def _shared_state_problems(settings: dict) -> list[str]:
     params = settings.get("cache_params")
     params = params if isinstance(params, dict) else {}
     wrong = [f"{key}: {params.get(key)!r} (needs {value!r})" for key, value in SHARED_STATE.items() if params.get(key) != value]
+    ttl = params.get("default_redis_ttl")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_REDIS_TTL_SECONDS:
+        wrong.append(f"default_redis_ttl: {ttl!r} (needs seconds, at most {MAX_REDIS_TTL_SECONDS}: every key expires, "
+                     "or callers naming new end users and tags fill a Redis that evicts nothing)")
     if isinstance(params.get("db"), bool) or not isinstance(params.get("db"), int) or params.get("db") == 0:
         wrong.append(f"db: {params.get('db')!r} (needs a database number other than 0, which holds Langfuse's queues)")
     return [f"litellm_settings.cache_params.{problem}" for problem in wrong]

@@ -161,7 +161,8 @@ class Doctor:
         if stale:
             return Check(WARN, name, f"out of date with pipeline/execution-policies/: {', '.join(stale)} (a release "
                          "with a new resource type would fail to deploy)", fix)
-        return Check(PASS, name, f"{len(attached)} least-privilege policies, current")
+        return Check(PASS, name, f"{len(attached)} derived policies, current (actions of the stacks' resource types; "
+                     "they still allow IAM role changes: no permissions boundary)")
 
     def _role(self, kind: str, target: Target) -> str:
         return f"arn:aws:iam::{target.account}:role/cdk-{QUALIFIER}-{kind}-role-{target.account}-{target.region}"

@@ -12,7 +12,8 @@ combinable in one run:
 - Target health: `--target-group ARN` passes when every registered target is healthy.
 - Bake: `--bake-minutes N --alarm-prefix PREFIX`, once every other check has passed: the environment's alarms (names
   `PREFIX-*`) are watched for N minutes; one that goes into ALARM in that time fails the run (in production the stage
-  then rolls back). An alarm already in ALARM when the bake starts is reported, not counted: it did not start now.
+  then rolls back), and so does one in ALARM at the start that went into it in the last 3 hours (the deploy ran
+  before the smoke tests); one in ALARM for longer is reported, not counted.
 `--role-arn` assumes a role first (the Stage's smoke role, trusted by the pipeline account; assumed again before its
 hour runs out while baking).
 
@@ -24,6 +25,7 @@ per check. Network and TLS errors are outcomes, never tracebacks.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 import time
@@ -92,35 +94,48 @@ def run_via_function(client, function_name: str, checks: Sequence[Check], connec
 BAKE_INTERVAL = 30.0  # seconds between two looks at the alarms (CloudWatch evaluates most alarms every minute)
 
 
-def _in_alarm(client, prefix: str) -> dict[str, str]:
-    """{alarm name: its reason} of every alarm `prefix-*` (metric and composite) now in ALARM."""
-    found: dict[str, str] = {}
+RECENT_ALARM_MINUTES = 180  # an alarm that went into ALARM this recently may be this release's (its deploy ran first)
+
+
+def _in_alarm(client, prefix: str) -> dict[str, tuple[str, datetime.datetime | None]]:
+    """{alarm name: (its reason, when it went into ALARM)} of every alarm `prefix-*` (metric and composite) now in
+    ALARM."""
+    found: dict[str, tuple[str, datetime.datetime | None]] = {}
     for page in client.get_paginator("describe_alarms").paginate(
         AlarmNamePrefix=f"{prefix}-", StateValue="ALARM", AlarmTypes=["MetricAlarm", "CompositeAlarm"]
     ):
         for alarm in page.get("MetricAlarms", []) + page.get("CompositeAlarms", []):
-            found[alarm["AlarmName"]] = alarm.get("StateReason", "")
+            found[alarm["AlarmName"]] = (alarm.get("StateReason", ""), alarm.get("StateUpdatedTimestamp"))
     return found
 
 
 def bake(client_factory, prefix: str, minutes: float, *, interval: float = BAKE_INTERVAL, sleep=time.sleep,
-         clock=time.monotonic) -> tuple[Outcome, list[str]]:
-    """Watch the environment's alarms for `minutes`. Fails at the first alarm that goes into ALARM while watching;
-    returns, besides, a note for each alarm that was in ALARM already when the watch began. `client_factory()` gives a
+         clock=time.monotonic, now=None, recent_minutes: float = RECENT_ALARM_MINUTES) -> tuple[Outcome, list[str]]:
+    """Watch the environment's alarms for `minutes`. Fails when an alarm is in ALARM at the start and went into it in the
+    last `recent_minutes` (the deploy ran before the smoke tests: it may be this release's doing), and at the first
+    alarm that goes into ALARM while watching; an alarm in ALARM for longer is a note. `client_factory()` gives a
     CloudWatch client (called again for every look, so that credentials can be renewed)."""
+    now = now or (lambda: datetime.datetime.now(datetime.UTC))
     start = clock()
     looks = 0
     try:
         before = _in_alarm(client_factory(), prefix)
-        notes = [f"already in ALARM when the bake began (not counted): {name}: {reason}" for name, reason in sorted(before.items())]
+        cutoff = now() - datetime.timedelta(minutes=recent_minutes)
+        recent = sorted(name for name, (_reason, since) in before.items() if since is None or since >= cutoff)
+        if recent:
+            detail = "; ".join(f"{name}: {before[name][0]}" for name in recent)
+            return Outcome("bake", "bake", False, f"in ALARM since this release's deploy (the last {recent_minutes:g} "
+                           f"min): {detail}", 1, clock() - start), []
+        notes = [f"in ALARM since before this release (not counted): {name}: {reason}"
+                 for name, (reason, _since) in sorted(before.items())]
         while True:
             looks += 1
-            now = _in_alarm(client_factory(), prefix)
-            fired = sorted(set(now) - set(before))
+            current = _in_alarm(client_factory(), prefix)
+            fired = sorted(set(current) - set(before))
             if fired:
-                detail = "; ".join(f"{name}: {now[name]}" for name in fired)
+                detail = "; ".join(f"{name}: {current[name][0]}" for name in fired)
                 return Outcome("bake", "bake", False, f"went into ALARM while baking: {detail}", looks, clock() - start), notes
-            before = {name: reason for name, reason in before.items() if name in now}  # one that recovers counts again
+            before = {name: state for name, state in before.items() if name in current}  # one that recovers counts again
             if clock() - start >= minutes * 60:
                 return Outcome("bake", "bake", True, f"no alarm of {prefix}-* went into ALARM in {minutes:g} min", looks,
                                clock() - start), notes

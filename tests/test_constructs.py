@@ -70,7 +70,8 @@ litellm_settings:
   request_timeout: 600
   cache: true
   cache_params: {type: redis, host: os.environ/REDIS_HOST, port: os.environ/REDIS_PORT,
-                 password: os.environ/REDIS_PASSWORD, ssl: true, db: 1, supported_call_types: []}
+                 password: os.environ/REDIS_PASSWORD, ssl: true, db: 1, supported_call_types: [],
+                 default_redis_ttl: 3600}
 """
 MODEL = """
 model_list:
@@ -95,6 +96,7 @@ def test_litellm_config_with_the_settings_loads(tmp_path):
     (("supported_call_types: []", "supported_call_types: [acompletion]"),
      "cache_params.supported_call_types: ['acompletion'] (needs [])"),
     (("db: 1", "db: 0"), "cache_params.db: 0 (needs a database number other than 0, which holds Langfuse's queues)"),
+    ((",\n                 default_redis_ttl: 3600", ""), "cache_params.default_redis_ttl: None (needs seconds, at most 86400"),
     (("password: os.environ/REDIS_PASSWORD", "password: hunter2hunter2"),
      "cache_params.password: a credential must be `os.environ/NAME`"),
     (("host: os.environ/REDIS_HOST", "host: localhost"), "cache_params.host: 'localhost' (needs 'os.environ/REDIS_HOST')"),

@@ -134,8 +134,8 @@ def test_a_fully_bootstrapped_set_up_passes(aws, capsys):
         for kind in ("lookup", "deploy", "file-publishing"):
             assert f"PASS {where} {kind} role: trusts the pipeline account {PIPELINE}" in out
         assert f"PASS {where} bootstrap version: 21 (>= 6)" in out
-        assert f"PASS {where} execution policies: 3 least-privilege policies, current" in out
-    assert "PASS pipeline account execution policies: 1 least-privilege policies, current" in out
+        assert f"PASS {where} execution policies: 3 derived policies, current" in out
+    assert "PASS pipeline account execution policies: 1 derived policies, current" in out
     assert "PASS source connection: AVAILABLE" in out and "PASS example values: none left in the config" in out
 
 

@@ -5,6 +5,7 @@ synthesized pipeline and Stage templates, and the bake's own decisions with boto
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 import json
 
@@ -83,23 +84,33 @@ class Clock:
         self.now += seconds
 
 
-def _cloudwatch(states: list[dict[str, str]]):
-    """A client that answers each look with the next {alarm name: reason} in ALARM."""
+NOW = datetime.datetime(2026, 12, 3, 14, 0, tzinfo=datetime.UTC)
+LONG_AGO = NOW - datetime.timedelta(days=2)  # in ALARM since before the release
+
+
+def _cloudwatch(states: list[dict[str, str]], since: datetime.datetime = LONG_AGO):
+    """A client that answers each look with the next {alarm name: reason} in ALARM (each in ALARM since `since`)."""
     client = boto3.client("cloudwatch", region_name="us-west-2", aws_access_key_id="testing", aws_secret_access_key="testing")
     stub = Stubber(client)
     for state in states:
         stub.add_response("describe_alarms", {"MetricAlarms": [
-            {"AlarmName": name, "StateValue": "ALARM", "StateReason": reason} for name, reason in state.items()]},
+            {"AlarmName": name, "StateValue": "ALARM", "StateReason": reason, "StateUpdatedTimestamp": since}
+            for name, reason in state.items()]},
             {"AlarmNamePrefix": "coder-production-", "StateValue": "ALARM", "AlarmTypes": ["MetricAlarm", "CompositeAlarm"]})
     stub.activate()
     return client, stub
+
+
+def _bake(client, minutes, clock):
+    return smoke.bake(lambda: client, "coder-production", minutes, interval=30, sleep=clock.sleep, clock=clock,
+                      now=lambda: NOW)
 
 
 def test_an_alarm_that_fires_while_baking_fails_the_bake():
     fired = {"coder-production-litellm-5xx": "Threshold Crossed: 2 out of the last 3 datapoints were greater than 5"}
     client, stub = _cloudwatch([{}, {}, {}, fired])
     clock = Clock()
-    outcome, notes = smoke.bake(lambda: client, "coder-production", 30, interval=30, sleep=clock.sleep, clock=clock)
+    outcome, notes = _bake(client, 30, clock)
     assert not outcome.ok and outcome.kind == "bake"
     assert outcome.detail == f"went into ALARM while baking: coder-production-litellm-5xx: {fired['coder-production-litellm-5xx']}"
     assert clock.now == 60 and notes == []  # stopped at the first look that saw it, not at the end of the bake
@@ -111,10 +122,10 @@ def test_a_quiet_bake_passes_after_its_minutes_and_an_old_alarm_is_only_noted():
     looks = 1 + 2 * 5 + 1  # the state before, then every 30 s for 5 minutes, and the last look
     client, stub = _cloudwatch([old] * looks)
     clock = Clock()
-    outcome, notes = smoke.bake(lambda: client, "coder-production", 5, interval=30, sleep=clock.sleep, clock=clock)
+    outcome, notes = _bake(client, 5, clock)
     assert outcome.ok and outcome.detail == "no alarm of coder-production-* went into ALARM in 5 min"
     assert clock.now == 300
-    assert notes == ["already in ALARM when the bake began (not counted): coder-production-workspace-guard-intrusions: "
+    assert notes == ["in ALARM since before this release (not counted): coder-production-workspace-guard-intrusions: "
                      "Threshold Crossed: 1 datapoint"]
     stub.assert_no_pending_responses()
 
@@ -123,8 +134,19 @@ def test_an_old_alarm_that_recovers_and_fires_again_counts():
     name = "coder-production-redis-001-memory"
     client, stub = _cloudwatch([{name: "old"}, {name: "old"}, {}, {name: "again"}])
     clock = Clock()
-    outcome, _ = smoke.bake(lambda: client, "coder-production", 30, interval=30, sleep=clock.sleep, clock=clock)
+    outcome, _ = _bake(client, 30, clock)
     assert not outcome.ok and f"{name}: again" in outcome.detail
+
+
+def test_an_alarm_that_the_deploy_set_off_before_the_bake_fails_it_at_once():
+    """The stacks deploy before the smoke tests: an alarm in ALARM for 20 minutes may be this release's."""
+    name = "coder-production-litellm-5xx"
+    client, stub = _cloudwatch([{name: "Threshold Crossed"}], since=NOW - datetime.timedelta(minutes=20))
+    clock = Clock()
+    outcome, notes = _bake(client, 30, clock)
+    assert not outcome.ok and clock.now == 0 and notes == []
+    assert outcome.detail == f"in ALARM since this release's deploy (the last 180 min): {name}: Threshold Crossed"
+    stub.assert_no_pending_responses()
 
 
 def test_a_bake_that_cannot_read_the_alarms_fails_with_the_reason():
