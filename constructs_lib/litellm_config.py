@@ -134,10 +134,14 @@ def _shared_state_problems(settings: dict) -> list[str]:
     params = settings.get("cache_params")
     params = params if isinstance(params, dict) else {}
     wrong = [f"{key}: {params.get(key)!r} (needs {value!r})" for key, value in SHARED_STATE.items() if params.get(key) != value]
-    ttl = params.get("default_redis_ttl")
-    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_REDIS_TTL_SECONDS:
-        wrong.append(f"default_redis_ttl: {ttl!r} (needs seconds, at most {MAX_REDIS_TTL_SECONDS}: every key expires, "
-                     "or callers naming new end users and tags fill a Redis that evicts nothing)")
     if isinstance(params.get("db"), bool) or not isinstance(params.get("db"), int) or params.get("db") == 0:
         wrong.append(f"db: {params.get('db')!r} (needs a database number other than 0, which holds Langfuse's queues)")
-    return [f"litellm_settings.cache_params.{problem}" for problem in wrong]
+    problems = [f"litellm_settings.cache_params.{problem}" for problem in wrong]
+    ttl = settings.get("default_redis_ttl")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_REDIS_TTL_SECONDS:
+        problems.append(f"litellm_settings.default_redis_ttl: {ttl!r} (needs seconds, at most {MAX_REDIS_TTL_SECONDS}: "
+                        "every key expires, or callers naming new end users and tags fill a Redis that evicts nothing)")
+    elif list(settings).index("default_redis_ttl") > list(settings).index("cache"):
+        problems.append("litellm_settings.default_redis_ttl: must come before `cache` (LiteLLM applies the settings in "
+                        "order and reads it when it opens the Redis connection)")
+    return problems

@@ -68,10 +68,10 @@ def write(tmp_path, text: str):
 SETTINGS = """
 litellm_settings:
   request_timeout: 600
+  default_redis_ttl: 3600
   cache: true
   cache_params: {type: redis, host: os.environ/REDIS_HOST, port: os.environ/REDIS_PORT,
-                 password: os.environ/REDIS_PASSWORD, ssl: true, db: 1, supported_call_types: [],
-                 default_redis_ttl: 3600}
+                 password: os.environ/REDIS_PASSWORD, ssl: true, db: 1, supported_call_types: []}
 """
 MODEL = """
 model_list:
@@ -96,7 +96,9 @@ def test_litellm_config_with_the_settings_loads(tmp_path):
     (("supported_call_types: []", "supported_call_types: [acompletion]"),
      "cache_params.supported_call_types: ['acompletion'] (needs [])"),
     (("db: 1", "db: 0"), "cache_params.db: 0 (needs a database number other than 0, which holds Langfuse's queues)"),
-    ((",\n                 default_redis_ttl: 3600", ""), "cache_params.default_redis_ttl: None (needs seconds, at most 86400"),
+    (("  default_redis_ttl: 3600\n", ""), "litellm_settings.default_redis_ttl: None (needs seconds, at most 86400"),
+    (("  default_redis_ttl: 3600\n  cache: true\n", "  cache: true\n  default_redis_ttl: 3600\n"),
+     "litellm_settings.default_redis_ttl: must come before `cache`"),
     (("password: os.environ/REDIS_PASSWORD", "password: hunter2hunter2"),
      "cache_params.password: a credential must be `os.environ/NAME`"),
     (("host: os.environ/REDIS_HOST", "host: localhost"), "cache_params.host: 'localhost' (needs 'os.environ/REDIS_HOST')"),
