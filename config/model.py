@@ -224,16 +224,6 @@ def _example_domain(domain: str) -> bool:
     return any(domain == d or domain.endswith(f".{d}") for d in EXAMPLE_DOMAINS)
 
 
-class AllowedWidening(Section):
-    """A release may widen what the pipeline itself may do, exactly as the pipeline guard showed it (its fingerprint)."""
-
-    fingerprint: text(r"^[0-9a-f]{16}$", "not a pipeline-guard fingerprint",
-                      "the 16 hexadecimal characters the pipeline guard printed for the widening")
-    reason: Annotated[
-        StrictStr, Field(min_length=MIN_ALLOWANCE_REASON, description=f"why the pipeline needs it ({MIN_ALLOWANCE_REASON}+ characters)")
-    ]
-
-
 class PipelineConfig(Section):
     """The tools account that hosts CodePipeline, and where its source comes from."""
 
@@ -258,11 +248,6 @@ class PipelineConfig(Section):
         "arn:aws:codeconnections:<region>:<account>:connection/<uuid>",
     )
     notification_email: text(EMAIL, "not an e-mail address", 'an e-mail address, or "" for no subscription') = ""
-    # A release that widens the pipeline's own rights stops before UpdatePipeline unless its widening is named here.
-    allowed_widening: Annotated[
-        tuple[AllowedWidening, ...],
-        Field(description="[[pipeline.allowed_widening]]: widenings of the pipeline's own rights a release may deploy"),
-    ] = ()
 
     @model_validator(mode="after")
     def _connection_in_pipeline_account(self) -> PipelineConfig:

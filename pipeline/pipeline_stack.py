@@ -162,11 +162,10 @@ class PipelineStack(Stack):
         """Between Synth and UpdatePipeline: a Lambda action compares the pipeline template this release synthesized
         with the deployed pipeline stack and fails when the release widens what the pipeline may do (a statement,
         trust or managed policy added, a new role or step, an approval or gate removed, the guard itself changed),
-        unless the template carries an allowance for exactly that widening ([[pipeline.allowed_widening]], by
-        fingerprint, with a reason). Self-mutation deploys the pipeline before any approval: without the guard, a
-        commit could remove the approval itself. The guard's code is the deployed release's, never the commit's."""
-        self.template_options.metadata = {"PipelineGuard": {"AllowedWidening": [
-            {"fingerprint": allowed.fingerprint, "reason": allowed.reason} for allowed in config.pipeline.allowed_widening]}}
+        unless a person allowed exactly that widening (an SSM parameter under /<project>-pipeline/allowed-widening/
+        named by its fingerprint, holding their reason; no role of the pipeline can write it). Self-mutation deploys
+        the pipeline before any approval: without the guard, a commit could remove the approval itself. The guard's
+        code is the deployed release's, never the commit's."""
         logs_key = kms.Key(
             self, "PipelineLogsKey", alias=f"alias/{config.project.name}-pipeline-logs", enable_key_rotation=True,
             description=f"{config.project.name}: encrypts the pipeline's own log groups", removal_policy=RemovalPolicy.RETAIN,
@@ -185,12 +184,22 @@ class PipelineStack(Stack):
             description=f"{config.project.name}: stops a release that widens what the pipeline may do (before UpdatePipeline)",
             logs_key=logs_key, log_group_id="PipelineGuardLogs", invoked_by="the pipeline's PipelineGuard action",
             why_outside_vpc="It reads the synth artifact from S3 and the pipeline stack's template; no VPC resource.",
-            environment={"STACK_NAME": self.stack_name, "TEMPLATE_FILE": self.template_file},
+            environment={"STACK_NAME": self.stack_name, "TEMPLATE_FILE": self.template_file,
+                         "PIPELINE_NAME": f"{config.project.name}-platform",  # the name, not a Ref: no cycle
+                         "ALLOWANCE_PATH": f"/{config.project.name}-pipeline/allowed-widening/"},
         )
         function.add_to_role_policy(iam.PolicyStatement(
             sid="ReadThePipelineStack", actions=["cloudformation:GetTemplate"],
             resources=[self.format_arn(service="cloudformation", resource="stack", resource_name=f"{self.stack_name}/*")],
         ))
+        # A person's allowance for one widening: read-only here; no role of the pipeline may write under this path.
+        function.add_to_role_policy(iam.PolicyStatement(
+            sid="ReadAllowances", actions=["ssm:GetParameter"],
+            resources=[self.format_arn(service="ssm", resource="parameter",
+                                       resource_name=f"{config.project.name}-pipeline/allowed-widening/*")],
+        ))
+        function.add_to_role_policy(iam.PolicyStatement(
+            sid="ReadItsJob", actions=["codepipeline:GetJobDetails"], resources=["*"]))
         guard_ids = [self.get_logical_id(function.node.default_child), self.get_logical_id(function.role.node.default_child)]
         policy = function.role.node.try_find_child("DefaultPolicy")
         if policy is not None:
@@ -482,6 +491,8 @@ _PIPELINE_WILDCARDS = (
      "CodeBuild's own log groups and report groups, named after each project."),
     (r"^Resource::arn:[^:]+:cloudformation:[^:]+:\d+:stack/[A-Z][A-Za-z0-9]*Pipeline/\*$",
      "The pipeline guard reads the template of the pipeline's own stack (every stack id of that name)."),
+    (r"^Resource::arn:[^:]+:ssm:[^:]+:\d+:parameter/[a-z0-9-]+-pipeline/allowed-widening/\*$",
+     "The pipeline guard reads the allowances people put, one parameter per widening, named by its fingerprint."),
     (r"^Resource::<PipelineGuard[0-9A-F]+\.Arn>:\*$",
      "CDK's grant to invoke the pipeline guard: its versions and aliases, of that one function only."),
     (r"^Resource::arn:\*:iam::\d+:role/\*$",
@@ -498,6 +509,8 @@ _UNSCOPED_ACTIONS = {
     "(without it S3 answers a missing object with 403, not 404). It lists object keys and reads no object.",
     "lambda:ListFunctions": "CDK's grant to the pipeline guard's action role (CodePipeline lists functions before it "
     "invokes one); it lists names and settings, never code or secrets. The invocation is scoped to the guard.",
+    "codepipeline:GetJobDetails": "The pipeline guard reads the job CodePipeline gave it (its artifact, its pipeline "
+    "and action, checked); jobs have no resource-level permissions.",
     "codepipeline:PutJobSuccessResult": "The pipeline guard reports its decision on the job CodePipeline gave it; job "
     "results have no resource-level permissions.",
     "codepipeline:PutJobFailureResult": "The pipeline guard reports its decision on the job CodePipeline gave it; job "

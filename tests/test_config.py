@@ -309,16 +309,6 @@ BAD_INPUTS = {
         replace("bake_minutes = 30", "bake_minutes = 600"),
         ["production.release.bake_minutes = 600"],
     ),
-    "pipeline widening allowance with a made-up fingerprint": (
-        replace('notification_email = ""\n', 'notification_email = ""\n[[pipeline.allowed_widening]]\n'
-                'fingerprint = "everything"\nreason = "the review step needs more rights for the new report"\n'),
-        ["pipeline.allowed_widening[0].fingerprint = 'everything'", "not a pipeline-guard fingerprint"],
-    ),
-    "pipeline widening allowance without a real reason": (
-        replace('notification_email = ""\n', 'notification_email = ""\n[[pipeline.allowed_widening]]\n'
-                'fingerprint = "0123456789abcdef"\nreason = "needed"\n'),
-        ["pipeline.allowed_widening[0].reason = 'needed'", "at least 25 characters"],
-    ),
     "approval not a boolean": (
         replace("requires_approval = true", 'requires_approval = "yes"'),
         ["production.requires_approval = 'yes'", "expected true or false, got str"],

