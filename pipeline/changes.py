@@ -294,17 +294,7 @@ def judge_drift(
     touched = {(c.stack, c.logical_id) for c in changes if c.action in ("modify", "remove")}
     for drift in drifts:
         drift.changed = (drift.stack, drift.logical_id) in touched
-    unused = []
-    for stage in sorted(set(stages) - {PIPELINE_STAGE}):
-        for allowance in allowances.get(stage.lower(), []):
-            stack = f"{stage}-{allowance['stack']}"
-            matched = [d for d in drifts if d.stage == stage and d.stack == stack and d.logical_id == allowance["logical_id"]]
-            for drift in matched:
-                drift.allowed = allowance["reason"]
-            if not matched:
-                unused.append(f"{stage.lower()}: {allowance['stack']}/{allowance['logical_id']} has no drift: remove the "
-                              "allowed_drift entry")
-    return unused
+    return _allow(drifts, allowances, sorted(set(stages) - {PIPELINE_STAGE}), "has no drift: remove the allowed_drift entry")
 
 
 # --- what changes -------------------------------------------------------------------------------------------------
@@ -431,37 +421,44 @@ def _follow_replacements(changes: dict[str, Change], resources: dict, region: st
 # --- allowances -----------------------------------------------------------------------------------------------------
 
 
-def read_allowances(config: Path) -> dict[str, list[dict]]:
-    """{environment name: [{stack, logical_id, reason}]} from the config file (validated at synth)."""
+def _per_environment(config: Path, key: str) -> dict[str, list[dict]]:
+    """{environment name: its `key` entries ([{stack, logical_id, reason}])} from the config file (validated at synth)."""
     try:
         data = tomllib.loads(config.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise ReviewError(f"{config}: {error}") from None
-    return {e.get("name", ""): list(e.get("allowed_changes", [])) for e in data.get("environments", [])}
+    return {e.get("name", ""): list(e.get(key, [])) for e in data.get("environments", [])}
+
+
+def read_allowances(config: Path) -> dict[str, list[dict]]:
+    """`allowed_changes` of each environment."""
+    return _per_environment(config, "allowed_changes")
 
 
 def read_drift_allowances(config: Path) -> dict[str, list[dict]]:
-    """{environment name: [{stack, logical_id, reason}]}: `allowed_drift` of each environment."""
-    try:
-        data = tomllib.loads(config.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
-        raise ReviewError(f"{config}: {error}") from None
-    return {e.get("name", ""): list(e.get("allowed_drift", [])) for e in data.get("environments", [])}
+    """`allowed_drift` of each environment."""
+    return _per_environment(config, "allowed_drift")
 
 
-def apply_allowances(changes: list[Change], allowances: dict[str, list[dict]], stages: Iterable[str]) -> list[str]:
+def _allow(items: Sequence[Change | Drift], allowances: dict[str, list[dict]], stages: Iterable[str],
+           unmatched: str) -> list[str]:
+    """Marks each item an environment's allowance names (its stack and logical id) as allowed, with the reason;
+    returns a line for each allowance that names none, ending with `unmatched`."""
     unused = []
     for stage in stages:
         for allowance in allowances.get(stage.lower(), []):
             stack = f"{stage}-{allowance['stack']}"
-            matched = [c for c in changes if c.stage == stage and c.stack == stack and c.logical_id == allowance["logical_id"]
-                       and c.destructive]
-            for change in matched:
-                change.allowed = allowance["reason"]
+            matched = [i for i in items if i.stage == stage and i.stack == stack and i.logical_id == allowance["logical_id"]]
+            for item in matched:
+                item.allowed = allowance["reason"]
             if not matched:
-                unused.append(f"{stage.lower()}: {allowance['stack']}/{allowance['logical_id']} matches no destructive "
-                              "change: remove the allowance")
+                unused.append(f"{stage.lower()}: {allowance['stack']}/{allowance['logical_id']} {unmatched}")
     return unused
+
+
+def apply_allowances(changes: list[Change], allowances: dict[str, list[dict]], stages: Iterable[str]) -> list[str]:
+    return _allow([c for c in changes if c.destructive], allowances, stages,
+                  "matches no destructive change: remove the allowance")
 
 
 def review(base: Sequence[StackTemplate], new: Sequence[StackTemplate], allowances: dict[str, list[dict]]) -> Review:

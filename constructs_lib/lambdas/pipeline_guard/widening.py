@@ -38,27 +38,23 @@ def _statements(resource: dict) -> set[str]:
     return found
 
 
-def _actions(template: dict) -> dict[tuple[str, str], dict]:
-    """{(stage, action name): action} of every CodePipeline in the template."""
-    found = {}
+def _stages(template: dict):
+    """Every stage of every CodePipeline in the template."""
     for resource in template.get("Resources", {}).values():
         if resource.get("Type") == "AWS::CodePipeline::Pipeline":
-            for stage in resource.get("Properties", {}).get("Stages", []):
-                for action in stage.get("Actions", []):
-                    found[(stage.get("Name", ""), action.get("Name", ""))] = action
-    return found
+            yield from resource.get("Properties", {}).get("Stages", [])
+
+
+def _actions(template: dict) -> dict[tuple[str, str], dict]:
+    """{(stage, action name): action} of every CodePipeline in the template."""
+    return {(stage.get("Name", ""), action.get("Name", "")): action
+            for stage in _stages(template) for action in stage.get("Actions", [])}
 
 
 def _gates(template: dict) -> dict[tuple[str, str], str]:
     """{(stage, BeforeEntry | OnSuccess | OnFailure): the condition} of every CodePipeline in the template."""
-    found = {}
-    for resource in template.get("Resources", {}).values():
-        if resource.get("Type") == "AWS::CodePipeline::Pipeline":
-            for stage in resource.get("Properties", {}).get("Stages", []):
-                for kind in ("BeforeEntry", "OnSuccess", "OnFailure"):
-                    if kind in stage:
-                        found[(stage.get("Name", ""), kind)] = _canonical(stage[kind])
-    return found
+    return {(stage.get("Name", ""), kind): _canonical(stage[kind])
+            for stage in _stages(template) for kind in ("BeforeEntry", "OnSuccess", "OnFailure") if kind in stage}
 
 
 def _pipelines(template: dict) -> dict[str, dict]:
