@@ -4,7 +4,7 @@ then the connection hand-shake and the first deploy.
     python -m pipeline.bootstrap [--config FILE]                         # print the steps; needs no credentials
     python -m pipeline.bootstrap --apply --profile pipeline=tools --profile staging=stg --profile production=prd
 
-CloudFormation's execution role gets the least-privilege policies of pipeline/execution-policies/ (derived from the
+CloudFormation's execution role gets the policies of pipeline/execution-policies/ (derived from the
 synthesized stacks: python -m pipeline.execution_policy), created in each account as customer managed policies
 `<project>-cdk-execution-<set>-<n>`, never AdministratorAccess.
 

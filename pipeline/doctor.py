@@ -129,7 +129,7 @@ class Doctor:
                                                             f"CDKToolkit {stack['StackStatus']}, {version.found}")
 
     def _execution_policies(self, session, target: Target, where: str) -> Check:
-        """CloudFormation's execution role: the least-privilege policies of pipeline/execution-policies/, current; a
+        """CloudFormation's execution role: the derived policies of pipeline/execution-policies/, current; a
         warning for AdministratorAccess (an older bootstrap) or for policies out of date (a new resource type)."""
         name = f"{where} execution policies"
         fix = f"make bootstrap ARGS=\"--apply --profile {target.key.split('+')[0]}=<profile>\" (or: {' '.join(target.command())})"
