@@ -60,8 +60,13 @@ def load_config(path: str | Path | None = None) -> AppConfig:
 
 def explain(error: ValidationError, data: Any) -> list[str]:
     lines: list[str] = []
-    for item in error.errors(include_url=False):
+    items = error.errors(include_url=False)
+    inner = {tuple(item["loc"]) for item in items}
+    for item in items:
         loc = tuple(item["loc"])
+        # A list whose every item failed is also "too short" to pydantic: the items' own errors already say why.
+        if item["type"] == "too_short" and any(other[:len(loc)] == loc and len(other) > len(loc) for other in inner):
+            continue
         if item["type"] == "config_rules":
             for found in item["ctx"]["problems"]:
                 found: Problem
@@ -73,8 +78,13 @@ def explain(error: ValidationError, data: Any) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
+MAX_SHOWN = 120  # characters of a value shown in a message
+
+
 def _line(label: str, value: Any, problem: str, allowed: str) -> str:
     shown = "(missing)" if value is _MISSING else repr(value)
+    if len(shown) > MAX_SHOWN and isinstance(value, list | tuple | dict):  # never a whole table on one line
+        shown = f"[{len(value)} item(s)]" if isinstance(value, list | tuple) else f"{{a table of {len(value)} key(s)}}"
     return f"{label} = {shown}: {problem}. Allowed: {allowed}."
 
 

@@ -353,6 +353,16 @@ def test_bad_input_is_refused_with_a_clear_message(case):
         assert fragment in joined, f"{fragment!r} not in:\n{joined}"
 
 
+def test_the_same_error_in_every_environment_is_said_once_each_and_nothing_else():
+    """Every environment failing made pydantic add `environments = [<the whole config>]: needs at least 1 item(s)`."""
+    problems = problems_of(replace("coder_desired_count = 1", "coder_desired_count = 0", count=2))
+    assert problems == [
+        "staging.services.coder_desired_count = 0: Coder runs single-replica. Allowed: 1.",
+        "production.services.coder_desired_count = 0: Coder runs single-replica. Allowed: 1.",
+    ]
+    assert all(len(problem) < 300 for problem in problems_of(replace("[project]", "[project]\nextra = [" + "1, " * 200 + "1]")))
+
+
 def test_toml_syntax_error_names_the_line():
     broken = BASE.replace('branch = "main"', 'branch = "main', 1)
     line = BASE[: BASE.index('branch = "main"')].count("\n") + 1
