@@ -120,9 +120,10 @@ def load(assembly: Path, stage: str | None = None) -> list[Entry]:
     entries = [e for e in entries if e.pack in PACKS]  # other plugins are not compliance packs
     if stage is not None:
         known = sorted(stages | {PIPELINE_STAGE})
-        if stage not in known:
+        by_lower = {name.lower(): name for name in known}  # case-insensitive, as pipeline.changes --stage
+        if stage.lower() not in by_lower:
             raise AssemblyError(f"stage {stage!r} is not in the assembly (stages: {', '.join(known)})")
-        entries = [e for e in entries if e.stage == stage]
+        entries = [e for e in entries if e.stage == by_lower[stage.lower()]]
     return sorted(entries, key=lambda e: (e.stage, e.stack, e.pack, e.rule, e.path, e.status))
 
 

@@ -120,10 +120,11 @@ def test_one_stage_only(tmp_path):
         violations=[("AwsSolutions", "AwsSolutions-S1", "logs", "App/Pipeline/ArtifactsBucket/Resource")],
         acknowledgments=ACKS,
     )
-    result = run("--assembly", str(assembly), "--stage", "Staging", *outputs(tmp_path))
-    assert result.returncode == 0, result.stdout  # the pipeline stack's open finding is not this Stage's
-    entries = json.loads((tmp_path / "out" / "c.json").read_text())["entries"]
-    assert {e["stage"] for e in entries} == {"Staging"} and len(entries) == 3
+    for name in ("Staging", "staging"):  # case-insensitive, as the release review's --stage
+        result = run("--assembly", str(assembly), "--stage", name, *outputs(tmp_path))
+        assert result.returncode == 0, result.stdout  # the pipeline stack's open finding is not this Stage's
+        entries = json.loads((tmp_path / "out" / "c.json").read_text())["entries"]
+        assert {e["stage"] for e in entries} == {"Staging"} and len(entries) == 3
 
 
 def test_not_an_assembly_exits_2(tmp_path):

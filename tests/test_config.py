@@ -447,3 +447,21 @@ def test_the_config_says_how_the_azure_ad_app_gives_coder_its_upn_claim():
     """Coder reads the e-mail from `upn` (CODER_OIDC_EMAIL_FIELD): without that optional claim nobody signs in."""
     text = DEFAULT_CONFIG_PATH.read_text()
     assert "add the optional claim `upn` to the ID token" in text
+
+
+def test_every_field_of_the_shipped_file_is_commented():
+    """As the README says: in [project], [pipeline] and the first environment (the others repeat its fields), each
+    field has a comment on its line or above its group of fields."""
+    lines = DEFAULT_CONFIG_PATH.read_text().splitlines()
+    second = [i for i, line in enumerate(lines) if line.strip() == "[[environments]]"][1]
+    uncommented = []
+    for index, line in enumerate(lines[:second]):
+        stripped = line.strip()
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]* = ", stripped) or "#" in stripped.split("=", 1)[1]:
+            continue
+        above = index - 1
+        while above >= 0 and re.match(r"^[A-Za-z_][A-Za-z0-9_]* = ", lines[above].strip()):
+            above -= 1
+        if above < 0 or not lines[above].strip().startswith("#"):
+            uncommented.append(stripped.split(" =")[0])
+    assert uncommented == []
