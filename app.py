@@ -27,7 +27,7 @@ limit_background_threads()  # before the first aws_cdk import, which starts the 
 
 from aws_cdk import App, Validations  # noqa: E402
 
-from config.loader import ConfigError, load_config  # noqa: E402
+from config.loader import DEFAULT_CONFIG_PATH, ConfigError, load_config  # noqa: E402
 from constructs_lib.compliance import compliance_plugins  # noqa: E402
 from pipeline.pipeline_stack import PipelineStack  # noqa: E402
 
@@ -44,12 +44,24 @@ def pinned_cli_version() -> str:
     return pinned_version("aws-cdk")
 
 
+def config_file(given: str | None) -> str:
+    """The config file as the pipeline's Synth step names it: relative to the repository's root (where CodeBuild
+    checks it out); an absolute path when it lies outside (the pipeline could not build it: PipelineStack warns)."""
+    path = Path(given).resolve() if given else DEFAULT_CONFIG_PATH
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def build_app(app: App) -> PipelineStack:
-    config = load_config(app.node.try_get_context("config"))
+    given = app.node.try_get_context("config")
+    config = load_config(given)
     stack = PipelineStack(
         app,
         f"{config.project.name.capitalize()}Pipeline",
         config=config,
+        config_file=config_file(given),
         cli_version=pinned_cli_version(),
         cdk_assets_version=pinned_version("cdk-assets"),
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import urllib.parse
@@ -34,6 +35,7 @@ from pipeline.execution_policy import PolicyError, policy_names
 
 QUALIFIER = "hnb659fds"  # the CDK bootstrap's default qualifier (the pipeline's roles name it)
 ADMINISTRATOR_ACCESS = "arn:aws:iam::aws:policy/AdministratorAccess"
+BOOTSTRAP_OUTPUT = "build/bootstrap.out"  # where `cdk bootstrap` synthesizes the app (not cdk.out)
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,9 @@ class Target:
         return [f"arn:aws:iam::{self.account}:policy/{name}" for name in self.policies]
 
     def command(self, profile: str | None = None) -> list[str]:
+        # The CLI synthesizes the app on the way: into a folder of its own, never over the assembly in cdk.out.
         command = ["npx", "cdk", "bootstrap", f"aws://{self.account}/{self.region}", "--qualifier", QUALIFIER,
-                   "--cloudformation-execution-policies", ",".join(self.policy_arns())]
+                   "--output", BOOTSTRAP_OUTPUT, "--cloudformation-execution-policies", ",".join(self.policy_arns())]
         if self.trust:
             command += ["--trust", self.trust, "--trust-for-lookup", self.trust]
         if profile:
@@ -115,7 +118,17 @@ def ensure_policies(iam, target: Target) -> list[str]:
     return done
 
 
-def plan(config: AppConfig, stack_name: str) -> list[str]:
+def make_args(config_path: Path | None) -> str:
+    """` CONFIG=<file>` for make when the config is not the default one (as the repository names it)."""
+    if config_path is None:
+        return ""
+    path = config_path.resolve()
+    root = POLICY_DIRECTORY.parents[1]
+    shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    return "" if shown == "config/environments.toml" else f" CONFIG={shlex.quote(shown)}"
+
+
+def plan(config: AppConfig, stack_name: str, config_path: Path | None = None) -> list[str]:
     lines = ["One-time set-up, in order (every command is safe to run again):", ""]
     for number, target in enumerate(targets(config), start=1):
         what = "the pipeline (tools) account" if target.key == "pipeline" else (
@@ -129,9 +142,9 @@ def plan(config: AppConfig, stack_name: str) -> list[str]:
         f"{step}. Finish the CodeConnections hand-shake in the pipeline account's console (Developer Tools > Settings >"
         " Connections > Update pending connection):",
         f"   {config.pipeline.connection_arn}",
-        f"{step + 1}. Check everything before the first deploy: make doctor",
+        f"{step + 1}. Check everything before the first deploy: make doctor{make_args(config_path)}",
         f"{step + 2}. Deploy the pipeline once, with the pipeline account's credentials:",
-        f"   make synth && npx cdk deploy {stack_name}",
+        f"   make synth{make_args(config_path)} && npx cdk deploy --app cdk.out {stack_name}",
         "   From then on every push to the branch deploys through the pipeline.",
     ]
     return lines
@@ -156,15 +169,33 @@ def profile_for(target: Target, profiles: dict[str, str]) -> str:
     raise ValueError(f"no --profile for {target.key} ({target.account}): give --profile {target.key.split('+')[0]}=PROFILE")
 
 
-def apply(config: AppConfig, profiles: dict[str, str], run=subprocess.run, iam_client=None) -> int:
-    """`iam_client(profile)`: an IAM client of that profile's account (boto3 by default)."""
-    if iam_client is None:
+def apply(config: AppConfig, profiles: dict[str, str], run=subprocess.run, iam_client=None, account_of=None,
+          config_path: Path | None = None) -> int:
+    """`iam_client(profile)`: an IAM client of that profile's account; `account_of(profile)`: the account its
+    credentials belong to (boto3 by default). Every profile is checked before anything changes."""
+    if iam_client is None or account_of is None:
         import boto3
 
-        def iam_client(profile: str):
+        def iam_client(profile: str):  # noqa: F811 - the default
             return boto3.session.Session(profile_name=profile).client("iam")
 
+        def account_of(profile: str) -> str:  # noqa: F811 - the default
+            return boto3.session.Session(profile_name=profile).client("sts").get_caller_identity()["Account"]
+
     commands = [(target, target.command(profile_for(target, profiles))) for target in targets(config)]
+    wrong = []
+    for target in targets(config):
+        profile = profile_for(target, profiles)
+        try:
+            found = account_of(profile)
+        except Exception as error:
+            wrong.append(f"profile {profile} ({target.key}): no credentials ({type(error).__name__}: {error})")
+            continue
+        if found != target.account:
+            wrong.append(f"profile {profile} ({target.key}) is account {found}, not {target.account}")
+    if wrong:
+        print("error: nothing was changed; " + "; ".join(wrong), file=sys.stderr)
+        return 2
     for target, command in commands:
         try:
             for line in ensure_policies(iam_client(profile_for(target, profiles)), target):
@@ -179,11 +210,11 @@ def apply(config: AppConfig, profiles: dict[str, str], run=subprocess.run, iam_c
             print(f"error: bootstrapping {target.key} ({target.account}/{target.region}) failed with exit code "
                   f"{result.returncode}; fix the cause above and run again (what is done stays done)", file=sys.stderr)
             return 1
-    print("Bootstrapped. Next: finish the connection hand-shake, then `make doctor`.")
+    print(f"Bootstrapped. Next: finish the connection hand-shake, then `make doctor{make_args(config_path)}`.")
     return 0
 
 
-def main(argv: Sequence[str] | None = None, run=subprocess.run, iam_client=None) -> int:
+def main(argv: Sequence[str] | None = None, run=subprocess.run, iam_client=None, account_of=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.bootstrap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="the environments file (default config/environments.toml)")
     parser.add_argument("--apply", action="store_true", help="run the bootstrap commands")
@@ -203,9 +234,9 @@ def main(argv: Sequence[str] | None = None, run=subprocess.run, iam_client=None)
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not args.apply:
-        print("\n".join(plan(config, f"{config.project.name.capitalize()}Pipeline")))
+        print("\n".join(plan(config, f"{config.project.name.capitalize()}Pipeline", args.config)))
         return 0
-    return apply(config, profiles, run, iam_client)
+    return apply(config, profiles, run, iam_client, account_of, args.config)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ approval -> production)."""
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +36,8 @@ SMOKE_DEADLINE_SECONDS = 240
 # CodeBuild image with Node.js 22 and Python 3.12 runtimes.
 BUILD_IMAGE = codebuild.LinuxBuildImage.STANDARD_7_0
 SYNTH_COMMAND = "make synth"
+DEFAULT_CONFIG_FILE = "config/environments.toml"
+CONFIG_OUTSIDE_REPOSITORY = "coder:config-outside-repository"
 CODESTAR_NOTIFICATIONS = "codestar-notifications.amazonaws.com"
 CDK_QUALIFIER = "hnb659fds"  # the CDK bootstrap's default qualifier: its roles are cdk-<qualifier>-<role>-<account>-<region>
 
@@ -51,8 +54,11 @@ class PipelineStack(Stack):
     """
 
     def __init__(
-        self, scope: Construct, construct_id: str, *, config: AppConfig, cli_version: str, cdk_assets_version: str, **kwargs
+        self, scope: Construct, construct_id: str, *, config: AppConfig, cli_version: str, cdk_assets_version: str,
+        config_file: str = DEFAULT_CONFIG_FILE, **kwargs,
     ) -> None:
+        """`config_file`: the file `config` came from, relative to the repository's root: the Synth step builds that
+        file, and the Review steps read its allowances, so that the pipeline deploys what it was deployed with."""
         super().__init__(
             scope,
             construct_id,
@@ -72,10 +78,15 @@ class PipelineStack(Stack):
             bucket_name=f"{config.project.name}-pipeline-access-logs-{self.account}-{self.region}",
             s3_access_prefix="artifacts/",
         )
+        self._config_file = config_file
+        if Path(config_file).is_absolute():
+            Annotations.of(self).add_warning_v2(
+                CONFIG_OUTSIDE_REPOSITORY, f"{config_file} is outside the repository: the pipeline's Synth step, which "
+                "builds the checked-out repository, cannot read it. Keep the config file in the repository.")
         synth = pipelines.CodeBuildStep(
             "Synth",
             input=source,
-            commands=[SYNTH_COMMAND],
+            commands=[SYNTH_COMMAND if config_file == DEFAULT_CONFIG_FILE else f"{SYNTH_COMMAND} CONFIG={shlex.quote(config_file)}"],
             primary_output_directory="cdk.out",
             # jsii runs the app in Node and Python at once: the small (3 GB) instance is too tight.
             build_environment=codebuild.BuildEnvironment(
@@ -399,7 +410,8 @@ class PipelineStack(Stack):
             install_commands=[_hashed_install("review")],
             commands=[
                 f"python -m pipeline.changes --base deployed --drift --assembly cdk.out --stage {name}"
-                " --junit reports/changes.xml --markdown reports/changes.md --json reports/changes.json"
+                + ("" if self._config_file == DEFAULT_CONFIG_FILE else f" --config {shlex.quote(self._config_file)}")
+                + " --junit reports/changes.xml --markdown reports/changes.md --json reports/changes.json"
                 ' --notify "$NOTIFICATIONS_TOPIC"'
             ],
             env={"NOTIFICATIONS_TOPIC": self.notifications.topic_arn},

@@ -220,16 +220,16 @@ def test_bootstrap_prints_every_step_in_order_for_the_default_config(capsys):
     assert bootstrap.main([]) == 0
     out = capsys.readouterr().out
     assert "AdministratorAccess" not in out
-    pipeline = ("npx cdk bootstrap aws://111111111111/us-west-2 --qualifier hnb659fds --cloudformation-execution-policies "
-                "arn:aws:iam::111111111111:policy/coder-cdk-execution-pipeline-1")
+    pipeline = ("npx cdk bootstrap aws://111111111111/us-west-2 --qualifier hnb659fds --output build/bootstrap.out "
+                "--cloudformation-execution-policies arn:aws:iam::111111111111:policy/coder-cdk-execution-pipeline-1")
     platform = ",".join(f"arn:aws:iam::222222222222:policy/coder-cdk-execution-platform-{n}" for n in (1, 2, 3))
-    staging = ("npx cdk bootstrap aws://222222222222/us-west-2 --qualifier hnb659fds --cloudformation-execution-policies "
-               f"{platform} --trust 111111111111 --trust-for-lookup 111111111111")
+    staging = ("npx cdk bootstrap aws://222222222222/us-west-2 --qualifier hnb659fds --output build/bootstrap.out "
+               f"--cloudformation-execution-policies {platform} --trust 111111111111 --trust-for-lookup 111111111111")
     production = staging.replace("222222222222", "333333333333")
     create = ("aws iam create-policy --policy-name coder-cdk-execution-platform-1 "
               "--policy-document file://pipeline/execution-policies/platform-1.json")
-    steps = [pipeline, create, staging, create, production, "Update pending connection", "make doctor",
-             "npx cdk deploy CoderPipeline"]
+    steps = [pipeline, create, staging, create, production, "Update pending connection", "make doctor\n",
+             "make synth && npx cdk deploy --app cdk.out CoderPipeline"]
     position = 0
     for step in steps:  # each after the one before it
         position = out.index(step, position) + len(step)
@@ -256,8 +256,10 @@ def test_bootstrap_apply_runs_with_profiles_and_stops_at_the_first_failure(capsy
         calls.append(command)
         return Result(1 if "aws://222222222222/us-west-2" in command else 0)
 
+    accounts = {"tools": "111111111111", "stg": "222222222222", "prd": "333333333333"}
     code = bootstrap.main(["--apply", "--profile", "pipeline=tools", "--profile", "staging=stg",
-                           "--profile", "333333333333=prd"], run=run, iam_client=lambda _profile: FakeIam())
+                           "--profile", "333333333333=prd"], run=run, iam_client=lambda _profile: FakeIam(),
+                          account_of=accounts.get)
     assert code == 1
     assert [c[-1] for c in calls] == ["tools", "stg"]  # production never ran
     assert "bootstrapping staging (222222222222/us-west-2) failed" in capsys.readouterr().err
@@ -331,3 +333,22 @@ def test_bootstrap_apply_creates_the_execution_policies_then_keeps_them_current(
     assert len(versions) == 5 and "v2" not in [v["VersionId"] for v in versions]  # the oldest non-default went
     (default,) = [v for v in versions if v["IsDefaultVersion"]]
     assert json.loads(default["Document"]) == grown
+
+
+def test_bootstrap_apply_checks_every_profiles_account_before_changing_anything(capsys):
+    calls, iam_calls = [], []
+    accounts = {"tools": "111111111111", "stg": "222222222222", "prd": "222222222222"}  # prd is staging's account
+    code = bootstrap.main(["--apply", "--profile", "pipeline=tools", "--profile", "staging=stg", "--profile",
+                           "production=prd"], run=calls.append, iam_client=iam_calls.append, account_of=accounts.get)
+    assert code == 2 and calls == [] and iam_calls == []
+    assert "nothing was changed; profile prd (production) is account 222222222222, not 333333333333" in capsys.readouterr().err
+
+
+def test_bootstrap_never_writes_over_the_assembly_and_names_the_config_it_was_given(capsys):
+    example = ROOT / "config" / "examples" / "three-environments.toml"
+    assert bootstrap.main(["--config", str(example)]) == 0
+    out = capsys.readouterr().out
+    bootstraps = [line for line in out.splitlines() if "npx cdk bootstrap" in line]
+    assert bootstraps and all("--output build/bootstrap.out" in line for line in bootstraps)
+    assert "make doctor CONFIG=config/examples/three-environments.toml" in out
+    assert "make synth CONFIG=config/examples/three-environments.toml && npx cdk deploy --app cdk.out CoderPipeline" in out

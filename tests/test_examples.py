@@ -53,3 +53,21 @@ def test_dev_gets_its_own_account_names_and_secrets(three_environments):
     manifest = json.loads((data.path.parent / "manifest.json").read_text())
     environments = {a["environment"] for a in manifest["artifacts"].values() if a["type"] == "aws:cloudformation:stack"}
     assert environments == {f"aws://{dev.account}/{dev.region}"}
+
+
+def test_the_pipeline_builds_the_config_it_was_deployed_with(three_environments):
+    """Synthesized with config/examples/three-environments.toml, the pipeline's Synth step builds that file and its
+    release reviews read that file's allowances (the default file would deploy the example)."""
+    pipeline = three_environments.templates["CoderPipeline"]
+    specs = {}
+    for lid, resource in pipeline.resources.items():
+        spec = resource["Properties"]["Source"].get("BuildSpec", "") if resource["Type"] == "AWS::CodeBuild::Project" else ""
+        if spec.lstrip().startswith("{"):  # the assets project's buildspec is a file of the assembly
+            specs[lid] = json.loads(spec)
+    (synth,) = [spec for lid, spec in specs.items() if lid.startswith("PipelineBuildSynth")]
+    assert synth["phases"]["build"]["commands"] == ["make synth CONFIG=config/examples/three-environments.toml"]
+    reviews = [spec for lid, spec in specs.items() if "Review" in lid]
+    assert len(reviews) == 3
+    for spec in reviews:
+        (command,) = spec["phases"]["build"]["commands"]
+        assert " --config config/examples/three-environments.toml " in command
