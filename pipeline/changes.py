@@ -10,7 +10,8 @@ A stack that does not exist yet is all additions. Stacks are matched by account,
 
 For each stack: resources added, removed and changed; for a changed one, the properties that changed and whether
 CloudFormation replaces it (from CloudFormation's own resource schemas, `createOnlyProperties`, as cfn-lint ships
-them), following replacements through references ("may be replaced" where it cannot be known offline). IAM statements
+them), following replacements through references, within a stack and across the stacks of a stage (a stack's output
+read with Fn::GetStackOutput): "may be replaced" where it cannot be known offline. IAM statements
 and security-group rules added or removed are rows of their own. Replacing or removing a stateful resource (database,
 cache, file system, bucket, table, secret, key, backup vault), a renamed one included, blocks, unless the environment
 allows that change in the config (`allowed_changes`, with a reason).
@@ -461,6 +462,61 @@ def apply_allowances(changes: list[Change], allowances: dict[str, list[dict]], s
                   "matches no destructive change: remove the allowance")
 
 
+def _stack_outputs(value) -> set[tuple[str, str]]:
+    """(stack, output) pairs a value reads from other stacks (Fn::GetStackOutput, as CDK writes cross-stack references)."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(value, dict):
+        read = value.get("Fn::GetStackOutput")
+        if isinstance(read, dict) and isinstance(read.get("StackName"), str) and isinstance(read.get("OutputName"), str):
+            found.add((read["StackName"], read["OutputName"]))
+        for item in value.values():
+            found |= _stack_outputs(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _stack_outputs(item)
+    return found
+
+
+def _follow_across_stacks(changes: list[Change], stacks: Sequence[StackTemplate]) -> list[Change]:
+    """A stack's output that carries a replaced (or removed) resource carries a new value: every resource of another
+    stack that reads it gets that new value. Read through a create-only property, it may be replaced (a stateful one
+    then blocks like a direct replacement); through another property, it changes in place. Repeated until nothing
+    more is reached, within and across stacks."""
+    index = {(c.stack, c.logical_id): c for c in changes}
+    while True:
+        gone = {key for key, c in index.items() if c.replacement in ("yes", "maybe") or c.action == "remove"}
+        moved = {(s.name, name) for s in stacks for name, output in s.template.get("Outputs", {}).items()
+                 if {(s.name, lid) for lid in _references(output.get("Value"))} & gone}
+        grew = False
+        for stack in stacks:
+            for lid, resource in stack.template.get("Resources", {}).items():
+                kind = resource.get("Type")
+                current = index.get((stack.name, lid))
+                if kind in IGNORED_TYPES or (current is not None and (current.action == "add" or current.replacement in ("yes", "maybe"))):
+                    continue
+                props = resource.get("Properties", {})
+                reads = {name: sorted(_stack_outputs(value) & moved) for name, value in props.items()}
+                reads = {name: pairs for name, pairs in reads.items() if pairs}
+                same_stack = [name for name in _create_only(stack.region, kind)
+                              if {(stack.name, ref) for ref in _references(props.get(name))} & gone]
+                labels = {f"{name} (reads {'/'.join(pairs[0])}, a replaced resource's)" for name, pairs in reads.items()}
+                labels |= {f"{name} (refers to a replaced resource)" for name in same_stack}
+                if current is not None and labels <= set(current.properties):
+                    continue
+                if not labels:
+                    continue
+                if current is None:
+                    current = index[(stack.name, lid)] = Change(stack.stage, stack.name, lid, kind, "modify",
+                                                                stateful=kind in STATEFUL_TYPES)
+                current.properties = sorted(set(current.properties) | labels)
+                if same_stack or set(reads) & _create_only(stack.region, kind):
+                    current.replacement = "maybe"
+                grew = True
+        if not grew:
+            known = {id(c) for c in changes}
+            return list(changes) + [c for c in index.values() if id(c) not in known]
+
+
 def review(base: Sequence[StackTemplate], new: Sequence[StackTemplate], allowances: dict[str, list[dict]]) -> Review:
     old_by_key = {s.key: s for s in base}
     changes, rows = [], []
@@ -475,6 +531,9 @@ def review(base: Sequence[StackTemplate], new: Sequence[StackTemplate], allowanc
             found, found_rows = diff_stack(stack.stage, stack.name, stack.region, stack.template, {})
             changes += found
             rows += found_rows
+    for stage in sorted({s.stage for s in new}):  # outputs are read by the stacks of the same stage
+        ordered = [c for c in changes if c.stage == stage]
+        changes = [c for c in changes if c.stage != stage] + _follow_across_stacks(ordered, [s for s in new if s.stage == stage])
     unused = apply_allowances(changes, allowances, sorted({s.stage for s in new} - {PIPELINE_STAGE}))
     return Review(changes, rows, unused)
 

@@ -204,6 +204,47 @@ def test_a_replacement_cascades_through_references(assembly, edit, tmp_path):
     assert database["properties"] == ["DBSubnetGroupName (refers to a replaced resource)"]
 
 
+def test_a_replacement_is_followed_into_the_stacks_that_read_it(assembly, edit, tmp_path):
+    """A data subnet moved to another range is replaced (CidrBlock is create-only); the Data stack reads its id
+    through the Network stack's output: the database's and the cache's subnet groups get new SubnetIds."""
+    def move_subnet(resources):
+        resources["VpcPrivateDataSubnet1Subnet588C411B"]["Properties"]["CidrBlock"] = "10.0.30.0/24"
+
+    new = edit("Production-Network", move_subnet)
+    result, data, markdown = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(new),
+                                    "--stage", "Production")
+    assert changed(data, "VpcPrivateDataSubnet1Subnet588C411B")["replacement"] == "yes"
+    output = "Production-Network/PublishOutputRefVpcPrivateDataSubnet1Subnet588C411BC2D88472"
+    for group in ("PostgresSubnetGroup9F8A4D6E", "RedisSubnetGroup"):
+        found = changed(data, group)
+        assert found["stack"] == "Production-Data" and found["action"] == "modify"
+        assert f"SubnetIds (reads {output}, a replaced resource's)" in found["properties"]
+    assert "PostgresSubnetGroup9F8A4D6E" in markdown
+
+
+def test_a_stateful_resource_reached_across_stacks_blocks(assembly, edit, tmp_path):
+    """Read through a create-only property, the new value from another stack may replace a stateful resource: that
+    blocks, as a direct replacement does."""
+    output = "PublishOutputRefVpcPrivateDataSubnet1Subnet588C411BC2D88472"
+
+    def move_subnet(resources):
+        resources["VpcPrivateDataSubnet1Subnet588C411B"]["Properties"]["CidrBlock"] = "10.0.30.0/24"
+
+    def name_the_bucket_after_the_subnet(resources):
+        resources["BackupsBucket0F0F569B"]["Properties"]["BucketName"] = {"Fn::GetStackOutput": {
+            "StackName": "Production-Network", "Region": "us-west-2", "OutputName": output}}
+
+    edit("Production-Data", name_the_bucket_after_the_subnet)
+    base = tmp_path / "base.out"
+    shutil.copytree(tmp_path / "new.out", base)  # the bucket already read the subnet before this release
+    new = edit("Production-Network", move_subnet)
+    result, data, _ = report(tmp_path, "--base", str(base), "--assembly", str(new), "--stage", "Production")
+    assert result.returncode == 1, result.stdout
+    bucket = changed(data, "BackupsBucket0F0F569B")
+    assert (bucket["replacement"], bucket["blocking"]) == ("maybe", True)
+    assert bucket["properties"] == [f"BucketName (reads Production-Network/{output}, a replaced resource's)"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("--base", "nowhere", "--assembly", "nowhere"), "nowhere/manifest.json: not found"),
     (("--base", "{assembly}", "--assembly", "{assembly}", "--stage", "Prod"), "stage 'Prod' is not in the assembly"),
