@@ -35,6 +35,28 @@ class LiteLLMConfigError(ValueError):
     pass
 
 
+# Which regions may call a cross-region inference profile of each geography (Bedrock's inference profiles: a profile
+# routes within its geography and is called from a region of it); `global.` profiles from any commercial region.
+PROFILE_REGIONS = {
+    "us.": ("us-",), "eu.": ("eu-",), "apac.": ("ap-",), "ca.": ("ca-",),
+    "jp.": ("ap-northeast-1", "ap-northeast-3"), "au.": ("ap-southeast-2", "ap-southeast-4"), "global.": ("",),
+}
+
+
+def region_problems(config: LiteLLMConfig, region: str) -> list[str]:
+    """The Bedrock models of the file that `region` cannot call: an inference profile of another geography."""
+    problems = []
+    for model in config.bedrock_models:
+        prefix = next((p for p in PROFILE_PREFIXES if model.model_id.startswith(p)), None)
+        if prefix is None or region.startswith(PROFILE_REGIONS[prefix]):
+            continue
+        fitting = [p for p, regions in PROFILE_REGIONS.items() if p != "global." and region.startswith(regions)]
+        problems.append(
+            f"bedrock/{model.model_id} is a {prefix.rstrip('.')} inference profile, which {region} cannot call: use "
+            f"{' or '.join(f'{p}{model.foundation_model_id}' for p in fitting + ['global.'])}")
+    return problems
+
+
 @dataclass(frozen=True)
 class BedrockModel:
     model_id: str  # as LiteLLM calls it: a foundation model id or an inference profile id

@@ -14,7 +14,7 @@ from constructs import Construct
 from config.model import EnvironmentConfig
 from constructs_lib.compliance import acknowledge
 from constructs_lib.fargate_service import FargateService, Listener, ServiceRuntime, ServiceSpec, task_role
-from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config
+from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config, region_problems
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.service_catalogue import LANGFUSE_WEB, LITELLM
 from constructs_lib.timeouts import TARGET_KEEP_ALIVE_SECONDS
@@ -47,6 +47,10 @@ class LiteLLMService(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.litellm_config = load_litellm_config(config_path)
+        wrong_region = region_problems(self.litellm_config, config.region)
+        if wrong_region:
+            raise LiteLLMConfigError(f"{config_path}: environment {config.name} runs in {config.region}:\n  "
+                                     + "\n  ".join(wrong_region))
         config_file = s3_assets.Asset(self, "ConfigFile", path=str(config_path))
 
         self.task_role = task_role(

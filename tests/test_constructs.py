@@ -285,3 +285,48 @@ def test_build_control_leaves_a_statement_and_nothing_else():
     assert _without_build_control(mixed) == {"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "*"}
     deny = {"Effect": "Deny", "Action": control, "Resource": "*"}
     assert _without_build_control(deny) == deny
+
+
+def test_a_region_calls_only_its_geographys_inference_profiles(tmp_path):
+    from constructs_lib.litellm_config import region_problems
+
+    config = load_litellm_config(write(tmp_path, """
+model_list:
+  - model_name: a
+    litellm_params: {model: bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0}
+  - model_name: b
+    litellm_params: {model: bedrock/eu.anthropic.claude-sonnet-4-20250514-v1:0}
+  - model_name: c
+    litellm_params: {model: bedrock/global.anthropic.claude-sonnet-4-20250514-v1:0}
+  - model_name: d
+    litellm_params: {model: bedrock/anthropic.claude-3-5-haiku-20241022-v1:0}
+""" + SETTINGS))
+    assert region_problems(config, "eu-central-1") == [
+        "bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0 is a us inference profile, which eu-central-1 cannot call: "
+        "use eu.anthropic.claude-sonnet-4-20250514-v1:0 or global.anthropic.claude-sonnet-4-20250514-v1:0"]
+    assert region_problems(config, "us-west-2") == [
+        "bedrock/eu.anthropic.claude-sonnet-4-20250514-v1:0 is a eu inference profile, which us-west-2 cannot call: "
+        "use us.anthropic.claude-sonnet-4-20250514-v1:0 or global.anthropic.claude-sonnet-4-20250514-v1:0"]
+    assert len(region_problems(config, "ap-northeast-1")) == 2  # neither us. nor eu.; apac., jp. or global. would do
+
+
+def test_the_shipped_models_are_refused_in_a_region_of_another_geography(tmp_path):
+    """litellm/config.yaml names US inference profiles: building the app with an environment in eu-central-1 stops,
+    naming each model and what to use there (not a deploy whose every Bedrock call fails)."""
+    from aws_cdk import App
+
+    from app import build_app
+    from tests.test_config import BASE
+
+    text = BASE.replace('region = "us-west-2"\ndomain = "coder-staging', 'region = "eu-central-1"\ndomain = "coder-staging', 1)
+    text = text.replace('availability_zones = ["us-west-2a", "us-west-2b"]',
+                        'availability_zones = ["eu-central-1a", "eu-central-1b"]', 1)
+    assert "eu-central-1a" in text and 'region = "eu-central-1"' in text
+    config = tmp_path / "eu.toml"
+    config.write_text(text)
+    with pytest.raises(LiteLLMConfigError) as error:
+        build_app(App(context={"config": str(config)}))
+    message = str(error.value)
+    assert "environment staging runs in eu-central-1" in message
+    assert "bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0 is a us inference profile, which eu-central-1 cannot " \
+           "call: use eu.anthropic.claude-sonnet-4-5-20250929-v1:0 or global.anthropic" in message
