@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, NamedTuple
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
@@ -616,7 +617,10 @@ class EnvironmentConfig(Section):
         "not a Route 53 hosted zone id",
         'a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ, or "" for no DNS validation',
     ) = ""
-    custom_llm_api_base: _checked(StrictStr, "an https URL", _https_url)
+    custom_llm_api_base: _checked(
+        StrictStr, '"" (no corporate gateway: no custom models, no gateway secret) or its https URL',
+        lambda v: None if v == "" else _https_url(v),
+    ) = ""
     tags: Annotated[
         dict[StrictStr, StrictStr],
         Field(description="a table of string tags (keys not starting with aws:)"),
@@ -680,6 +684,9 @@ class EnvironmentConfig(Section):
             found.append(("images.key_provisioner", self.images.key_provisioner))
         if _example_domain(self.domain):
             found.append(("domain", self.domain))
+        gateway_host = urlsplit(self.custom_llm_api_base).hostname or ""
+        if self.custom_llm_api_base and _example_domain(gateway_host):
+            found.append(("custom_llm_api_base", self.custom_llm_api_base))
         found += [("oidc.allowed_email_domains", d) for d in self.oidc.allowed_email_domains if _example_domain(d)]
         if _example_domain(self.langfuse.owner_email.rpartition("@")[2]):
             found.append(("langfuse.owner_email", self.langfuse.owner_email))
@@ -694,6 +701,11 @@ class EnvironmentConfig(Section):
     @property
     def project(self) -> str:
         return self._project
+
+    @property
+    def has_gateway(self) -> bool:
+        """A corporate LLM gateway is configured: LiteLLM gets its models and its API key secret."""
+        return bool(self.custom_llm_api_base)
 
     @property
     def is_production(self) -> bool:

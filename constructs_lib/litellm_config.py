@@ -19,6 +19,9 @@ CREDENTIAL_KEYS = ("api_key", "master_key", "database_url", "aws_secret_access_k
 PROFILE_PREFIXES = ("us.", "eu.", "apac.", "jp.", "au.", "ca.", "global.")
 BEDROCK_ROUTES = ("converse/", "invoke/")
 MAX_REDIS_TTL_SECONDS = 86400
+# What the corporate LLM gateway's models read: an environment without a gateway gets none of them.
+GATEWAY_ENVIRONMENT = frozenset({"CUSTOM_LLM_API_BASE", "CUSTOM_LLM_CLAUDE_API_BASE", "CUSTOM_LLM_API_KEY"})
+GENERATED_DIR = ROOT / "build" / "litellm"
 # The shared state every replica must use (litellm_settings.cache_params): the Data stack's Redis, over TLS with its
 # AUTH token, holding usage state only.
 SHARED_STATE = {
@@ -167,3 +170,25 @@ def _shared_state_problems(settings: dict) -> list[str]:
         problems.append("litellm_settings.default_redis_ttl: must come before `cache` (LiteLLM applies the settings in "
                         "order and reads it when it opens the Redis connection)")
     return problems
+
+
+def without_gateway(path: Path, name: str) -> Path:
+    """The config without the models that call the corporate gateway (any `os.environ/CUSTOM_LLM_*`), for an
+    environment that has none: written to build/litellm/<name>.yaml (the same every synth) and returned."""
+    document = yaml.safe_load(path.read_text())
+
+    def gateway(entry: dict) -> bool:
+        found: set[str] = set()
+        _walk(entry, "", found, [])
+        return bool(found & GATEWAY_ENVIRONMENT)
+
+    kept = [entry for entry in document["model_list"] if not gateway(entry)]
+    if not kept:
+        raise LiteLLMConfigError(f"{path}: every model calls the corporate gateway, and environment {name} has none")
+    GENERATED_DIR.mkdir(parents=True, exist_ok=True)
+    target = GENERATED_DIR / f"{name}.yaml"
+    text = f"# {path.name} without the corporate gateway's models (environment {name} has no gateway).\n"
+    text += yaml.safe_dump({**document, "model_list": kept}, sort_keys=False)
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return target

@@ -14,7 +14,14 @@ from constructs import Construct
 from config.model import EnvironmentConfig
 from constructs_lib.compliance import acknowledge
 from constructs_lib.fargate_service import FargateService, Listener, ServiceRuntime, ServiceSpec, task_role
-from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfig, LiteLLMConfigError, load_litellm_config, region_problems
+from constructs_lib.litellm_config import (
+    DEFAULT_PATH,
+    LiteLLMConfig,
+    LiteLLMConfigError,
+    load_litellm_config,
+    region_problems,
+    without_gateway,
+)
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.service_catalogue import LANGFUSE_WEB, LITELLM
 from constructs_lib.timeouts import TARGET_KEEP_ALIVE_SECONDS
@@ -46,6 +53,8 @@ class LiteLLMService(Construct):
         config_path: Path = DEFAULT_PATH,
     ) -> None:
         super().__init__(scope, construct_id)
+        if not config.has_gateway:  # no corporate gateway: none of its models, its URL or its key
+            config_path = without_gateway(config_path, config.qualifier)
         self.litellm_config = load_litellm_config(config_path)
         wrong_region = region_problems(self.litellm_config, config.region)
         if wrong_region:
@@ -84,6 +93,10 @@ class LiteLLMService(Construct):
         secrets.grant_read(self.task_role, "litellm/master-key", "litellm/anthropic-api-key")
 
         api_base = config.custom_llm_api_base.rstrip("/")
+        gateway = {
+            "CUSTOM_LLM_API_BASE": api_base,
+            "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
+        } if config.has_gateway else {}
         environment = {
             # Production mode: no .env file is read at start (LiteLLM's production guide).
             "LITELLM_MODE": "PRODUCTION",
@@ -100,8 +113,7 @@ class LiteLLMService(Construct):
             "LITELLM_ANTHROPIC_DISABLE_URL_SUFFIX": "true",
             # The model price map bundled with this version, not one downloaded from GitHub at every start.
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-            "CUSTOM_LLM_API_BASE": api_base,
-            "CUSTOM_LLM_CLAUDE_API_BASE": f"{api_base}/claude/messages",
+            **gateway,
             "LITELLM_CONFIG_BUCKET_NAME": config_file.s3_bucket_name,
             "LITELLM_CONFIG_BUCKET_OBJECT_KEY": config_file.s3_object_key,
         }
@@ -111,7 +123,8 @@ class LiteLLMService(Construct):
             "LITELLM_SALT_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/master-key"], "salt_key"),
             "ANTHROPIC_API_KEY": ecs.Secret.from_secrets_manager(secrets["litellm/anthropic-api-key"]),
             "REDIS_PASSWORD": ecs.Secret.from_secrets_manager(secrets["redis/auth-token"]),
-            "CUSTOM_LLM_API_KEY": ecs.Secret.from_secrets_manager(secrets["custom-llm/api-key"]),
+            **({"CUSTOM_LLM_API_KEY": ecs.Secret.from_secrets_manager(secrets["custom-llm/api-key"])}
+               if config.has_gateway else {}),
             "LANGFUSE_PUBLIC_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "public_key"),
             "LANGFUSE_SECRET_KEY": ecs.Secret.from_secrets_manager(secrets["langfuse/api-keys"], "secret_key"),
         }

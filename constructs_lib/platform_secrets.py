@@ -170,6 +170,9 @@ SECRETS: tuple[SecretRow, ...] = (
 )
 
 
+GATEWAY_SECRET = "custom-llm/api-key"  # noqa: S105 - a secret's name; only where the environment has a gateway
+
+
 class PlatformSecrets(Group):
     """Every row of SECRETS as a Secrets Manager secret named `secret_name(row.name)`.
 
@@ -187,10 +190,14 @@ class PlatformSecrets(Group):
         database_port: str,
         key: kms.IKey,
         logs_key: kms.IKey,
+        gateway: bool = True,
     ) -> None:
+        """`gateway`: a corporate LLM gateway is configured (without one there is no gateway API key secret)."""
         super().__init__(scope, construct_id)
         self.secrets: dict[str, secretsmanager.ISecret] = {}
         for row in SECRETS:
+            if row.name == GATEWAY_SECRET and not gateway:
+                continue
             value = row.value
             if isinstance(value, Formatted):
                 secret = FormattedSecret(

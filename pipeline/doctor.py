@@ -245,6 +245,8 @@ class Doctor:
                 continue  # its bootstrap check failed above
             client = session.client("secretsmanager", region_name=environment.region)
             for short in OPERATOR_SECRETS:
+                if short == "custom-llm/api-key" and not environment.has_gateway:
+                    continue  # no corporate gateway here: no secret for it
                 name = environment.secret_name(short)
                 try:
                     versions = client.list_secret_version_ids(SecretId=name)["Versions"]

@@ -108,6 +108,7 @@ class DataStack(Stack):
             database_port=database.port,
             key=self.data_key,
             logs_key=network.logs_key,
+            gateway=config.has_gateway,
         )
         self.app_databases = AppDatabases(
             self,

@@ -88,9 +88,15 @@ def test_example_values_are_named_with_their_fields():
         .replace('owner_email = "platform-admin@company.com"', 'owner_email = "ana.ortiz@acme-corp.io"'), "real.toml",
     )
     assert named["production.langfuse.owner_email"] == "platform-admin@company.com"
-    assert real.environment("production").example_values() == []
+    # The corporate gateway of the shipped file is an example too (a real company's URL once slipped through).
+    assert named["production.custom_llm_api_base"] == "https://llm-gateway.example.com/v2/api"
+    assert [field for field, _ in real.environment("production").example_values()] == ["production.custom_llm_api_base"]
     assert [field for field, _ in real.environment("staging").example_values()] == [
-        "staging.account", "staging.images.key_provisioner", "staging.domain"]
+        "staging.account", "staging.images.key_provisioner", "staging.domain", "staging.custom_llm_api_base"]
+    no_gateway = parse_config(BASE.replace('custom_llm_api_base = "https://llm-gateway.example.com/v2/api"',
+                                           'custom_llm_api_base = ""'), "none.toml")
+    assert all(not e.has_gateway for e in no_gateway.environments)
+    assert not [f for e in no_gateway.environments for f, _ in e.example_values() if f.endswith("custom_llm_api_base")]
 
 
 def test_config_is_frozen():

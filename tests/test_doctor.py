@@ -22,6 +22,7 @@ REAL = (BASE.replace("111111111111", PIPELINE).replace("222222222222", STAGING).
         .replace("00000000-0000-0000-0000-000000000000", "7f3c2a10-5d4e-4b8a-9c61-2e8f0b1d4a77")
         .replace(f"arn:aws:codeconnections:us-west-2:{PIPELINE}:connection/00000000-0000-4000-8000-000000000000", CONNECTION)
         .replace("company.com", "acme-corp.io").replace("example-org/", "acme/")
+        .replace("llm-gateway.example.com", "llm-gateway.acme-corp.io")
         .replace('notification_email = ""', 'notification_email = "oncall@acme-corp.io"'))
 OLD_TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                       "Principal": {"AWS": "arn:aws:iam::999999999999:root"}}]}

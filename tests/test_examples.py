@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from config.loader import load_config
 from pipeline.synth_summary import read_findings
 from tests.synths import THREE_ENVIRONMENTS
@@ -71,3 +73,28 @@ def test_the_pipeline_builds_the_config_it_was_deployed_with(three_environments)
     for spec in reviews:
         (command,) = spec["phases"]["build"]["commands"]
         assert " --config config/examples/three-environments.toml " in command
+
+
+def test_an_environment_without_a_gateway_has_no_gateway_models_url_or_secret(three_environments):
+    """dev has custom_llm_api_base = "": LiteLLM gets neither the gateway's URL nor its key, its config file lists no
+    custom-* model, and no gateway secret exists; staging (with a gateway) keeps all three."""
+    def litellm(stage: str) -> tuple[dict, set, list]:
+        platform = three_environments.stack(stage, "Platform")
+        task = platform.resources[platform.logical_id("/Platform/LiteLLM/Service/TaskDefinition/Resource")]["Properties"]
+        (container,) = task["ContainerDefinitions"]
+        environment = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assets = json.loads(next(platform.path.parent.glob(f"{platform.path.name.split('.')[0]}.assets.json")).read_text())
+        sources = {f"{h}.yaml": entry["source"]["path"] for h, entry in assets["files"].items()}
+        config = yaml.safe_load((platform.path.parent / sources[environment["LITELLM_CONFIG_BUCKET_OBJECT_KEY"]]).read_text())
+        return environment, {s["Name"] for s in container["Secrets"]}, [m["model_name"] for m in config["model_list"]]
+
+    environment, secrets, models = litellm("Dev")
+    assert not {"CUSTOM_LLM_API_BASE", "CUSTOM_LLM_CLAUDE_API_BASE"} & set(environment) and "CUSTOM_LLM_API_KEY" not in secrets
+    assert models and not [m for m in models if m.startswith("custom-")]
+    assert "claude-sonnet-4-5" in models
+    data = three_environments.stack("Dev", "Data")
+    assert not [r for r in data.resources.values() if r["Type"] == "AWS::SecretsManager::Secret"
+                and "custom-llm" in json.dumps(r["Properties"].get("Name"))]
+    environment, secrets, models = litellm("Staging")
+    assert environment["CUSTOM_LLM_API_BASE"] == "https://llm-gateway.example.com/v2/api" and "CUSTOM_LLM_API_KEY" in secrets
+    assert "custom-gpt-4o" in models
