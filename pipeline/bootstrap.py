@@ -138,6 +138,19 @@ def plan(config: AppConfig, stack_name: str, config_path: Path | None = None) ->
         lines += [f"   {create_policy_command(target, name)}" for name in target.policies]
         lines.append(f"   {' '.join(target.command())}")
     step = len(targets(config)) + 1
+    lines.append(f"{step}. Before the first deploy of each environment: its Key Provisioner image (built from that "
+                 "application's own repository) pushed to ECR, and DNS for its certificate:")
+    for environment in config.environments:
+        lines.append(f"   {environment.name}: push {environment.images.key_provisioner}")
+        if environment.hosted_zone_id:
+            lines.append(f"   {environment.name}: ACM validates {environment.domain} and *.{environment.domain} in hosted zone "
+                         f"{environment.hosted_zone_id} by itself")
+        else:
+            lines.append(f"   {environment.name}: the first deploy waits until the CNAME records ACM shows for "
+                         f"{environment.domain} and *.{environment.domain} (ACM console) are in your DNS")
+        lines.append(f"   {environment.name}: once deployed, point {environment.domain} and *.{environment.domain} at the "
+                     f"Platform stack's output LoadBalancerDnsName (internal: a zone your network resolves)")
+    step += 1
     lines += [
         f"{step}. Finish the CodeConnections hand-shake in the pipeline account's console (Developer Tools > Settings >"
         " Connections > Update pending connection):",

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from config.loader import ConfigError, load_config
-from config.model import AppConfig
+from config.model import ECR_IMAGE, AppConfig
 from pipeline.bootstrap import ADMINISTRATOR_ACCESS, QUALIFIER, Target, policy_document, targets
 
 PASS, FAIL, WARN = "PASS", "FAIL", "WARN"
@@ -90,6 +90,7 @@ class Doctor:
             found, session = self._environment_bootstrap(target)
             checks += found
             environment_sessions[target.key] = session
+        checks += self._images(environment_sessions)
         checks.append(self._connection())
         checks += self._after_first_deploy(environment_sessions)
         return checks + self._example_values()
@@ -196,6 +197,29 @@ class Doctor:
             else:
                 checks.append(Check(FAIL, f"{where} {kind} role", f"does not trust the pipeline account {pipeline}", fix))
         return checks, session
+
+    def _images(self, environment_sessions: dict) -> list[Check]:
+        """Each ECR image of the config (the Key Provisioner's: built from its own repository, not this one) exists,
+        read through the environment's lookup role: a deploy otherwise waits for tasks that can never pull it."""
+        checks = []
+        for environment in self.config.environments:
+            session = next((s for key, s in environment_sessions.items() if environment.name in key.split("+")), None)
+            for field, image in environment.images.model_dump().items():
+                match = ECR_IMAGE.match(image)
+                if match is None or session is None:
+                    continue
+                name = f"{environment.name} image {field}"
+                reference = {"imageTag": match["tag"]} if match["tag"] else {"imageDigest": match["digest"]}
+                fix = (f"build the image and push it: docker push {image} (aws ecr get-login-password --region "
+                       f"{match['region']} | docker login --username AWS --password-stdin {image.split('/')[0]})")
+                try:
+                    session.client("ecr", region_name=match["region"]).describe_images(
+                        registryId=match["account"], repositoryName=match["repository"], imageIds=[reference])
+                except Exception as error:
+                    checks.append(Check(FAIL, name, f"{image} not found ({_error_code(error)})", fix))
+                    continue
+                checks.append(Check(PASS, name, f"{image} is in ECR"))
+        return checks
 
     def _connection(self) -> Check:
         arn = self.config.pipeline.connection_arn

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import Stack
+from aws_cdk import CfnOutput, Stack
 from aws_cdk import aws_certificatemanager as acm
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
@@ -105,6 +105,10 @@ class PlatformStack(Stack):
             direct_access=config.features.enable_workspace_direct_access,
         )
         load_balancer, listener, certificate = balancer.load_balancer, balancer.listener, balancer.certificate
+        # Where `<domain>` and `*.<domain>` must point (README "DNS and certificates"): people read it here.
+        CfnOutput(self, "LoadBalancerDnsName", value=load_balancer.load_balancer_dns_name,
+                  description=f"Point {config.domain} and *.{config.domain} here (alias or CNAME, a zone the VPC's "
+                  "users resolve: the load balancer is internal)")
 
         workspaces = WorkspaceRoles(
             self,

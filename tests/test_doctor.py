@@ -76,8 +76,18 @@ def stubbed(session_maker, connection_status="AVAILABLE", execution_status=None)
     return factory
 
 
+def push_key_provisioner(session) -> None:
+    """The Key Provisioner's image in the account's ECR (built and pushed from its own repository)."""
+    ecr = session.client("ecr")
+    ecr.create_repository(repositoryName="key-provisioner")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1,
+                           "digest": "sha256:" + "0" * 64}, "layers": []}
+    ecr.put_image(repositoryName="key-provisioner", imageManifest=json.dumps(manifest), imageTag="1.0.0")
+
+
 def bootstrap_account(session, trusted: str | None, version: str = "21", qualifier: str = "hnb659fds",
-                      execution: str = "least-privilege") -> None:
+                      execution: str = "least-privilege", image: bool = True) -> None:
     """What `cdk bootstrap` leaves: the CDKToolkit stack (its execution-policies parameter), the version parameter and
     (with trust) the roles; and the execution policies `make bootstrap --apply` puts ("least-privilege"), or none and
     AdministratorAccess ("administrator", an older bootstrap)."""
@@ -98,6 +108,8 @@ def bootstrap_account(session, trusted: str | None, version: str = "21", qualifi
          "Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}}),
         Parameters=[{"ParameterKey": "CloudFormationExecutionPolicies", "ParameterValue": attached}])
     session.client("ssm").put_parameter(Name=f"/cdk-bootstrap/{qualifier}/version", Value=version, Type="String")
+    if trusted is not None and image:
+        push_key_provisioner(session)
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
         "AWS": f"arn:aws:iam::{trusted or account}:root"}}]}
     for kind in ("lookup", "deploy", "file-publishing"):
@@ -138,6 +150,19 @@ def test_a_fully_bootstrapped_set_up_passes(aws, capsys):
         assert f"PASS {where} execution policies: 3 derived policies, current" in out
     assert "PASS pipeline account execution policies: 1 derived policies, current" in out
     assert "PASS source connection: AVAILABLE" in out and "PASS example values: none left in the config" in out
+
+
+def test_a_missing_key_provisioner_image_fails_with_how_to_push_it(aws, capsys):
+    account, config = aws
+    bootstrap_account(account(PIPELINE), None)
+    bootstrap_account(account(STAGING), PIPELINE)
+    bootstrap_account(account(PRODUCTION), PIPELINE, image=False)
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert code == 1
+    image = f"{PRODUCTION}.dkr.ecr.us-west-2.amazonaws.com/key-provisioner:1.0.0"
+    assert f"PASS staging image key_provisioner: {STAGING}.dkr.ecr.us-west-2.amazonaws.com/key-provisioner:1.0.0 is in ECR" in out
+    assert f"FAIL production image key_provisioner: {image} not found" in out
+    assert f"fix: build the image and push it: docker push {image}" in out
 
 
 def test_administrator_access_and_out_of_date_execution_policies_are_warned_with_the_fix(aws, capsys):
@@ -353,3 +378,19 @@ def test_bootstrap_never_writes_over_the_assembly_and_names_the_config_it_was_gi
     assert bootstraps and all("--output build/bootstrap.out" in line for line in bootstraps)
     assert "make doctor CONFIG=config/examples/three-environments.toml" in out
     assert "make synth CONFIG=config/examples/three-environments.toml && npx cdk deploy --app cdk.out CoderPipeline" in out
+
+
+def test_bootstrap_says_what_each_environment_needs_before_its_first_deploy(capsys, tmp_path):
+    """The Key Provisioner image to push, and DNS: who validates the certificate and where the names point."""
+    zoned = tmp_path / "zoned.toml"
+    zoned.write_text(BASE.replace('hosted_zone_id = ""', 'hosted_zone_id = "Z0123456789ABCDEFGHIJ"', 1))
+    assert bootstrap.main(["--config", str(zoned)]) == 0
+    out = capsys.readouterr().out
+    assert "staging: push 222222222222.dkr.ecr.us-west-2.amazonaws.com/key-provisioner:1.0.0" in out
+    assert ("staging: ACM validates coder-staging.company.com and *.coder-staging.company.com in hosted zone "
+            "Z0123456789ABCDEFGHIJ by itself") in out
+    assert ("production: the first deploy waits until the CNAME records ACM shows for coder.company.com and "
+            "*.coder.company.com (ACM console) are in your DNS") in out
+    assert "production: once deployed, point coder.company.com and *.coder.company.com at the Platform stack's output " \
+           "LoadBalancerDnsName" in out
+    assert out.index("push 333333333333") < out.index("Check everything before the first deploy")

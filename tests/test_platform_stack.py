@@ -177,3 +177,11 @@ def test_ssm_bridge_parameters(platform, env_config):
     subnets = params[prefix + "private-subnet-ids"]["Fn::Join"][1]
     assert subnets[1] == "," and len(subnets) == 3
     assert all("PrivateAppSubnet" in json.dumps(part) for part in (subnets[0], subnets[2]))
+
+
+def test_the_load_balancers_name_is_an_output_to_point_the_domain_at(platform, env_config):
+    outputs = {name.rstrip("0123456789ABCDEF"): value for name, value in platform.body["Outputs"].items()}
+    output = outputs["LoadBalancerDnsName"]
+    balancer = platform.logical_id("/Platform/LoadBalancing/LoadBalancer/Resource")
+    assert output["Value"] == {"Fn::GetAtt": [balancer, "DNSName"]}
+    assert f"Point {env_config.domain} and *.{env_config.domain} here" in output["Description"]
