@@ -80,6 +80,13 @@ model_list:
 """
 
 
+def bedrock_models(*model_ids: str) -> str:
+    """A config of these Bedrock models (named a, b, c...) and the settings every config needs."""
+    lines = ["model_list:"] + [f"  - model_name: {chr(97 + i)}\n    litellm_params: {{model: bedrock/{model_id}}}"
+                               for i, model_id in enumerate(model_ids)]
+    return "\n".join(lines) + "\n" + SETTINGS
+
+
 def test_litellm_config_with_the_settings_loads(tmp_path):
     config = load_litellm_config(write(tmp_path, MODEL + SETTINGS))
     assert config.request_timeout_seconds == 600
@@ -144,13 +151,8 @@ def test_bedrock_arns_for_profiles_and_plain_models(tmp_path):
 
     from constructs_lib.litellm_service import bedrock_model_arns
 
-    config = load_litellm_config(write(tmp_path, """
-model_list:
-  - model_name: a
-    litellm_params: {model: bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0}
-  - model_name: b
-    litellm_params: {model: bedrock/converse/anthropic.claude-3-5-haiku-20241022-v1:0}
-""" + SETTINGS))
+    config = load_litellm_config(write(tmp_path, bedrock_models(
+        "us.anthropic.claude-sonnet-4-20250514-v1:0", "converse/anthropic.claude-3-5-haiku-20241022-v1:0")))
     stack = Stack(App(), "S", env={"account": "222222222222", "region": "us-west-2"})
     rendered = [str(stack.resolve(arn)) for arn in bedrock_model_arns(stack, config)]
     assert len(rendered) == 3
@@ -290,17 +292,9 @@ def test_build_control_leaves_a_statement_and_nothing_else():
 def test_a_region_calls_only_its_geographys_inference_profiles(tmp_path):
     from constructs_lib.litellm_config import region_problems
 
-    config = load_litellm_config(write(tmp_path, """
-model_list:
-  - model_name: a
-    litellm_params: {model: bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0}
-  - model_name: b
-    litellm_params: {model: bedrock/eu.anthropic.claude-sonnet-4-20250514-v1:0}
-  - model_name: c
-    litellm_params: {model: bedrock/global.anthropic.claude-sonnet-4-20250514-v1:0}
-  - model_name: d
-    litellm_params: {model: bedrock/anthropic.claude-3-5-haiku-20241022-v1:0}
-""" + SETTINGS))
+    config = load_litellm_config(write(tmp_path, bedrock_models(
+        *(f"{geography}.anthropic.claude-sonnet-4-20250514-v1:0" for geography in ("us", "eu", "global")),
+        "anthropic.claude-3-5-haiku-20241022-v1:0")))
     assert region_problems(config, "eu-central-1") == [
         "bedrock/us.anthropic.claude-sonnet-4-20250514-v1:0 is a us inference profile, which eu-central-1 cannot call: "
         "use eu.anthropic.claude-sonnet-4-20250514-v1:0 or global.anthropic.claude-sonnet-4-20250514-v1:0"]
