@@ -233,7 +233,7 @@ class PipelineConfig(Section):
         found = []
         if EXAMPLE_ACCOUNT.match(self.account):
             found.append(("pipeline.account", self.account))
-        if "/00000000-" in self.connection_arn:
+        if not self.connection_arn or "/00000000-" in self.connection_arn:
             found.append(("pipeline.connection_arn", self.connection_arn))
         if self.repository.split("/")[0] in ("example", "example-org"):
             found.append(("pipeline.repository", self.repository))
@@ -243,12 +243,18 @@ class PipelineConfig(Section):
     region: Region
     repository: text(REPOSITORY, "not in owner/name form", "the source repository as owner/name")
     branch: text(BRANCH, "not a valid git branch name", "a git branch name such as main", schema_pattern=False)
-    connection_arn: text(
-        CONNECTION_ARN.pattern,
-        "not a CodeConnections connection ARN",
-        "arn:aws:codeconnections:<region>:<account>:connection/<uuid>",
-    )
+    connection_arn: _checked(
+        StrictStr,
+        '"" (not created yet: `make bootstrap` says how) or arn:aws:codeconnections:<region>:<account>:connection/<uuid>',
+        lambda v: None if v == "" or CONNECTION_ARN.match(v) else "not a CodeConnections connection ARN",
+    ) = ""
     notification_email: text(EMAIL, "not an e-mail address", 'an e-mail address, or "" for no subscription') = ""
+
+    def source_connection_arn(self) -> str:
+        """The connection the pipeline's source uses: a placeholder while it is not created yet (synth works; the
+        placeholder is an example value, so nothing deploys with it)."""
+        return self.connection_arn or (f"arn:aws:codeconnections:{self.region}:{self.account}:connection/"
+                                       "00000000-0000-4000-8000-000000000000")
 
     @model_validator(mode="after")
     def _connection_in_pipeline_account(self) -> PipelineConfig:

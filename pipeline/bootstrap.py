@@ -130,14 +130,21 @@ def make_args(config_path: Path | None) -> str:
 
 def plan(config: AppConfig, stack_name: str, config_path: Path | None = None) -> list[str]:
     lines = ["One-time set-up, in order (every command is safe to run again):", ""]
-    for number, target in enumerate(targets(config), start=1):
+    first = 1
+    if not config.pipeline.connection_arn or "/00000000-" in config.pipeline.connection_arn:
+        lines += ["1. Create the source connection in the pipeline account (GitHub, GitLab or Bitbucket), put the ARN it "
+                  "prints in [pipeline] connection_arn, and run make bootstrap again:",
+                  f"   aws codeconnections create-connection --provider-type GitHub --connection-name "
+                  f"{config.project.name}-source --region {config.pipeline.region}"]
+        first = 2
+    for number, target in enumerate(targets(config), start=first):
         what = "the pipeline (tools) account" if target.key == "pipeline" else (
             f"{target.key}: trusts the pipeline account to deploy and to look up")
-        lines += [f"{number}. Bootstrap {what}: CloudFormation's execution policies (least privilege, "
-                  "pipeline/execution-policies/; `--apply` updates them when they exist), then the bootstrap:"]
+        lines += [f"{number}. Bootstrap {what}: CloudFormation's execution policies (derived from the "
+                  "stacks, pipeline/execution-policies/; `--apply` updates them when they exist), then the bootstrap:"]
         lines += [f"   {create_policy_command(target, name)}" for name in target.policies]
         lines.append(f"   {' '.join(target.command())}")
-    step = len(targets(config)) + 1
+    step = len(targets(config)) + first
     lines.append(f"{step}. Before the first deploy of each environment: its Key Provisioner image (built from that "
                  "application's own repository) pushed to ECR, and DNS for its certificate:")
     for environment in config.environments:
@@ -154,7 +161,7 @@ def plan(config: AppConfig, stack_name: str, config_path: Path | None = None) ->
     lines += [
         f"{step}. Finish the CodeConnections hand-shake in the pipeline account's console (Developer Tools > Settings >"
         " Connections > Update pending connection):",
-        f"   {config.pipeline.connection_arn}",
+        f"   {config.pipeline.connection_arn or '(the connection of step 1)'}",
         f"{step + 1}. Check everything before the first deploy: make doctor{make_args(config_path)}",
         f"{step + 2}. Deploy the pipeline once, with the pipeline account's credentials:",
         f"   make synth{make_args(config_path)} && npx cdk deploy --app cdk.out {stack_name}",

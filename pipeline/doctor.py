@@ -223,6 +223,11 @@ class Doctor:
 
     def _connection(self) -> Check:
         arn = self.config.pipeline.connection_arn
+        if not arn:
+            return Check(FAIL, "source connection", "not created yet ([pipeline] connection_arn is empty)",
+                         f"aws codeconnections create-connection --provider-type GitHub --connection-name "
+                         f"{self.config.project.name}-source --region {self.config.pipeline.region}, then put its ARN in "
+                         "[pipeline] connection_arn and finish the hand-shake in the console")
         service = arn.split(":")[2]
         try:
             status = self.session.client(service, region_name=arn.split(":")[3]).get_connection(

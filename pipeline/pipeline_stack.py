@@ -69,7 +69,7 @@ class PipelineStack(Stack):
         source = pipelines.CodePipelineSource.connection(
             config.pipeline.repository,
             config.pipeline.branch,
-            connection_arn=config.pipeline.connection_arn,
+            connection_arn=config.pipeline.source_connection_arn(),
             trigger_on_push=True,
         )
         self._logs_bucket = log_bucket(

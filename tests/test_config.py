@@ -471,3 +471,14 @@ def test_every_field_of_the_shipped_file_is_commented():
         if above < 0 or not lines[above].strip().startswith("#"):
             uncommented.append(stripped.split(" =")[0])
     assert uncommented == []
+
+
+def test_a_connection_not_created_yet_is_allowed_and_flagged():
+    """connection_arn = "" loads (step 1 of `make bootstrap` creates it); synth builds with a placeholder, and the
+    empty value is an example value: nothing deploys with it."""
+    config = parse_config(BASE.replace(
+        'connection_arn = "arn:aws:codeconnections:us-west-2:111111111111:connection/00000000-0000-4000-8000-000000000000"',
+        'connection_arn = ""'), "new.toml")
+    assert ("pipeline.connection_arn", "") in config.pipeline.example_values()
+    assert config.pipeline.source_connection_arn() == (
+        "arn:aws:codeconnections:us-west-2:111111111111:connection/00000000-0000-4000-8000-000000000000")

@@ -254,7 +254,9 @@ def test_bootstrap_prints_every_step_in_order_for_the_default_config(capsys):
     production = staging.replace("222222222222", "333333333333")
     create = ("aws iam create-policy --policy-name coder-cdk-execution-platform-1 "
               "--policy-document file://pipeline/execution-policies/platform-1.json")
-    steps = [pipeline, create, staging, create, production, "Update pending connection", "make doctor\n",
+    connection = "aws codeconnections create-connection --provider-type GitHub --connection-name coder-source"
+    assert out.splitlines()[2].startswith("1. Create the source connection")  # the shipped ARN is an example
+    steps = [connection, pipeline, create, staging, create, production, "Update pending connection", "make doctor\n",
              "make synth && npx cdk deploy --app cdk.out CoderPipeline"]
     position = 0
     for step in steps:  # each after the one before it
@@ -394,3 +396,12 @@ def test_bootstrap_says_what_each_environment_needs_before_its_first_deploy(caps
     assert "production: once deployed, point coder.company.com and *.coder.company.com at the Platform stack's output " \
            "LoadBalancerDnsName" in out
     assert out.index("push 333333333333") < out.index("Check everything before the first deploy")
+
+
+def test_a_connection_not_created_yet_fails_with_the_command_that_creates_it(aws, capsys):
+    account, config = aws
+    config.write_text(config.read_text().replace(f'connection_arn = "{CONNECTION}"', 'connection_arn = ""'))
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert code == 1
+    assert "FAIL source connection: not created yet ([pipeline] connection_arn is empty)" in out
+    assert "fix: aws codeconnections create-connection --provider-type GitHub --connection-name coder-source" in out
