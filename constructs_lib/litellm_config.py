@@ -172,23 +172,46 @@ def _shared_state_problems(settings: dict) -> list[str]:
     return problems
 
 
-def without_gateway(path: Path, name: str) -> Path:
-    """The config without the models that call the corporate gateway (any `os.environ/CUSTOM_LLM_*`), for an
-    environment that has none: written to build/litellm/<name>.yaml (the same every synth) and returned."""
-    document = yaml.safe_load(path.read_text())
+def _geography(region: str) -> str | None:
+    """The inference-profile prefix of a region's own geography (us., eu., apac., ca.), None when it has none."""
+    return next((prefix for prefix in ("us.", "eu.", "apac.", "ca.") if region.startswith(PROFILE_REGIONS[prefix])), None)
 
-    def gateway(entry: dict) -> bool:
+
+def for_environment(path: Path, name: str, *, region: str, gateway: bool) -> Path:
+    """The config an environment's LiteLLM gets: `path` itself when it fits, else a copy written to
+    build/litellm/<name>.yaml (the same every synth) with
+    - each inference profile of another geography moved to the region's (us.X in eu-central-1 becomes eu.X;
+      `global.` profiles and plain model ids stay);
+    - without a corporate gateway, none of the models that call it (any `os.environ/CUSTOM_LLM_*`)."""
+    document = yaml.safe_load(path.read_text())
+    geography = _geography(region)
+    notes = []
+    models = []
+    for entry in document["model_list"]:
         found: set[str] = set()
         _walk(entry, "", found, [])
-        return bool(found & GATEWAY_ENVIRONMENT)
-
-    kept = [entry for entry in document["model_list"] if not gateway(entry)]
-    if not kept:
-        raise LiteLLMConfigError(f"{path}: every model calls the corporate gateway, and environment {name} has none")
+        if not gateway and found & GATEWAY_ENVIRONMENT:
+            continue
+        params = entry.get("litellm_params", {}) if isinstance(entry, dict) else {}
+        model = params.get("model", "")
+        if geography and isinstance(model, str) and model.startswith("bedrock/"):
+            route, _, model_id = model.removeprefix("bedrock/").rpartition("/")
+            prefix = next((p for p in PROFILE_PREFIXES if model_id.startswith(p)), None)
+            if prefix and prefix != "global." and not region.startswith(PROFILE_REGIONS[prefix]):
+                moved = f"bedrock/{route + '/' if route else ''}{geography}{model_id.removeprefix(prefix)}"
+                entry = {**entry, "litellm_params": {**params, "model": moved}}
+                notes.append(f"{model} -> {moved}")
+        models.append(entry)
+    if not gateway:
+        notes.append("without the corporate gateway's models")
+    if not notes:
+        return path
+    if not models:
+        raise LiteLLMConfigError(f"{path}: no model is left for environment {name} ({'; '.join(notes)})")
     GENERATED_DIR.mkdir(parents=True, exist_ok=True)
     target = GENERATED_DIR / f"{name}.yaml"
-    text = f"# {path.name} without the corporate gateway's models (environment {name} has no gateway).\n"
-    text += yaml.safe_dump({**document, "model_list": kept}, sort_keys=False)
+    text = f"# {path.name} for environment {name} ({region}): " + "; ".join(notes) + "\n"
+    text += yaml.safe_dump({**document, "model_list": models}, sort_keys=False)
     if not target.exists() or target.read_text() != text:
         target.write_text(text)
     return target

@@ -18,9 +18,9 @@ from constructs_lib.litellm_config import (
     DEFAULT_PATH,
     LiteLLMConfig,
     LiteLLMConfigError,
+    for_environment,
     load_litellm_config,
     region_problems,
-    without_gateway,
 )
 from constructs_lib.secret_access import SecretAccess
 from constructs_lib.service_catalogue import LANGFUSE_WEB, LITELLM
@@ -53,8 +53,8 @@ class LiteLLMService(Construct):
         config_path: Path = DEFAULT_PATH,
     ) -> None:
         super().__init__(scope, construct_id)
-        if not config.has_gateway:  # no corporate gateway: none of its models, its URL or its key
-            config_path = without_gateway(config_path, config.qualifier)
+        # The environment's copy: inference profiles of its region's geography; without a gateway, none of its models.
+        config_path = for_environment(config_path, config.qualifier, region=config.region, gateway=config.has_gateway)
         self.litellm_config = load_litellm_config(config_path)
         wrong_region = region_problems(self.litellm_config, config.region)
         if wrong_region:

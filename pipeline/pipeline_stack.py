@@ -495,6 +495,9 @@ class PipelineStack(Stack):
 _PIPELINE_WILDCARDS = (
     (r"^Action::s3:(GetObject|GetBucket|List|DeleteObject|Abort)\*$|^Resource::<PipelineArtifactsBucket[0-9A-F]+\.Arn>/\*$",
      "CDK Pipelines' own grant on its artifact bucket: each action reads and writes the run's artifacts there."),
+    (r"^Resource::arn:[^:]+:s3:::[a-z0-9-]+-support-[a-z0-9-]*eplicationbucket[0-9a-f]+/\*$",
+     "CDK Pipelines' artifact bucket in an environment's region other than the pipeline's (its cross-region support "
+     "stack): each action reads and writes the run's artifacts there, as in the main artifact bucket."),
     (r"^Resource::<BuildCacheBucket[0-9A-F]+\.Arn>/\*$",
      "The Synth step's build cache: CodeBuild reads and writes its cache archives (pip and npm downloads) there."),
     (r"^Action::kms:(GenerateDataKey|ReEncrypt)\*$",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from constructs_lib.litellm_config import LiteLLMConfigError, load_litellm_config
+from constructs_lib.litellm_config import DEFAULT_PATH, LiteLLMConfigError, load_litellm_config
 from constructs_lib.service_catalogue import AppService, Placement, Route
 
 UNROUTED = AppService(name="svc", title="Service", port=8080, health_path="/health", placement=Placement.SERVICES)
@@ -304,23 +304,23 @@ def test_a_region_calls_only_its_geographys_inference_profiles(tmp_path):
     assert len(region_problems(config, "ap-northeast-1")) == 2  # neither us. nor eu.; apac., jp. or global. would do
 
 
-def test_the_shipped_models_are_refused_in_a_region_of_another_geography(tmp_path):
-    """litellm/config.yaml names US inference profiles: building the app with an environment in eu-central-1 stops,
-    naming each model and what to use there (not a deploy whose every Bedrock call fails)."""
-    from aws_cdk import App
+def test_an_environment_gets_its_regions_inference_profiles(tmp_path):
+    """us. profiles become eu. in eu-central-1 (global. and plain ids stay); the copy leaves out the gateway's models
+    where there is no gateway; an environment that fits gets the file itself."""
+    from constructs_lib.litellm_config import for_environment, region_problems
 
-    from app import build_app
-    from tests.test_config import BASE
-
-    text = BASE.replace('region = "us-west-2"\ndomain = "coder-staging', 'region = "eu-central-1"\ndomain = "coder-staging', 1)
-    text = text.replace('availability_zones = ["us-west-2a", "us-west-2b"]',
-                        'availability_zones = ["eu-central-1a", "eu-central-1b"]', 1)
-    assert "eu-central-1a" in text and 'region = "eu-central-1"' in text
-    config = tmp_path / "eu.toml"
-    config.write_text(text)
-    with pytest.raises(LiteLLMConfigError) as error:
-        build_app(App(context={"config": str(config)}))
-    message = str(error.value)
-    assert "environment staging runs in eu-central-1" in message
-    assert "bedrock/us.anthropic.claude-sonnet-4-5-20250929-v1:0 is a us inference profile, which eu-central-1 cannot " \
-           "call: use eu.anthropic.claude-sonnet-4-5-20250929-v1:0 or global.anthropic" in message
+    path = write(tmp_path, bedrock_models("us.anthropic.claude-sonnet-4-20250514-v1:0",
+                                          "global.anthropic.claude-sonnet-4-20250514-v1:0",
+                                          "anthropic.claude-3-5-haiku-20241022-v1:0"))
+    assert for_environment(path, "t-us", region="us-west-2", gateway=True) == path
+    moved = load_litellm_config(for_environment(path, "t-eu", region="eu-central-1", gateway=True))
+    assert [m.model_id for m in moved.bedrock_models] == [
+        "eu.anthropic.claude-sonnet-4-20250514-v1:0", "global.anthropic.claude-sonnet-4-20250514-v1:0",
+        "anthropic.claude-3-5-haiku-20241022-v1:0"]
+    assert region_problems(moved, "eu-central-1") == []
+    shipped = load_litellm_config(for_environment(DEFAULT_PATH, "t-apac", region="ap-southeast-1", gateway=False))
+    assert all(m.model_id.startswith("apac.") for m in shipped.bedrock_models if m.is_inference_profile)
+    assert not [name for name in shipped.model_names if name.startswith("custom-")]
+    # A region of no profile geography keeps the file's ids, and synth refuses them there.
+    assert region_problems(load_litellm_config(for_environment(DEFAULT_PATH, "t-me", region="me-central-1",
+                                                               gateway=True)), "me-central-1")
