@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsii
-from aws_cdk import AssetHashType, BundlingOptions, DockerImage, Duration, ILocalBundling, RemovalPolicy
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, Duration, ILocalBundling, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -37,6 +38,22 @@ def encrypted_log_group(scope: Construct, construct_id: str, key: kms.IKey, name
         scope, construct_id, log_group_name=name, retention=LOG_RETENTION, encryption_key=key,
         removal_policy=RemovalPolicy.RETAIN,
     )
+
+
+def logs_key(scope: Construct, construct_id: str, *, alias: str, description: str) -> kms.Key:
+    """A rotated KMS key (RETAIN) that CloudWatch Logs of this account and region may use for log groups."""
+    stack = Stack.of(scope)
+    key = kms.Key(scope, construct_id, alias=alias, description=description, enable_key_rotation=True,
+                  removal_policy=RemovalPolicy.RETAIN)
+    key.add_to_resource_policy(iam.PolicyStatement(
+        sid="CloudWatchLogsOfThisAccount",
+        principals=[iam.ServicePrincipal(f"logs.{stack.region}.amazonaws.com")],
+        actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+        resources=["*"],
+        conditions={"ArnLike": {
+            "kms:EncryptionContext:aws:logs:arn": f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:*"}},
+    ))
+    return key
 
 
 class LambdaDependenciesMissing(RuntimeError):

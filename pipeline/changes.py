@@ -29,6 +29,7 @@ credentials, an AWS error), one line, no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -195,22 +196,17 @@ class LookupClients:
         return self._sessions[role].client("cloudformation", region_name=stack.region)
 
 
+@contextlib.contextmanager
 def _aws_errors(stack: StackTemplate, role: str):
     """AWS failures as one ReviewError line naming the stack and the role."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    class Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, error, _traceback):
-            if isinstance(error, NoCredentialsError):
-                raise ReviewError("no AWS credentials: run with the pipeline account's credentials") from None
-            if isinstance(error, ClientError | BotoCoreError):
-                raise ReviewError(f"{stack.name} in {stack.account}/{stack.region} through {role}: {error}") from None
-            return False
-
-    return Guard()
+    try:
+        yield
+    except NoCredentialsError:
+        raise ReviewError("no AWS credentials: run with the pipeline account's credentials") from None
+    except (ClientError, BotoCoreError) as error:
+        raise ReviewError(f"{stack.name} in {stack.account}/{stack.region} through {role}: {error}") from None
 
 
 def deployed(stacks: Sequence[StackTemplate], session_factory=None, clients: LookupClients | None = None) -> list[StackTemplate]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jsii
 import yaml
-from aws_cdk import Annotations, Duration, Environment, IAnyProducer, IResolveContext, Lazy, RemovalPolicy, Stack, pipelines
+from aws_cdk import Annotations, Duration, Environment, IAnyProducer, IResolveContext, Lazy, Stack, pipelines
 from aws_cdk import aws_codebuild as codebuild
 from aws_cdk import aws_codepipeline as codepipeline
 from aws_cdk import aws_codepipeline_actions as codepipeline_actions
@@ -25,7 +25,7 @@ from config.markers import EXAMPLE_VALUE
 from config.model import AppConfig, EnvironmentConfig
 from constructs_lib.compliance import acknowledge, wildcard_findings
 from constructs_lib.log_bucket import log_bucket
-from constructs_lib.python_lambda import python_code, python_function
+from constructs_lib.python_lambda import logs_key, python_code, python_function
 from constructs_lib.secure_bucket import SecureBucket
 from constructs_lib.smoke_probe import smoke_role_arn, smoke_step_role_name
 from stages.platform_stage import PlatformStage
@@ -177,23 +177,13 @@ class PipelineStack(Stack):
         named by its fingerprint, holding their reason; no role of the pipeline can write it). Self-mutation deploys
         the pipeline before any approval: without the guard, a commit could remove the approval itself. The guard's
         code is the deployed release's, never the commit's."""
-        logs_key = kms.Key(
-            self, "PipelineLogsKey", alias=f"alias/{config.project.name}-pipeline-logs", enable_key_rotation=True,
-            description=f"{config.project.name}: encrypts the pipeline's own log groups", removal_policy=RemovalPolicy.RETAIN,
-        )
-        logs_key.add_to_resource_policy(iam.PolicyStatement(
-            sid="CloudWatchLogsOfThisAccount",
-            principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
-            actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
-            resources=["*"],
-            conditions={"ArnLike": {
-                "kms:EncryptionContext:aws:logs:arn": f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:*"}},
-        ))
+        key = logs_key(self, "PipelineLogsKey", alias=f"alias/{config.project.name}-pipeline-logs",
+                       description=f"{config.project.name}: encrypts the pipeline's own log groups")
         function = python_function(
             self, "PipelineGuard", code=python_code("pipeline_guard"), handler="index.handler",
             timeout=Duration.minutes(5),
             description=f"{config.project.name}: stops a release that widens what the pipeline may do (before UpdatePipeline)",
-            logs_key=logs_key, log_group_id="PipelineGuardLogs", invoked_by="the pipeline's PipelineGuard action",
+            logs_key=key, log_group_id="PipelineGuardLogs", invoked_by="the pipeline's PipelineGuard action",
             why_outside_vpc="It reads the synth artifact from S3 and the pipeline stack's template; no VPC resource.",
             environment={"STACK_NAME": self.stack_name, "TEMPLATE_FILE": self.template_file,
                          "PIPELINE_NAME": f"{config.project.name}-platform",  # the name, not a Ref: no cycle

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import RemovalPolicy, Stack
+from aws_cdk import Stack
 from aws_cdk import aws_ec2 as ec2
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_servicediscovery as servicediscovery
@@ -19,6 +18,7 @@ from constructs_lib.fixed_subnet_cidrs import FixedSubnetCidrs
 from constructs_lib.internal_load_balancer import DIRECT_ACCESS_PORT
 from constructs_lib.log_bucket import log_bucket
 from constructs_lib.postgres_database import POSTGRES_PORT
+from constructs_lib.python_lambda import logs_key
 from constructs_lib.redis_cache import REDIS_PORT
 from constructs_lib.service_catalogue import CLICKHOUSE, LITELLM, Placement, routed
 
@@ -183,28 +183,8 @@ class NetworkStack(Stack):
         )
 
     def _logs_key(self, config: EnvironmentConfig) -> kms.Key:
-        key = kms.Key(
-            self,
-            "LogsKey",
-            alias=f"alias/{config.qualifier}-logs",
-            description=f"Encrypts {config.qualifier} CloudWatch Logs log groups",
-            enable_key_rotation=True,
-            removal_policy=RemovalPolicy.RETAIN,
-        )
-        key.add_to_resource_policy(
-            iam.PolicyStatement(
-                sid="CloudWatchLogsOfThisAccount",
-                principals=[iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com")],
-                actions=["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
-                resources=["*"],
-                conditions={
-                    "ArnLike": {
-                        "kms:EncryptionContext:aws:logs:arn": f"arn:{self.partition}:logs:{self.region}:{self.account}:log-group:*"
-                    }
-                },
-            )
-        )
-        return key
+        return logs_key(self, "LogsKey", alias=f"alias/{config.qualifier}-logs",
+                        description=f"Encrypts {config.qualifier} CloudWatch Logs log groups")
 
     @property
     def availability_zones(self) -> list[str]:
