@@ -146,6 +146,7 @@ class PipelineStack(Stack):
         self._notifications_from_this_account_only()
         self._roll_back_production_on_failure(config)
         self._release_gates(config)
+        self._support_stacks(config)
         self._pipeline_logging_and_acknowledgments(config)
         self.pipeline.pipeline.notify_on(
             "NotifyOnFailure",
@@ -189,10 +190,15 @@ class PipelineStack(Stack):
                          "PIPELINE_NAME": f"{config.project.name}-platform",  # the name, not a Ref: no cycle
                          "ALLOWANCE_PATH": f"/{config.project.name}-pipeline/allowed-widening/"},
         )
+        supports = sorted(self.pipeline.pipeline.cross_region_support.items())
         function.add_to_role_policy(iam.PolicyStatement(
             sid="ReadThePipelineStack", actions=["cloudformation:GetTemplate"],
-            resources=[self.format_arn(service="cloudformation", resource="stack", resource_name=f"{self.stack_name}/*")],
+            resources=[self.format_arn(service="cloudformation", resource="stack", resource_name=f"{self.stack_name}/*")]
+            + [self.format_arn(service="cloudformation", region=region, resource="stack",
+                               resource_name=f"{support.stack.stack_name}/*") for region, support in supports],
         ))
+        # The cross-region support stacks the pipeline deploys along with it: the guard compares them too.
+        function.add_environment("SUPPORT_STACKS", ",".join(f"{support.stack.stack_name}@{region}" for region, support in supports))
         # A person's allowance for one widening: read-only here; no role of the pipeline may write under this path.
         function.add_to_role_policy(iam.PolicyStatement(
             sid="ReadAllowances", actions=["ssm:GetParameter"],
@@ -230,6 +236,49 @@ class PipelineStack(Stack):
             if isinstance(role, iam.Role) and isinstance(policy, iam.Policy):
                 cfn: iam.CfnPolicy = policy.node.default_child  # type: ignore[assignment]
                 cfn.policy_document = Lazy.uncached_any(_EditedStatements(cfn.policy_document, _without_build_control))
+
+    def _support_stacks(self, config: AppConfig) -> None:
+        """An environment in another region than the pipeline's gets a CDK cross-region support stack there
+        (`<pipeline stack>-support-<region>`, in the pipeline account: that region's artifact bucket and its KMS key;
+        `make bootstrap` bootstraps the pipeline account there). Its bucket logs to an access-log bucket of that
+        region, like the main artifact bucket. CDK grants the pipeline's roles the support key on `*` (a key of
+        another region has no ARN this stack can reference): scoped here to what the grant means, keys of the
+        pipeline account in the support regions that carry the support stack's alias (`kms:ResourceAliases`; the
+        alias name is fixed at synth). The key's own policy (in the support stack) names the same roles."""
+        supports = self.pipeline.pipeline.cross_region_support
+        if not supports:
+            return
+        for region, support in sorted(supports.items()):
+            logs = log_bucket(support.stack, "AccessLogsBucket", s3_access_prefix="artifacts/",
+                              bucket_name=f"{config.project.name}-pipeline-access-logs-{support.stack.account}-{region}")
+            bucket: s3.CfnBucket = support.replication_bucket.node.default_child  # type: ignore[assignment]
+            bucket.logging_configuration = s3.CfnBucket.LoggingConfigurationProperty(
+                destination_bucket_name=logs.bucket_name, log_file_prefix="artifacts/")
+            acknowledge(support.replication_bucket, {
+                "S3BucketVersioningEnabled": "Pipeline artifacts (this region's copy) are rebuilt by every run from the "
+                "Git commit; old versions of them are never restored.",
+                "S3BucketReplicationEnabled": "Pipeline artifacts (this region's copy) are rebuilt by every run from the "
+                "Git commit; the repository is the durable copy.",
+            })
+        keys = [self.format_arn(service="kms", region=region, account=support.stack.account, resource="key",
+                                resource_name="*") for region, support in sorted(supports.items())]
+        aliases = [support.replication_bucket.encryption_key.alias_name  # type: ignore[union-attr]
+                   for _, support in sorted(supports.items())]
+
+        def by_alias(statement: dict) -> dict | list[dict]:
+            actions = _listed(statement.get("Action", []))
+            resources = _listed(statement.get("Resource", []))
+            if (statement.get("Effect") != "Allow" or "*" not in resources or "Condition" in statement
+                    or not all(str(action).startswith("kms:") for action in actions)):
+                return statement
+            rest = [resource for resource in resources if resource != "*"]
+            scoped = {"Action": statement["Action"], "Effect": "Allow", "Resource": keys if len(keys) > 1 else keys[0],
+                      "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": aliases}}}
+            return ([{**statement, "Resource": rest if len(rest) > 1 else rest[0]}] if rest else []) + [scoped]
+
+        for policy in self.pipeline.node.find_all():
+            if isinstance(policy, iam.CfnPolicy):
+                policy.policy_document = Lazy.uncached_any(_EditedStatements(policy.policy_document, by_alias))
 
     def _notifications_from_this_account_only(self) -> None:
         """CDK lets CodeStar Notifications publish to the topic for any account's notification rule; AWS documents
@@ -494,12 +543,17 @@ _PIPELINE_WILDCARDS = (
      "CDK Pipelines' own grant on the artifact bucket's KMS key, which encrypts artifacts shared across accounts."),
     (r"^Resource::arn:[^:]+:(logs|codebuild):[^:]+:\d+:(log-group:/aws/codebuild/|report-group/)",
      "CodeBuild's own log groups and report groups, named after each project."),
-    (r"^Resource::arn:[^:]+:cloudformation:[^:]+:\d+:stack/[A-Z][A-Za-z0-9]*Pipeline/\*$",
-     "The pipeline guard reads the template of the pipeline's own stack (every stack id of that name)."),
+    (r"^Resource::arn:[^:]+:cloudformation:[^:]+:\d+:stack/[A-Z][A-Za-z0-9]*Pipeline(-support-[a-z0-9-]+)?/\*$",
+     "The pipeline guard reads the template of the pipeline's own stack and of its cross-region support stacks "
+     "(every stack id of those names)."),
     (r"^Resource::arn:[^:]+:ssm:[^:]+:\d+:parameter/[a-z0-9-]+-pipeline/allowed-widening/\*$",
      "The pipeline guard reads the allowances people put, one parameter per widening, named by its fingerprint."),
     (r"^Resource::<PipelineGuard[0-9A-F]+\.Arn>:\*$",
      "CDK's grant to invoke the pipeline guard: its versions and aliases, of that one function only."),
+    (r"^Resource::arn:[^:]+:kms:[a-z0-9-]+:\d+:key/\*$",
+     "CDK Pipelines' KMS key of a cross-region support stack (artifacts of an environment in another region), "
+     "allowed only for keys carrying that stack's alias (condition kms:ResourceAliases): its key id is generated in "
+     "that region and cannot be referenced from here."),
     (r"^Resource::arn:\*:iam::\d+:role/\*$",
      "Self-mutation assumes the CDK bootstrap roles (cdk-<qualifier>-*) of the pipeline's accounts; bootstrap "
      "fixes their names and their trust."),
@@ -547,16 +601,20 @@ def _without_build_control(statement: dict) -> dict | None:
 
 @jsii.implements(IAnyProducer)
 class _EditedStatements:
-    """A policy document as it resolves at synth, each statement passed through `edit` (None drops it)."""
+    """A policy document as it resolves at synth, each statement passed through `edit` (None drops it, a list
+    replaces it by those statements)."""
 
-    def __init__(self, document: object, edit: Callable[[dict], dict | None]) -> None:
+    def __init__(self, document: object, edit: Callable[[dict], dict | list[dict] | None]) -> None:
         self._document = document
         self._edit = edit
 
     def produce(self, context: IResolveContext) -> object:
         resolved = context.resolve(self._document)
-        edited = (self._edit(statement) for statement in resolved["Statement"])
-        return {**resolved, "Statement": [statement for statement in edited if statement is not None]}
+        statements: list[dict] = []
+        for statement in resolved["Statement"]:
+            edited = self._edit(statement)
+            statements += [] if edited is None else edited if isinstance(edited, list) else [edited]
+        return {**resolved, "Statement": statements}
 
 
 def _promotion(config: AppConfig) -> str:

@@ -391,6 +391,20 @@ def test_missing_file_is_a_config_error(tmp_path):
     assert "cannot read the file" in str(caught.value)
 
 
+def test_a_pipeline_in_a_region_of_no_environment_is_allowed_and_bootstrapped_there_and_in_theirs():
+    """CDK Pipelines' cross-region support stacks carry the artifacts to the environments' region."""
+    from pipeline.bootstrap import targets
+
+    text = BASE.replace('connection_arn = "arn:aws:codeconnections:us-west-2:', 'connection_arn = "arn:aws:codeconnections:us-east-1:')
+    text = text.replace('[pipeline]\n', '[pipeline]\nregion = "us-east-1"\n', 1)
+    text = re.sub(r'(\[pipeline\][^\[]*?)\nregion = "us-west-2"', r"\1", text, count=1)
+    config = parse_config(text, "pipeline-elsewhere.toml")
+    assert config.pipeline.region == "us-east-1" and {e.region for e in config.environments} == {"us-west-2"}
+    assert [(t.key, t.account, t.region, t.trust) for t in targets(config)] == [
+        ("pipeline", "111111111111", "us-east-1", None), ("pipeline", "111111111111", "us-west-2", None),
+        ("staging", "222222222222", "us-west-2", "111111111111"), ("production", "333333333333", "us-west-2", "111111111111")]
+
+
 def test_same_account_for_both_environments_is_allowed():
     text = BASE.replace('account = "333333333333"', 'account = "222222222222"').replace(
         "333333333333.dkr.ecr", "222222222222.dkr.ecr")

@@ -87,33 +87,38 @@ def push_key_provisioner(session) -> None:
 
 
 def bootstrap_account(session, trusted: str | None, version: str = "21", qualifier: str = "hnb659fds",
-                      execution: str = "least-privilege", image: bool = True) -> None:
-    """What `cdk bootstrap` leaves: the CDKToolkit stack (its execution-policies parameter), the version parameter and
-    (with trust) the roles; and the execution policies `make bootstrap --apply` puts ("least-privilege"), or none and
-    AdministratorAccess ("administrator", an older bootstrap)."""
+                      execution: str = "least-privilege", image: bool = True, region: str = "us-west-2") -> None:
+    """What `cdk bootstrap` leaves in `region`: the CDKToolkit stack (its execution-policies parameter), the version
+    parameter and (with trust) the roles; and the execution policies `make bootstrap --apply` puts ("least-privilege"),
+    or none and AdministratorAccess ("administrator", an older bootstrap)."""
     account = session.client("sts").get_caller_identity()["Account"]
     kinds = ("pipeline",) if trusted is None else ("platform",)
     names = [name for kind in kinds for name in __import__("pipeline.execution_policy").execution_policy.policy_names(
         "coder", kind)]
+    iam = session.client("iam")
     if execution == "least-privilege":
         for name in names:
-            session.client("iam").create_policy(PolicyName=name, PolicyDocument=bootstrap.policy_document(name))
+            try:
+                iam.create_policy(PolicyName=name, PolicyDocument=bootstrap.policy_document(name))
+            except iam.exceptions.EntityAlreadyExistsException:  # IAM is global: created with another region's
+                pass
         attached = ",".join(f"arn:aws:iam::{account}:policy/{name}" for name in names)
     else:
         attached = bootstrap.ADMINISTRATOR_ACCESS
-    session.client("cloudformation").create_stack(StackName="CDKToolkit", TemplateBody=json.dumps(
+    session.client("cloudformation", region_name=region).create_stack(StackName="CDKToolkit", TemplateBody=json.dumps(
         # CDK's template declares a CommaDelimitedList, which CloudFormation shows comma-joined; moto would show the
         # Python list's repr, so the stand-in is a String with the same text.
         {"Parameters": {"CloudFormationExecutionPolicies": {"Type": "String", "Default": ""}},
          "Resources": {"Bucket": {"Type": "AWS::S3::Bucket"}}}),
         Parameters=[{"ParameterKey": "CloudFormationExecutionPolicies", "ParameterValue": attached}])
-    session.client("ssm").put_parameter(Name=f"/cdk-bootstrap/{qualifier}/version", Value=version, Type="String")
+    session.client("ssm", region_name=region).put_parameter(Name=f"/cdk-bootstrap/{qualifier}/version", Value=version,
+                                                            Type="String")
     if trusted is not None and image:
         push_key_provisioner(session)
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {
         "AWS": f"arn:aws:iam::{trusted or account}:root"}}]}
     for kind in ("lookup", "deploy", "file-publishing"):
-        session.client("iam").create_role(RoleName=f"cdk-{qualifier}-{kind}-role-{account}-us-west-2",
+        session.client("iam").create_role(RoleName=f"cdk-{qualifier}-{kind}-role-{account}-{region}",
                                           AssumeRolePolicyDocument=json.dumps(trust))
 
 
@@ -266,11 +271,42 @@ def test_bootstrap_prints_every_step_in_order_for_the_default_config(capsys):
 
 
 def test_bootstrap_covers_the_three_environment_example(capsys):
+    """dev is in eu-central-1, the pipeline in us-west-2: the pipeline account is bootstrapped in eu-central-1 too (CDK
+    Pipelines' support stack there), with the pipeline's execution policies, created once (IAM is global), and no
+    trust (it deploys itself)."""
     assert bootstrap.main(["--config", str(ROOT / "config" / "examples" / "three-environments.toml")]) == 0
     out = capsys.readouterr().out
-    assert [line.split()[3] for line in out.splitlines() if "npx cdk bootstrap" in line] == [
-        "aws://111111111111/us-west-2", "aws://444444444444/us-west-2", "aws://222222222222/us-west-2",
-        "aws://333333333333/us-west-2"]
+    commands = [line.split() for line in out.splitlines() if "npx cdk bootstrap" in line]
+    assert [command[3] for command in commands] == [
+        "aws://111111111111/us-west-2", "aws://111111111111/eu-central-1", "aws://444444444444/eu-central-1",
+        "aws://222222222222/us-west-2", "aws://333333333333/us-west-2"]
+    support = commands[1]
+    assert "--trust" not in support
+    assert support[support.index("--cloudformation-execution-policies") + 1] == (
+        "arn:aws:iam::111111111111:policy/coder-cdk-execution-pipeline-1")
+    assert "3. Bootstrap the pipeline (tools) account in eu-central-1 too (CDK Pipelines' cross-region support stack" in out
+    assert out.count("--policy-name coder-cdk-execution-pipeline-1 ") == 1
+
+
+def test_the_pipeline_account_in_a_support_region_is_checked(aws, capsys):
+    """staging in eu-central-1: the doctor checks the pipeline account's bootstrap there as well, and says how."""
+    account, config = aws
+    text = config.read_text()
+    start = text.index("\n[[environments]]")
+    end = text.index("\n[[environments]]", start + 1)
+    staging = text[start:end].replace('region = "us-west-2"', 'region = "eu-central-1"').replace(
+        "us-west-2a", "eu-central-1a").replace("us-west-2b", "eu-central-1b").replace("ecr.us-west-2", "ecr.eu-central-1")
+    config.write_text(text[:start] + staging + text[end:])
+    bootstrap_account(account(PIPELINE), None)
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert code == 1
+    assert "PASS pipeline account bootstrapped:" in out
+    assert "FAIL pipeline account in eu-central-1 bootstrapped: no CDKToolkit stack in eu-central-1" in out
+    assert f"fix: npx cdk bootstrap aws://{PIPELINE}/eu-central-1 --qualifier hnb659fds" in out
+    bootstrap_account(account(PIPELINE), None, region="eu-central-1")
+    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
+    assert "PASS pipeline account in eu-central-1 bootstrapped: CDKToolkit CREATE_COMPLETE" in out
+    assert "PASS pipeline account in eu-central-1 execution policies: 1 derived policies, current" in out
 
 
 def test_bootstrap_apply_runs_with_profiles_and_stops_at_the_first_failure(capsys):

@@ -352,3 +352,119 @@ def test_no_role_of_the_pipeline_may_write_an_allowance(pipeline):
     from pipeline.execution_policy import DIRECTORY
     granted = {a for path in DIRECTORY.glob("pipeline-*.json") for a in json.loads(path.read_text())["Statement"][0]["Action"]}
     assert "ssm:PutParameter" not in granted
+
+
+# --- an environment in another region: CDK's support stack, deployed along with the pipeline -----------------------
+
+SUPPORT = "CoderPipeline-support-eu-central-1"
+
+
+def _support_zip(assembly) -> bytes:
+    """The three-environment example's Synth output as CodePipeline hands it over: manifest and templates."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in assembly.directory.glob("*.json"):
+            zipped.write(path, path.name)
+    return archive.getvalue()
+
+
+def _run_cross_region(monkeypatch, assembly, deployed_support, expect_success: bool, message_part: str = "", *,
+                      known: str | None = None) -> None:
+    """The guard's handler on the real three-environment assembly: the pipeline stack read in us-west-2, the support
+    stack in eu-central-1 (`deployed_support`: its deployed template, or None when the deployed release knows none)."""
+    pipeline = assembly.templates["CoderPipeline"].body
+    function = next(r["Properties"] for r in pipeline["Resources"].values() if r["Type"] == "AWS::Lambda::Function"
+                    and "SUPPORT_STACKS" in r["Properties"].get("Environment", {}).get("Variables", {}))
+    variables = function["Environment"]["Variables"]
+    for name in ("STACK_NAME", "TEMPLATE_FILE", "PIPELINE_NAME", "ALLOWANCE_PATH", "GUARD_LOGICAL_IDS"):
+        monkeypatch.setenv(name, variables[name])
+    monkeypatch.setenv("SUPPORT_STACKS", variables["SUPPORT_STACKS"] if known is None else known)
+    s3, cloudformation, codepipeline, ssm = (_client(name) for name in ("s3", "cloudformation", "codepipeline", "ssm"))
+    regional = boto3.session.Session(region_name="eu-central-1", aws_access_key_id="testing",
+                                     aws_secret_access_key="testing").client("cloudformation")
+    stubs = {client: Stubber(client) for client in (s3, cloudformation, codepipeline, ssm, regional)}
+    job_id = JOB["CodePipeline.job"]["id"]
+    stubs[codepipeline].add_response("get_job_details", {"jobDetails": {"id": job_id, "data": JOB_DATA}}, {"jobId": job_id})
+    data = _support_zip(assembly)
+    stubs[s3].add_response("get_object", {"Body": StreamingBody(io.BytesIO(data), len(data))},
+                           {"Bucket": "artifacts", "Key": "Synth_Output/abc"})
+    stubs[cloudformation].add_response("get_template", {"TemplateBody": json.dumps(pipeline)},
+                                       {"StackName": "CoderPipeline", "TemplateStage": "Original"})
+    if known is None:
+        stubs[regional].add_response("get_template", {"TemplateBody": json.dumps(deployed_support)},
+                                     {"StackName": SUPPORT, "TemplateStage": "Original"})
+    new_support = assembly.templates[SUPPORT].body
+    rows = widening.support_rows({SUPPORT: (deployed_support if known is None else None, new_support)})
+    if rows:
+        name = f"/coder-pipeline/allowed-widening/{widening.fingerprint(rows)}"
+        stubs[ssm].add_client_error("get_parameter", "ParameterNotFound", "no", expected_params={"Name": name})
+    sent = {}
+    if expect_success:
+        stubs[codepipeline].add_response("put_job_success_result", {}, {"jobId": job_id})
+    else:
+        stubs[codepipeline].add_response("put_job_failure_result", {}, {"jobId": job_id, "failureDetails": ANY})
+        original = codepipeline.put_job_failure_result
+
+        def record(**kwargs):
+            sent.update(kwargs)
+            return original(**kwargs)
+
+        codepipeline.put_job_failure_result = record
+    monkeypatch.setattr(handler_module.boto3, "client", lambda service, **_kw: s3)
+    for stub in stubs.values():
+        stub.activate()
+    regions = []
+
+    def cloudformation_in(region):
+        regions.append(region)
+        return regional
+
+    result = handler_module.handler(JOB, None, codepipeline=codepipeline, cloudformation=cloudformation, ssm=ssm,
+                                    cloudformation_in=cloudformation_in)
+    for stub in stubs.values():
+        stub.assert_no_pending_responses()
+    assert result == {"passed": expect_success}, sent
+    assert regions == ([] if known is not None else ["eu-central-1"])
+    if not expect_success:
+        assert message_part in sent["failureDetails"]["message"], sent
+
+
+def test_the_support_stack_of_another_region_is_compared_in_its_region(monkeypatch, three_environments):
+    """The same release passes (the support stack read in eu-central-1); a statement added to the support key's
+    policy stops it, shown under the support stack's name; a support stack the deployed release does not know (a
+    region added) is new, and everything in it shows."""
+    support = three_environments.templates[SUPPORT].body
+    _run_cross_region(monkeypatch, three_environments, copy.deepcopy(support), expect_success=True)
+    widened = copy.deepcopy(support)
+    deployed = copy.deepcopy(support)
+    for resource in deployed["Resources"].values():
+        if resource["Type"] == "AWS::KMS::Key":
+            resource["Properties"]["KeyPolicy"]["Statement"].pop()  # the deployed key named fewer principals
+    _run_cross_region(monkeypatch, three_environments, deployed, expect_success=False,
+                      message_part=f"{SUPPORT}: + CrossRegionCodePipelineReplicationBucketEncryptionKey")
+    _run_cross_region(monkeypatch, three_environments, widened, expect_success=False,
+                      message_part=f"new stack {SUPPORT} deployed with the pipeline", known="")
+
+
+def test_a_support_stack_that_is_not_cdks_is_refused(monkeypatch, three_environments):
+    """Only `<pipeline stack>-support-<region>` in the pipeline's account and another region may come along."""
+    def stacks(edit):
+        manifest = json.loads((three_environments.directory / "manifest.json").read_text())
+        (support,) = [a for a in manifest["artifacts"].values() if a.get("properties", {}).get("stackName") == SUPPORT]
+        edit(support)
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("manifest.json", json.dumps(manifest))
+            for path in three_environments.directory.glob("*.template.json"):
+                zipped.write(path, path.name)
+        with zipfile.ZipFile(io.BytesIO(archive.getvalue())) as zipped:
+            return handler_module._stacks_to_deploy(zipped)
+
+    monkeypatch.setenv("STACK_NAME", "CoderPipeline")
+    monkeypatch.setenv("TEMPLATE_FILE", "CoderPipeline.template.json")
+    assert set(stacks(lambda _a: None)) == {"CoderPipeline", SUPPORT}
+    for edit in (lambda a: a.update(environment="aws://999999999999/eu-central-1"),
+                 lambda a: a["properties"].update(stackName="Something-else"),
+                 lambda a: a.update(environment="aws://111111111111/us-west-2")):
+        with pytest.raises(handler_module.Refused, match="would deploy"):
+            stacks(edit)

@@ -5,7 +5,8 @@ parameter `<ALLOWANCE_PATH><fingerprint>` holding their reason, which no role of
 
 It takes the job's artifact from CodePipeline (GetJobDetails of the job id, and only a job of this pipeline's guard
 action), reads the stack the assembly's manifest would deploy under the pipeline's name, and refuses an assembly that
-would deploy another template or other stacks with it. Its code is the deployed release's, not the one under review:
+would deploy another template or other stacks with it, but CDK's cross-region support stacks, which it checks the same
+way (against the deployed ones, each in its region). Its code is the deployed release's, not the one under review:
 a commit cannot change the guard that checks it. Any failure to decide fails the action (closed)."""
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ def _job_data(codepipeline, job_id: str) -> dict:
     return details
 
 
-def _template_to_deploy(zipped: zipfile.ZipFile) -> dict:
-    """The template `cdk deploy <stack>` would deploy from this assembly, and nothing deployed along with it."""
+def _stacks_to_deploy(zipped: zipfile.ZipFile) -> dict[str, tuple[str, dict]]:
+    """{stack name: (region, template)}: the stack `cdk deploy <stack>` would deploy from this assembly, first, and the
+    CDK cross-region support stacks it deploys along with it (`<stack>-support-<region>`, in the pipeline's account:
+    an environment in another region than the pipeline's). Anything else deployed along with it is refused."""
     manifest = json.loads(zipped.read("manifest.json"))
     artifacts = manifest.get("artifacts", {})
     stack_name = os.environ["STACK_NAME"]
@@ -48,13 +51,31 @@ def _template_to_deploy(zipped: zipfile.ZipFile) -> dict:
     template_file = artifact["properties"].get("templateFile")
     if template_file != os.environ["TEMPLATE_FILE"]:
         raise Refused(f"{stack_name} would deploy {template_file!r}, not {os.environ['TEMPLATE_FILE']}")
+    account, region = _environment(artifact)
+    stacks = {stack_name: (region, json.loads(zipped.read(template_file)))}
     for dependency in artifact.get("dependencies", []):
-        if artifacts.get(dependency, {}).get("type") != "cdk:asset-manifest":
+        other = artifacts.get(dependency, {})
+        if other.get("type") == "cdk:asset-manifest":
+            continue
+        name = other.get("properties", {}).get("stackName", dependency)
+        if other.get("type") != "aws:cloudformation:stack":
             raise Refused(f"{stack_name} would deploy {dependency} along with it")
-    return json.loads(zipped.read(template_file))
+        other_account, other_region = _environment(other)
+        if (other_account, name) != (account, f"{stack_name}-support-{other_region}") or other_region == region:
+            raise Refused(f"{stack_name} would deploy {dependency} along with it")
+        if [d for d in other.get("dependencies", []) if artifacts.get(d, {}).get("type") != "cdk:asset-manifest"]:
+            raise Refused(f"{name} would deploy other stacks along with it")
+        stacks[name] = (other_region, json.loads(zipped.read(other["properties"]["templateFile"])))
+    return stacks
 
 
-def _new_template(job_data: dict) -> dict:
+def _environment(artifact: dict) -> tuple[str, str]:
+    """(account, region) of a stack artifact (`aws://<account>/<region>`)."""
+    account, _, region = artifact.get("environment", "").removeprefix("aws://").partition("/")
+    return account, region
+
+
+def _new_stacks(job_data: dict) -> dict[str, tuple[str, dict]]:
     location = job_data["inputArtifacts"][0]["location"]["s3Location"]
     credentials = job_data["artifactCredentials"]
     s3 = boto3.client("s3", aws_access_key_id=credentials["accessKeyId"],
@@ -65,17 +86,23 @@ def _new_template(job_data: dict) -> dict:
             archive.write(chunk)
         archive.seek(0)
         with zipfile.ZipFile(archive) as zipped:
-            return _template_to_deploy(zipped)
+            return _stacks_to_deploy(zipped)
 
 
-def _deployed_template(cloudformation) -> dict | None:
+def _deployed_template(cloudformation, stack_name: str) -> dict | None:
     try:
-        body = cloudformation.get_template(StackName=os.environ["STACK_NAME"], TemplateStage="Original")["TemplateBody"]
+        body = cloudformation.get_template(StackName=stack_name, TemplateStage="Original")["TemplateBody"]
     except cloudformation.exceptions.ClientError as error:
         if "does not exist" in str(error):
             return None
         raise
     return json.loads(body) if isinstance(body, str) else body
+
+
+def _known_support_stacks() -> set[tuple[str, str]]:
+    """(name, region) of the support stacks the deployed release has (SUPPORT_STACKS: `name@region,...`): the guard
+    may read their templates; a support stack the release adds is new, shown as a widening."""
+    return {tuple(item.split("@", 1)) for item in os.environ.get("SUPPORT_STACKS", "").split(",") if item}
 
 
 def _allowance(ssm):
@@ -90,16 +117,22 @@ def _allowance(ssm):
     return allowed
 
 
-def handler(event, _context, codepipeline=None, cloudformation=None, ssm=None):
+def handler(event, _context, codepipeline=None, cloudformation=None, ssm=None, cloudformation_in=None):
+    """`cloudformation_in(region)`: a CloudFormation client of a support stack's region."""
     job_id = event["CodePipeline.job"]["id"]
     codepipeline = codepipeline or boto3.client("codepipeline")
     cloudformation = cloudformation or boto3.client("cloudformation")
+    cloudformation_in = cloudformation_in or (lambda region: boto3.client("cloudformation", region_name=region))
     ssm = ssm or boto3.client("ssm")
     try:
-        new = _new_template(_job_data(codepipeline, job_id))
+        stacks = _new_stacks(_job_data(codepipeline, job_id))
+        stack_name = os.environ["STACK_NAME"]
+        known = _known_support_stacks()
+        support = {name: (_deployed_template(cloudformation_in(region), name) if (name, region) in known else None, template)
+                   for name, (region, template) in stacks.items() if name != stack_name}
         passed, message = widening.decide(
-            _deployed_template(cloudformation), new,
-            tuple(filter(None, os.environ.get("GUARD_LOGICAL_IDS", "").split(","))), _allowance(ssm))
+            _deployed_template(cloudformation, stack_name), stacks[stack_name][1],
+            tuple(filter(None, os.environ.get("GUARD_LOGICAL_IDS", "").split(","))), _allowance(ssm), support)
     except Exception as error:  # cannot decide: closed
         passed, message = False, f"the pipeline guard could not decide: {type(error).__name__}: {error}"
     print(message)

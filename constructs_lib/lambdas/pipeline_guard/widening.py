@@ -144,12 +144,26 @@ def fingerprint(rows: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
 
 
-def decide(old: dict | None, new: dict, guard_logical_ids: tuple[str, ...] = (), allowed=lambda _mark: None) -> tuple[bool, str]:
+def support_rows(support: dict[str, tuple[dict | None, dict]]) -> list[str]:
+    """Rows of the stacks deployed along with the pipeline stack ({name: (deployed template or None, new template)}:
+    CDK's cross-region support stacks): what each widens, prefixed by its name; one not deployed yet is new, and
+    everything in it shows."""
+    rows = []
+    for name, (old, new) in sorted(support.items()):
+        if old is None:
+            rows.append(f"new stack {name} deployed with the pipeline")
+        rows += [f"{name}: {row}" for row in widening(old or {}, new)]
+    return rows
+
+
+def decide(old: dict | None, new: dict, guard_logical_ids: tuple[str, ...] = (), allowed=lambda _mark: None,
+           support: dict[str, tuple[dict | None, dict]] | None = None) -> tuple[bool, str]:
     """(passes, what to say). No deployed template (the first deploy, by a person): passes. `allowed(fingerprint)`:
-    the reason a person gave for exactly this widening, or None."""
+    the reason a person gave for exactly this widening, or None. `support`: the stacks deployed along with it
+    (support_rows)."""
     if not old:
         return True, "no deployed pipeline stack to compare with: the first deploy is a person's"
-    rows = widening(old, new, guard_logical_ids)
+    rows = widening(old, new, guard_logical_ids) + support_rows(support or {})
     if not rows:
         return True, "the release does not widen what the pipeline may do"
     mark = fingerprint(rows)
