@@ -33,7 +33,7 @@ BASE_PIP := $(shell $(BASE_PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, 
 new_venv = $(BASE_PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
 pip_in = $(if $(BASE_PIP),$(BASE_PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 
-.PHONY: help setup setup-dev test-deps synth diff bootstrap doctor test lint lock schema execution-policies clean
+.PHONY: help setup setup-dev test-deps synth diff bootstrap adopt doctor test lint lock schema execution-policies clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -134,6 +134,10 @@ diff: synth $(DEV_STAMP) ## Compare BASE's templates (git ref, default HEAD~1) w
 
 bootstrap: setup ## Print the one-time set-up for CONFIG (cdk bootstrap of each account, connection, first deploy); ARGS="--apply --profile NAME=PROFILE ..." runs it
 	python -m pipeline.bootstrap --config $(CONFIG) $(ARGS)
+
+adopt: synth ## Take over the Terraform deployment of ENV=<name> (TF_STATE=<terraform show -json file>): collisions, import files, runbook in build/adopt/<name>
+	@[ -n "$(ENV)" ] || { echo "error: ENV=<environment> is required, e.g. make adopt ENV=production"; exit 2; }
+	python -m pipeline.adopt --config $(CONFIG) --assembly $(OUT) --environment $(ENV) $(if $(TF_STATE),--terraform-state $(TF_STATE)) $(ARGS)
 
 doctor: setup ## Check the set-up with the pipeline account's credentials: bootstrap and trust, connection, e-mail, secrets, last run
 	python -m pipeline.doctor --config $(CONFIG) $$( [ -f $(OUT)/manifest.json ] && echo --assembly $(OUT) ) $(ARGS)

@@ -313,6 +313,9 @@ class NetworkConfig(Section):
         return self
 
 
+RDS_SNAPSHOT_ARN = re.compile(r"^arn:aws[a-z-]*:rds:[a-z0-9-]+:\d{12}:snapshot:[A-Za-z][A-Za-z0-9:-]{0,254}$")
+
+
 class DatabaseConfig(Section):
     instance_class: _checked(
         StrictStr,
@@ -325,6 +328,16 @@ class DatabaseConfig(Section):
     backup_retention_days: integer(1, 35, "an integer from 1 to 35 (days)")
     multi_az: flag()
     deletion_protection: flag()
+    # Taking over the Terraform deployment (`make adopt`): the database is restored from this snapshot when it is
+    # created, and the identifier stays on every later deploy (CloudFormation replaces the instance with an empty one
+    # when it is removed or changed: the release review blocks that).
+    snapshot_identifier: text(
+        r"^$|^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,253}[A-Za-z0-9]$|^[A-Za-z]$|" + RDS_SNAPSHOT_ARN.pattern,
+        "not an RDS DB snapshot identifier or ARN",
+        '"" (a new, empty database) or the DB snapshot to restore: its identifier (letters, digits, hyphens; a '
+        "letter first) or, for a snapshot shared from another account, arn:aws:rds:<region>:<account>:snapshot:<name>",
+        schema_pattern=False,
+    ) = ""
 
     @model_validator(mode="after")
     def _storage_ceiling(self) -> DatabaseConfig:

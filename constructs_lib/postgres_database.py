@@ -114,6 +114,8 @@ class PostgresDatabase(Group):
         )
         for log_group in export_log_groups:
             self.instance.node.add_dependency(log_group)
+        if settings.snapshot_identifier:
+            self._restore_from(settings.snapshot_identifier)
         self.master_secret.add_rotation_schedule(
             "Rotation",
             automatically_after=MASTER_ROTATION,
@@ -127,6 +129,19 @@ class PostgresDatabase(Group):
         self.endpoint = self.instance.db_instance_endpoint_address
         self.port = self.instance.db_instance_endpoint_port
         self._acknowledge(environment, settings)
+
+    def _restore_from(self, snapshot: str) -> None:
+        """Created from a DB snapshot (taking over the Terraform deployment: `make adopt`). CloudFormation's template
+        reference: with DBSnapshotIdentifier, MasterUsername, MasterUserPassword, KmsKeyId and DBName are not
+        specified (inherited from the snapshot: its login, password and key); StorageEncrypted stays (an encrypted
+        snapshot; `make adopt` refuses an unencrypted one). The identifier stays on every later deploy: CloudFormation
+        restores nothing again while it is unchanged, and replaces the instance when it changes or goes (the release
+        review blocks that). The master secret, imported from Terraform, holds the snapshot's login; its rotation
+        changes the password from there."""
+        cfn: rds.CfnDBInstance = self.instance.node.default_child  # type: ignore[assignment]
+        cfn.add_property_override("DBSnapshotIdentifier", snapshot)
+        for name in ("MasterUsername", "MasterUserPassword", "KmsKeyId", "DBName"):
+            cfn.add_property_deletion_override(name)
 
     def _acknowledge(self, environment: str, settings: DatabaseConfig) -> None:
         reasons = {

@@ -297,6 +297,13 @@ def judge_drift(
 # --- what changes -------------------------------------------------------------------------------------------------
 
 
+# Properties that replace the resource when they change although the schema does not say so (CloudFormation's template
+# reference): AWS::RDS::DBInstance, a changed DBSnapshotIdentifier restores a new instance and deletes the original, a
+# removed one creates an empty instance and deletes the original; AWS::DynamoDB::Table, KeySchema "Update requires:
+# Replacement".
+REPLACING = {"AWS::RDS::DBInstance": {"DBSnapshotIdentifier"}, "AWS::DynamoDB::Table": {"KeySchema"}}
+
+
 def _create_only(region: str, resource_type: str) -> set[str]:
     """Top-level properties whose change makes CloudFormation replace the resource (its resource schema)."""
     from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
@@ -305,7 +312,8 @@ def _create_only(region: str, resource_type: str) -> set[str]:
         schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(region, resource_type).schema
     except Exception:  # a custom resource or a type the schemas do not know: updated in place
         return set()
-    return {path.split("/")[2] for path in schema.get("createOnlyProperties", []) if path.startswith("/properties/")}
+    return {path.split("/")[2] for path in schema.get("createOnlyProperties", []) if path.startswith("/properties/")} | (
+        REPLACING.get(resource_type, set()))
 
 
 def _references(value) -> set[str]:

@@ -31,6 +31,7 @@ THREE_ENVIRONMENTS = ROOT / "config" / "examples" / "three-environments.toml"
 VARIANT_EMAIL = "platform-oncall@example.com"
 VARIANT_SECRET_VERSION = "0b7e6f3c-1d2a-4c5b-9e8f-7a6b5c4d3e2f"
 VARIANT_COPY_VAULT = "arn:aws:backup:us-east-1:555555555555:backup-vault:coder-staging-copies"
+VARIANT_SNAPSHOT = "coder-staging-postgres-final-terraform"
 
 # The fixture that reads each synth's assembly, and the synth's name (its directory under the run's directory).
 FIXTURES = {"assembly": "cdk", "three_environments": "three", "variant": "variant", "cfn_lint": "cdk"}
@@ -52,12 +53,13 @@ def _command(name: str, directory: Path) -> list[str]:
         return ["cdk", "synth", "--quiet", "--output", outdir, "-c", f"config={THREE_ENVIRONMENTS}"]
     if name == "variant":
         # The app plus unacknowledged buckets (tests/apps/planted_finding.py), which must fail synth, with a config
-        # variant: a notification e-mail, a pinned OIDC secret version, a backup copy vault and the removal of ClickHouse's
-        # old data in staging.
+        # variant: a notification e-mail, a pinned OIDC secret version, a backup copy vault, the removal of ClickHouse's
+        # old data and a database restored from a snapshot (taking over Terraform's) in staging.
         # Staging also removes the old copy of ClickHouse's data.
         text = DEFAULT_CONFIG_PATH.read_text()
         for old, new in (('notification_email = ""', VARIANT_EMAIL), ('client_secret_version = ""', VARIANT_SECRET_VERSION),
-                         ('copy_vault_arn = ""', VARIANT_COPY_VAULT), ('old_clickhouse_data = "copy"', "remove")):
+                         ('copy_vault_arn = ""', VARIANT_COPY_VAULT), ('old_clickhouse_data = "copy"', "remove"),
+                         ('snapshot_identifier = ""', VARIANT_SNAPSHOT)):
             changed = old.replace(old[old.index('"'):], f'"{new}"')
             text = text.replace(old, changed, 1)
             if text.count(changed) != 1:

@@ -91,11 +91,14 @@ def test_a_harmless_change_passes_and_names_the_service_and_property(assembly, e
 
 
 def test_a_config_variant_is_reviewed_per_environment(assembly, variant, tmp_path):
-    """The session's config variant (a pinned OIDC secret version, a backup copy and the old ClickHouse data's removal
-    in staging) changes staging in place and leaves production alone."""
+    """The session's config variant (a pinned OIDC secret version, a backup copy, the old ClickHouse data's removal and
+    a database restored from a snapshot in staging) changes staging in place but for the database, which a snapshot
+    identifier set on a running instance replaces (blocking: only the first deploy of a taken-over environment may
+    restore), and leaves production alone."""
     result, data, _ = report(tmp_path, "--base", str(assembly.directory), "--assembly", str(variant.assembly.directory),
                              "--stage", "staging")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert [(c["logical_id"], c["replacement"]) for c in data["changes"] if c["blocking"]] == [("Postgres9DC8BB04", "yes")]
     names = {c["logical_id"]: c for c in data["changes"]}
     rule = [c for lid, c in names.items() if lid.startswith("KeyProvisionerServiceRule200")]
     assert rule and rule[0]["properties"] == ["Actions"] and rule[0]["replacement"] == "no"

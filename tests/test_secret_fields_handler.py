@@ -75,6 +75,41 @@ def test_invalid_value_is_regenerated(secrets_client, response_url):
     assert stored(secrets_client, arn)["master_key"].startswith("sk-")
 
 
+def _two_hours_after_creation(client, arn):
+    import datetime
+
+    return client.describe_secret(SecretId=arn)["CreatedDate"] + datetime.timedelta(hours=2)
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("sk-terraform-era-master-key", "it holds a value that is not a JSON object; put it as JSON with the fields "
+     "encryption_key (<64 hex characters>), master_key (sk-<48 alnum characters>)"),
+    (json.dumps({"master_key": "sk-short", "encryption_key": "0" * 64}), "its field master_key is not in the format "
+     "sk-<48 alnum characters>"),
+])
+def test_an_older_secrets_value_is_never_replaced_the_deploy_fails_instead(secrets_client, response_url, value, reason):
+    """A secret imported from the Terraform deployment: its value is the keys the apps' data depends on. Regenerating
+    it would lose what they encrypt; the custom resource fails with what to change, writes nothing, logs no value."""
+    arn = secrets_client.create_secret(Name="prod/litellm/master-key", SecretString=value)["ARN"]
+    handler_module.handler(event("Create", arn, response_url), None, client=secrets_client,
+                           now=_two_hours_after_creation(secrets_client, arn))
+    (response,) = ResponseRecorder.received
+    assert response["Status"] == "FAILED" and reason in response["Reason"] and "nothing was changed" in response["Reason"]
+    assert value not in response["Reason"] and "sk-short" not in response["Reason"]
+    assert secrets_client.get_secret_value(SecretId=arn)["SecretString"] == value
+    assert len(secrets_client.list_secret_version_ids(SecretId=arn)["Versions"]) == 1
+
+
+def test_an_older_secret_gets_only_its_missing_fields(secrets_client, response_url):
+    key = "sk-" + "T" * 48
+    arn = secrets_client.create_secret(Name="prod/litellm/master-key", SecretString=json.dumps({"master_key": key}))["ARN"]
+    handler_module.handler(event("Update", arn, response_url), None, client=secrets_client,
+                           now=_two_hours_after_creation(secrets_client, arn))
+    value = stored(secrets_client, arn)
+    assert value["master_key"] == key and re.fullmatch(r"[0-9a-f]{64}", value["encryption_key"])
+    assert ResponseRecorder.received[0]["Status"] == "SUCCESS"
+
+
 def test_delete_leaves_the_secret_alone(secrets_client, response_url):
     arn = secrets_client.create_secret(Name="s", SecretString="untouched")["ARN"]
     handler_module.handler(event("Delete", arn, response_url), None, client=secrets_client)

@@ -5,6 +5,11 @@ requested field once and never changes a field that already has a valid value, s
 (LiteLLM's master key, Langfuse's encryption key) survives stack updates and re-runs. Only the secret holds
 the values: nothing is returned to CloudFormation or logged.
 
+What it replaces: a field that is missing, and, in a secret created within the hour (CloudFormation's throwaway
+first value of a secret the stack has just made, which is no JSON), anything. A secret older than that holds someone's
+values (one imported from the Terraform deployment): a value that is not a JSON object, or a field in another format,
+fails the deploy with what to change, and nothing is written: regenerating it would lose what that key encrypts.
+
 Operator-supplied secrets (an API key, a client secret that only a person has) get `Placeholder` instead: a random
 value is put only where the secret has none (no value at all, or, with `Field`, no such JSON field). Whatever is
 there, a person's value or an earlier placeholder, is never changed, whatever the request.
@@ -17,6 +22,7 @@ Resource properties:
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import secrets
@@ -46,19 +52,35 @@ def is_valid(value: object, spec: dict) -> bool:
     return value.startswith(prefix) and len(body) == int(spec["Length"]) and all(c in alphabet for c in body)
 
 
-def fill_fields(current: str | None, fields: dict) -> tuple[dict, list[str]]:
-    """Return the new JSON document and the names of the fields that were (re)generated."""
+class KeptValue(Exception):
+    """An older secret holds a value the handler would have to replace: the deploy fails, nothing is written."""
+
+
+def describe(spec: dict) -> str:
+    return f"{spec.get('Prefix', '')}<{spec['Length']} {spec.get('Alphabet', 'alnum')} characters>"
+
+
+def fill_fields(current: str | None, fields: dict, replace: bool = True) -> tuple[dict, list[str]]:
+    """Return the new JSON document and the names of the fields that were (re)generated. With `replace` False (an
+    older secret), only missing fields are generated; anything else to replace raises KeptValue."""
     try:
         document = json.loads(current) if current else {}
     except json.JSONDecodeError:
-        document = {}
+        document = None
     if not isinstance(document, dict):
+        if not replace:
+            raise KeptValue("it holds a value that is not a JSON object; put it as JSON with the fields "
+                            + ", ".join(f"{name} ({describe(spec)})" for name, spec in sorted(fields.items())))
         document = {}
     generated = []
     for name, spec in sorted(fields.items()):
-        if not is_valid(document.get(name), spec):
-            document[name] = random_value(spec)
-            generated.append(name)
+        value = document.get(name)
+        if is_valid(value, spec):
+            continue
+        if value not in (None, "") and not replace:
+            raise KeptValue(f"its field {name} is not in the format {describe(spec)}")
+        document[name] = random_value(spec)
+        generated.append(name)
     return document, generated
 
 
@@ -72,8 +94,18 @@ def current_value(client, secret_id: str) -> str | None:
         return None
 
 
-def ensure_fields(client, secret_id: str, fields: dict) -> list[str]:
-    document, generated = fill_fields(current_value(client, secret_id), fields)
+YOUNG = datetime.timedelta(hours=1)
+
+
+def ensure_fields(client, secret_id: str, fields: dict, now: datetime.datetime | None = None) -> list[str]:
+    created = client.describe_secret(SecretId=secret_id).get("CreatedDate")
+    now = now or datetime.datetime.now(datetime.UTC)
+    young = created is None or now - created < YOUNG
+    try:
+        document, generated = fill_fields(current_value(client, secret_id), fields, replace=young)
+    except KeptValue as error:
+        raise KeptValue(f"secret {secret_id}: {error}; nothing was changed (README: \"Moving from the Terraform "
+                        "deployment\")") from None
     if generated:
         client.put_secret_value(SecretId=secret_id, SecretString=json.dumps(document))
     return generated
@@ -100,7 +132,7 @@ def ensure_placeholder(client, secret_id: str, spec: dict) -> bool:
     return True
 
 
-def handler(event: dict, context, client=None) -> None:
+def handler(event: dict, context, client=None, now: datetime.datetime | None = None) -> None:
     status, reason = "SUCCESS", ""
     try:
         if event["RequestType"] in ("Create", "Update"):
@@ -110,7 +142,7 @@ def handler(event: dict, context, client=None) -> None:
                 put = ensure_placeholder(client, props["SecretId"], props["Placeholder"])
                 LOG.info("secret %s: %s", props["SecretId"], "placeholder put" if put else "value kept")
             else:
-                generated = ensure_fields(client, props["SecretId"], props["Fields"])
+                generated = ensure_fields(client, props["SecretId"], props["Fields"], now)
                 LOG.info("secret %s: generated fields %s", props["SecretId"], generated or "none")
     except Exception as error:  # report every failure to CloudFormation instead of letting it hang
         LOG.error("failed: %s", type(error).__name__)
