@@ -33,7 +33,7 @@ BASE_PIP := $(shell $(BASE_PYTHON) -c 'import sys, pip; sys.exit(tuple(map(int, 
 new_venv = $(BASE_PYTHON) -m venv $(if $(BASE_PIP),--without-pip) $(1)
 pip_in = $(if $(BASE_PIP),$(BASE_PYTHON) -m pip --python $(1)/bin/python,$(1)/bin/python -m pip)
 
-.PHONY: help setup setup-dev test-deps synth diff bootstrap adopt doctor test lint lock schema execution-policies clean
+.PHONY: help setup setup-dev test-deps synth diff report bootstrap adopt doctor test lint lock schema execution-policies clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -135,6 +135,10 @@ diff: synth $(DEV_STAMP) ## Compare BASE's templates (git ref, default HEAD~1) w
 bootstrap: setup ## Print the one-time set-up for CONFIG (cdk bootstrap of each account, connection, first deploy); ARGS="--apply --profile NAME=PROFILE ..." runs it
 	python -m pipeline.bootstrap --config $(CONFIG) $(ARGS)
 
+report: synth ## The compliance report of the whole assembly: build/report/compliance.{md,xml,json}, its summary on stdout (findings do not fail make; python -m pipeline.compliance exits 1 on them)
+	python -m pipeline.compliance --assembly $(OUT) --markdown build/report/compliance.md --junit build/report/compliance.xml \
+	  --json build/report/compliance.json || [ $$? -eq 1 ]
+
 adopt: synth ## Take over the Terraform deployment of ENV=<name> (TF_STATE=<terraform show -json file>): collisions, import files, runbook in build/adopt/<name>
 	@[ -n "$(ENV)" ] || { echo "error: ENV=<environment> is required, e.g. make adopt ENV=production"; exit 2; }
 	python -m pipeline.adopt --config $(CONFIG) --assembly $(OUT) --environment $(ENV) $(if $(TF_STATE),--terraform-state $(TF_STATE)) $(ARGS)
@@ -156,8 +160,9 @@ test: ## ruff, then the whole test suite on every core (real CDK synths, cfn-lin
 lock: ## Rewrite the hash-pinned locks from requirements.txt and constraints.txt (needs PyPI)
 	$(BASE_PYTHON) -m pipeline.locks
 
-execution-policies: synth $(DEV_STAMP) ## Rewrite pipeline/execution-policies/ (CloudFormation's execution role) from the synthesized stacks
+execution-policies: synth $(DEV_STAMP) ## Rewrite pipeline/execution-policies/ (CloudFormation's execution role) and pipeline/create-only.json (what replaces a resource) from the synthesized stacks
 	python -m pipeline.execution_policy --assembly $(OUT)
+	python -m pipeline.resource_schemas --assembly $(OUT)
 
 schema: setup ## Regenerate config/environments.schema.json from the config model (config/model.py)
 	python -m config.schema

@@ -422,7 +422,7 @@ def differences(named: Named, live: dict, region: str) -> tuple[list[str], list[
     """(every difference, those CloudFormation can only settle by replacing the resource) between the template and
     the live resource, on the properties the reader sees."""
     props = named.resource.get("Properties", {})
-    create_only = _create_only(region, named.type)
+    create_only = _create_only(named.type)
     found, blocking = [], []
     for key, live_value in sorted(live.items()):
         if key not in props:

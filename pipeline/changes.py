@@ -40,6 +40,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from pipeline.assembly import PIPELINE_STAGE, AssemblyError, markdown_cell, read_json, stage_name
+from pipeline.resource_schemas import create_only
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "environments.toml"
 STATEFUL_TYPES = frozenset({
@@ -304,16 +305,10 @@ def judge_drift(
 REPLACING = {"AWS::RDS::DBInstance": {"DBSnapshotIdentifier"}, "AWS::DynamoDB::Table": {"KeySchema"}}
 
 
-def _create_only(region: str, resource_type: str) -> set[str]:
-    """Top-level properties whose change makes CloudFormation replace the resource (its resource schema)."""
-    from cfnlint.schema import PROVIDER_SCHEMA_MANAGER
-
-    try:
-        schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema(region, resource_type).schema
-    except Exception:  # a custom resource or a type the schemas do not know: updated in place
-        return set()
-    return {path.split("/")[2] for path in schema.get("createOnlyProperties", []) if path.startswith("/properties/")} | (
-        REPLACING.get(resource_type, set()))
+def _create_only(resource_type: str) -> set[str]:
+    """Top-level properties whose change makes CloudFormation replace the resource (its resource schema, committed in
+    pipeline/create-only.json; REPLACING)."""
+    return set(create_only(resource_type)) | REPLACING.get(resource_type, set())
 
 
 def _references(value) -> set[str]:
@@ -361,7 +356,7 @@ def _sg_rules(resource: dict) -> set[str]:
     return set()
 
 
-def diff_stack(stage: str, stack: str, region: str, old: dict, new: dict) -> tuple[list[Change], list[Row]]:
+def diff_stack(stage: str, stack: str, old: dict, new: dict) -> tuple[list[Change], list[Row]]:
     old_resources = {k: v for k, v in old.get("Resources", {}).items() if v.get("Type") not in IGNORED_TYPES}
     new_resources = {k: v for k, v in new.get("Resources", {}).items() if v.get("Type") not in IGNORED_TYPES}
     changes: dict[str, Change] = {}
@@ -379,9 +374,9 @@ def diff_stack(stage: str, stack: str, region: str, old: dict, new: dict) -> tup
         old_props, new_props = before.get("Properties", {}), after.get("Properties", {})
         changed = sorted(k for k in old_props.keys() | new_props.keys() if old_props.get(k) != new_props.get(k))
         changed += sorted(k for k in before.keys() | after.keys() if k != "Properties" and before.get(k) != after.get(k))
-        replaced = before["Type"] != kind or bool(set(changed) & _create_only(region, kind))
+        replaced = before["Type"] != kind or bool(set(changed) & _create_only(kind))
         changes[lid] = Change(stage, stack, lid, kind, "modify", changed, "yes" if replaced else "no", kind in STATEFUL_TYPES)
-    _follow_replacements(changes, new_resources, region, stage, stack)
+    _follow_replacements(changes, new_resources, stage, stack)
     rows = []
     for lid in sorted(old_resources.keys() | new_resources.keys()):
         before, after = old_resources.get(lid, {}), new_resources.get(lid, {})
@@ -401,7 +396,7 @@ def _strip(resource: dict) -> dict:
     return stripped
 
 
-def _follow_replacements(changes: dict[str, Change], resources: dict, region: str, stage: str, stack: str) -> None:
+def _follow_replacements(changes: dict[str, Change], resources: dict, stage: str, stack: str) -> None:
     """A resource whose create-only property refers to a replaced one gets a new value there: it may be replaced."""
     while True:
         replaced = {lid for lid, c in changes.items() if c.replacement in ("yes", "maybe") or c.action == "remove"}
@@ -411,7 +406,7 @@ def _follow_replacements(changes: dict[str, Change], resources: dict, region: st
             if current is not None and (current.action == "add" or current.replacement in ("yes", "maybe")):
                 continue
             kind, props = resource["Type"], resource.get("Properties", {})
-            inputs = [name for name in _create_only(region, kind) if _references(props.get(name)) & replaced]
+            inputs = [name for name in _create_only(kind) if _references(props.get(name)) & replaced]
             if not inputs:
                 continue
             if current is None:
@@ -501,7 +496,7 @@ def _follow_across_stacks(changes: list[Change], stacks: Sequence[StackTemplate]
                 props = resource.get("Properties", {})
                 reads = {name: sorted(_stack_outputs(value) & moved) for name, value in props.items()}
                 reads = {name: pairs for name, pairs in reads.items() if pairs}
-                same_stack = [name for name in _create_only(stack.region, kind)
+                same_stack = [name for name in _create_only(kind)
                               if {(stack.name, ref) for ref in _references(props.get(name))} & gone]
                 labels = {f"{name} (reads {'/'.join(pairs[0])}, a replaced resource's)" for name, pairs in reads.items()}
                 labels |= {f"{name} (refers to a replaced resource)" for name in same_stack}
@@ -513,7 +508,7 @@ def _follow_across_stacks(changes: list[Change], stacks: Sequence[StackTemplate]
                     current = index[(stack.name, lid)] = Change(stack.stage, stack.name, lid, kind, "modify",
                                                                 stateful=kind in STATEFUL_TYPES)
                 current.properties = sorted(set(current.properties) | labels)
-                if same_stack or set(reads) & _create_only(stack.region, kind):
+                if same_stack or set(reads) & _create_only(kind):
                     current.replacement = "maybe"
                 grew = True
         if not grew:
@@ -526,13 +521,13 @@ def review(base: Sequence[StackTemplate], new: Sequence[StackTemplate], allowanc
     changes, rows = [], []
     for stack in new:
         old = old_by_key.get(stack.key)
-        found, found_rows = diff_stack(stack.stage, stack.name, stack.region, old.template if old else {}, stack.template)
+        found, found_rows = diff_stack(stack.stage, stack.name, old.template if old else {}, stack.template)
         changes += found
         rows += found_rows
     new_keys = {s.key for s in new}
     for stack in base:
         if stack.key not in new_keys and stack.stage in {s.stage for s in new}:
-            found, found_rows = diff_stack(stack.stage, stack.name, stack.region, stack.template, {})
+            found, found_rows = diff_stack(stack.stage, stack.name, stack.template, {})
             changes += found
             rows += found_rows
     for stage in sorted({s.stage for s in new}):  # outputs are read by the stacks of the same stage

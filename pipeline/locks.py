@@ -5,7 +5,8 @@ for each release the installs resolve to, the sha256 of every file PyPI had for 
 hash-checking mode (`--require-hashes`) then installs only a file whose hash is listed, for any platform PyPI built.
 
 - `requirements.lock`: the Synth step's runtime (`make synth` installs it; the closure of requirements.txt).
-- `buildspecs/locks/review.txt`, `buildspecs/locks/smoke.txt`: the tools the Review and Smoke steps install.
+- `buildspecs/locks/boto3.txt`: what the Review and Smoke steps install (boto3; the Review step reads what replaces a
+  resource from pipeline/create-only.json, not from cfn-lint).
 
 `make lock` (or `python -m pipeline.locks`, with a Python that has pip) writes them after a pin changes in
 constraints.txt. It needs PyPI: pip resolves each lock for this machine's Python and for CodeBuild's (3.12, x86_64
@@ -30,8 +31,7 @@ CODEBUILD_PYTHON = "3.12"  # runtime-versions in buildspecs/*.yml
 # lock file -> what it installs (pip requirement arguments, relative to the repository)
 LOCKS: dict[str, tuple[str, ...]] = {
     "requirements.lock": ("-r", "requirements.txt"),
-    "buildspecs/locks/review.txt": ("boto3", "cfn-lint"),
-    "buildspecs/locks/smoke.txt": ("boto3",),
+    "buildspecs/locks/boto3.txt": ("boto3",),
 }
 PYPI_JSON = "https://pypi.org/pypi/{name}/json"  # every release's files and their digests
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>\S+)")

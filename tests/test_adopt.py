@@ -324,8 +324,8 @@ def test_the_release_review_blocks_a_snapshot_identifier_added_or_removed(varian
     without = assembly.stack("Staging", "Data").body
     (lid,) = [k for k, r in with_snapshot["Resources"].items() if r["Type"] == "AWS::RDS::DBInstance"]
     for old, new in ((with_snapshot, without), (without, with_snapshot)):
-        found, _ = changes.diff_stack("Staging", "Staging-Data", REGION, old, new)
+        found, _ = changes.diff_stack("Staging", "Staging-Data", old, new)
         (database,) = [c for c in found if c.logical_id == lid]
         assert database.replacement == "yes" and database.blocking, database
-    found, _ = changes.diff_stack("Staging", "Staging-Data", REGION, with_snapshot, with_snapshot)
+    found, _ = changes.diff_stack("Staging", "Staging-Data", with_snapshot, with_snapshot)
     assert not [c for c in found if c.logical_id == lid]

@@ -325,3 +325,35 @@ def test_deployed_mode_denied_or_without_credentials_exits_2(assembly):
                  "AWS_EC2_METADATA_DISABLED": "true"})
     nothing = run("--base", "deployed", "--assembly", str(assembly.directory), "--stage", "Production", env=bare)
     assert nothing.returncode == 2 and "no AWS credentials" in nothing.stderr and "Traceback" not in nothing.stderr
+
+
+def test_the_review_runs_on_a_bare_interpreter_after_make_synth_alone(assembly, edit):
+    """No cfn-lint, no boto3 (an assembly as the base): what replaces a resource comes from the committed
+    pipeline/create-only.json, so the Review step installs boto3 only and a person runs it after `make synth`."""
+    new = edit("Production-Data", lambda r: r["Postgres9DC8BB04"]["Properties"].update(DBInstanceIdentifier="renamed"))
+    bare = Path(sys.base_prefix) / "bin" / "python3"
+    code = ("import sys; sys.path.insert(0, {root!r}); sys.modules['cfnlint'] = None; sys.modules['boto3'] = None; "
+            "from pipeline import changes; sys.exit(changes.main(sys.argv[1:]))").format(root=str(ROOT))
+    result = subprocess.run([str(bare), "-I", "-c", code, "--base", str(assembly.directory), "--assembly", str(new),
+                             "--stage", "production"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "BLOCKING: Production-Data/Postgres9DC8BB04 (AWS::RDS::DBInstance) DBInstanceIdentifier: **replaced**" in result.stdout
+
+
+def test_the_committed_create_only_table_is_what_the_schemas_say_for_the_assembly(assembly, tmp_path, monkeypatch):
+    from pipeline import resource_schemas
+
+    assert resource_schemas.main(["--assembly", str(assembly.directory), "--check"]) == 0
+    table = json.loads(resource_schemas.TABLE.read_text())["types"]
+    assert table["AWS::RDS::DBInstance"] and "DBInstanceIdentifier" in table["AWS::RDS::DBInstance"]
+    stale = tmp_path / "create-only.json"
+    stale.write_text(json.dumps({"types": {k: v for k, v in table.items() if k != "AWS::EFS::FileSystem"}}))
+    monkeypatch.setattr(resource_schemas, "TABLE", stale)
+    resource_schemas._committed.cache_clear()
+    try:
+        assert resource_schemas.main(["--assembly", str(assembly.directory), "--check"]) == 1
+        with pytest.raises(resource_schemas.UnknownType, match="AWS::EFS::FileSystem is not in create-only.json"):
+            resource_schemas.create_only("AWS::EFS::FileSystem")
+        assert resource_schemas.create_only("Custom::SecretFields") == frozenset()
+    finally:
+        resource_schemas._committed.cache_clear()

@@ -114,11 +114,11 @@ def test_asset_publishing_installs_the_pinned_cdk_assets_and_nothing_is_latest(p
 def test_each_stage_deploys_its_stacks_in_layer_order(stages, stage, app_config):
     env = app_config.environment(stage)
     deploys = [a for a in stages[stage] if a["ActionTypeId"]["Category"] == "Deploy"]
-    assert _ordered(deploys) == [
-        "Network.Prepare", "Network.Deploy", "Data.Prepare", "Data.Deploy", "Platform.Prepare", "Platform.Deploy",
-        "Observability.Prepare", "Observability.Deploy",
-    ]
+    # One action per stack, no change set (use_change_sets=False): CloudFormation creates or updates it directly.
+    assert _ordered(deploys) == ["Network.Deploy", "Data.Deploy", "Platform.Deploy", "Observability.Deploy"]
+    assert len({a["RunOrder"] for a in deploys}) == 4
     for action in deploys:
+        assert action["Configuration"]["ActionMode"] == "CREATE_UPDATE"
         assert action["Configuration"]["StackName"].startswith(f"{stage}-")
         # Deployed through the target account's bootstrap roles, not from the pipeline account.
         assert f":iam::{env.account}:role/cdk-hnb659fds-deploy-role-{env.account}-{env.region}" in json.dumps(
@@ -273,7 +273,7 @@ def test_release_review_runs_before_the_stage_deploys_against_what_is_deployed(p
     assert spec["phases"]["post_build"]["commands"] == ["[ ! -f reports/changes.md ] || cat reports/changes.md"]
     assert "artifacts" not in spec and "OutputArtifacts" not in step
     assert spec["phases"]["install"]["commands"][-1] == (
-        "python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r buildspecs/locks/review.txt")
+        "python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r buildspecs/locks/boto3.txt")
     variables = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
     assert variables["NOTIFICATIONS_TOPIC"] == {"Ref": pipeline.logical_id("/Notifications/Resource")}
     role_id = project["ServiceRole"]["Fn::GetAtt"][0]

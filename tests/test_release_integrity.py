@@ -117,8 +117,7 @@ def _closure(roots: list[str]) -> set[str]:
 
 @pytest.mark.parametrize(("lock", "roots"), [
     ("requirements.lock", list(read_pins(ROOT / "requirements.txt"))),
-    ("buildspecs/locks/review.txt", ["boto3", "cfn-lint"]),
-    ("buildspecs/locks/smoke.txt", ["boto3"]),
+    ("buildspecs/locks/boto3.txt", ["boto3"]),
 ])
 def test_each_lock_holds_all_its_installs_need(lock, roots):
     """A package missing from a lock fails the hash-checked install: `make lock` after a pin changes."""
@@ -129,7 +128,7 @@ def test_each_lock_holds_all_its_installs_need(lock, roots):
 def test_the_steps_locks_install_on_codebuilds_python_with_their_hashes_checked(tmp_path):
     """pip downloads what the Review and Smoke steps install, for CodeBuild's Python, in hash-checking mode: a listed
     hash that matches no file PyPI serves, or an unlisted file, fails here."""
-    for lock in ("buildspecs/locks/review.txt", "buildspecs/locks/smoke.txt"):
+    for lock in ("buildspecs/locks/boto3.txt",):
         result = subprocess.run(  # the base interpreter's pip: the venvs here are made without one (Makefile)
             [sys._base_executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--require-hashes",
              "--no-deps", "--only-binary=:all:", "--python-version", "3.12", "--platform", "manylinux2014_x86_64",

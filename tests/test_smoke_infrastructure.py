@@ -109,8 +109,7 @@ def test_post_step_runs_after_the_four_stacks(pipeline, stage_name):
     actions = _stage_actions(pipeline, stage_name)
     (smoke,) = [a for a in actions if a["Name"] == f"SmokeTests{stage_name}"]
     deploys = [a for a in actions if a["ActionTypeId"]["Category"] == "Deploy"]
-    assert {a["Name"] for a in deploys} == {f"{layer}.{step}" for layer in ("Network", "Data", "Platform", "Observability")
-                                           for step in ("Prepare", "Deploy")}
+    assert {a["Name"] for a in deploys} == {f"{layer}.Deploy" for layer in ("Network", "Data", "Platform", "Observability")}
     assert smoke["RunOrder"] > max(a["RunOrder"] for a in deploys)
     variables = {v["name"]: v["value"] for v in json.loads(smoke["Configuration"]["EnvironmentVariables"])}
     assert set(variables) == {"PROBE_FUNCTION", "PROBE_ROLE_ARN", "SMOKE_CHECKS", "SMOKE_TARGET_GROUPS"}
@@ -141,7 +140,7 @@ def test_post_step_project(pipeline, app_config, stage_name, config_name):
         assert part in command
     assert spec["reports"]["smoke-tests"] == {"base-directory": "reports", "files": ["smoke.xml"], "file-format": "JUNITXML"}
     assert spec["phases"]["install"]["commands"] == [
-        "python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r buildspecs/locks/smoke.txt"]
+        "python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r buildspecs/locks/boto3.txt"]
     role_id = pipeline.resources[project_id]["Properties"]["ServiceRole"]["Fn::GetAtt"][0]
     # The name the environment's smoke-test role trusts, on the role of this step only.
     assert pipeline.resources[role_id]["Properties"]["RoleName"] == f"coder-pipeline-smoke-{config_name}"
