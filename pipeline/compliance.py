@@ -211,9 +211,9 @@ def render_markdown(entries: Sequence[Entry], title: str, examples: Sequence[str
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compliance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--assembly", type=Path, required=True, help="the cloud assembly directory (cdk.out)")
-    parser.add_argument("--junit", type=Path, required=True, help="JUnit XML output")
-    parser.add_argument("--markdown", type=Path, required=True, help="Markdown report output")
-    parser.add_argument("--json", type=Path, help="JSON output")
+    parser.add_argument("--junit", type=Path, help="write the JUnit XML report here (CodeBuild Reports)")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
+    parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--stage", help="report one Stage only (e.g. Staging; 'Pipeline' for the pipeline stack)")
     args = parser.parse_args(argv)
     try:
@@ -224,15 +224,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     examples = read_example_values(args.assembly, args.stage)
     title = f"Compliance report: {args.stage or 'all stages'}"
-    write_junit(args.junit, entries, examples)
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(render_markdown(entries, title, examples))
+    if args.junit:
+        write_junit(args.junit, entries, examples)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(render_markdown(entries, title, examples))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"summary": summary(entries), "entries": [asdict(e) for e in entries],
                                          "example_values": examples}, indent=2))
 
     counts = summary(entries)
+    open_count = sum(c["open"] for c in counts.values())
+    missing_count = sum(e.reason_missing for e in entries)
+    print(f"{title}: {open_count} open, {sum(c['acknowledged'] for c in counts.values())} acknowledged"
+          f"{f', {missing_count} without a reason' if missing_count else ''}"
+          f"{f', {len(examples)} example values' if examples else ''}")
     for pack in PACKS:
         print(f"  {pack:<16} open {counts[pack]['open']:4}   acknowledged {counts[pack]['acknowledged']:4}")
     open_entries = [e for e in entries if e.status == "open"]

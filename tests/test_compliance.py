@@ -175,3 +175,16 @@ def test_example_values_fail_their_stage_only(tmp_path):
     assert 'failures="1"' in (tmp_path / "out" / "c.xml").read_text()
     other = run("--assembly", str(assembly), "--stage", "Pipeline", *outputs(tmp_path))
     assert other.returncode == 0, other.stdout
+
+
+def test_every_output_is_optional_and_the_summary_goes_to_stdout(tmp_path):
+    """A person runs it by hand: no file at all, the summary on stdout; each output on its own."""
+    assembly = make_assembly(tmp_path / "cdk.out", acknowledgments=ACKS)
+    result = run("--assembly", str(assembly))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "Compliance report: all stages: 0 open, 4 acknowledged"
+    assert "  AwsSolutions     open    0   acknowledged    2" in result.stdout
+    assert not (tmp_path / "out").exists()
+    for option, name in (("--junit", "c.xml"), ("--markdown", "c.md"), ("--json", "c.json")):
+        result = run("--assembly", str(assembly), option, str(tmp_path / option.strip("-") / name))
+        assert result.returncode == 0 and [p.name for p in (tmp_path / option.strip("-")).iterdir()] == [name]
