@@ -20,9 +20,13 @@ class GeneratedField:
     prefix: str
     length: int
     alphabet: str = "alnum"
+    # In a secret someone made earlier (imported from the Terraform deployment) that lacks this field: take that
+    # field's value instead of a new one (the app's own fallback when this one is not set).
+    seed_from: str | None = None
 
     def as_property(self) -> dict:
-        return {"Prefix": self.prefix, "Length": self.length, "Alphabet": self.alphabet}
+        return {"Prefix": self.prefix, "Length": self.length, "Alphabet": self.alphabet,
+                **({"SeedFrom": self.seed_from} if self.seed_from else {})}
 
 
 class FormattedSecret(Construct):

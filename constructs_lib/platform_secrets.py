@@ -134,7 +134,8 @@ SECRETS: tuple[SecretRow, ...] = (
     SecretRow(
         "litellm/master-key",  # LiteLLM refuses master keys that do not start with "sk-".
         "LiteLLMMasterKey",
-        Formatted({"master_key": GeneratedField("sk-", 48), "salt_key": GeneratedField("sk-", 48)}),
+        # LiteLLM encrypts with the master key when it has no salt key: an imported secret without one keeps that.
+        Formatted({"master_key": GeneratedField("sk-", 48), "salt_key": GeneratedField("sk-", 48, seed_from="master_key")}),
         "LiteLLM master key (sk-...) and the salt key that encrypts stored credentials (never rotate)",
         "salt_key encrypts the credentials LiteLLM stores and must never change; master_key is the gateway's admin "
         "key, rotated by hand with the Key Provisioner.",

@@ -132,15 +132,15 @@ class PostgresDatabase(Group):
 
     def _restore_from(self, snapshot: str) -> None:
         """Created from a DB snapshot (taking over the Terraform deployment: `make adopt`). CloudFormation's template
-        reference: with DBSnapshotIdentifier, MasterUsername, MasterUserPassword, KmsKeyId and DBName are not
-        specified (inherited from the snapshot: its login, password and key); StorageEncrypted stays (an encrypted
-        snapshot; `make adopt` refuses an unencrypted one). The identifier stays on every later deploy: CloudFormation
+        reference (its resource schema): with DBSnapshotIdentifier, MasterUsername, MasterUserPassword, KmsKeyId,
+        DBName and StorageEncrypted are not specified: the snapshot's login, password, key and encryption are kept
+        (`make adopt` refuses an unencrypted snapshot). The identifier stays on every later deploy: CloudFormation
         restores nothing again while it is unchanged, and replaces the instance when it changes or goes (the release
         review blocks that). The master secret, imported from Terraform, holds the snapshot's login; its rotation
         changes the password from there."""
         cfn: rds.CfnDBInstance = self.instance.node.default_child  # type: ignore[assignment]
         cfn.add_property_override("DBSnapshotIdentifier", snapshot)
-        for name in ("MasterUsername", "MasterUserPassword", "KmsKeyId", "DBName"):
+        for name in ("MasterUsername", "MasterUserPassword", "KmsKeyId", "DBName", "StorageEncrypted"):
             cfn.add_property_deletion_override(name)
 
     def _acknowledge(self, environment: str, settings: DatabaseConfig) -> None:

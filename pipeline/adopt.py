@@ -56,6 +56,9 @@ TYPES: dict[str, tuple[str, bool, bool]] = {
     "AWS::ECS::Cluster": ("ClusterName", True, False),
     "AWS::IAM::Role": ("RoleName", True, False),
     "AWS::KMS::Alias": ("AliasName", True, False),
+    "AWS::ServiceDiscovery::PrivateDnsNamespace": ("Name", True, False),
+    # The hosted rotation's function (the stacks name it in a RotationSchedule's HostedRotationLambda).
+    "AWS::Lambda::Function": ("FunctionName", True, False),
 }
 
 # Terraform's resource types: the CloudFormation type of the counterpart, and the attribute holding its name.
@@ -75,7 +78,22 @@ TERRAFORM_TYPES: dict[str, tuple[str, str | None]] = {
     "aws_kms_alias": ("AWS::KMS::Alias", "name"),
     "aws_efs_file_system": ("AWS::EFS::FileSystem", None),
     "aws_kms_key": ("AWS::KMS::Key", None),
+    "aws_lambda_function": ("AWS::Lambda::Function", "function_name"),
+    "aws_service_discovery_private_dns_namespace": ("AWS::ServiceDiscovery::PrivateDnsNamespace", "name"),
 }
+
+# Terraform resources with no counterpart that hold nothing to keep: destroyed by Terraform after the cutover. Any other
+# one (a bucket's versioning or policy, a secret's rotation, a zone, a repository...) is forgotten by Terraform, never
+# destroyed: a person decides. One that names an adopted resource is always forgotten (it configures that resource).
+STATELESS_TERRAFORM = frozenset({
+    "aws_security_group", "aws_security_group_rule", "aws_vpc_security_group_ingress_rule",
+    "aws_vpc_security_group_egress_rule", "aws_lb", "aws_alb", "aws_lb_listener", "aws_alb_listener",
+    "aws_lb_listener_rule", "aws_lb_target_group", "aws_alb_target_group", "aws_lb_target_group_attachment",
+    "aws_ecs_service", "aws_ecs_task_definition", "aws_ecs_cluster_capacity_providers", "aws_appautoscaling_target",
+    "aws_appautoscaling_policy", "aws_cloudwatch_metric_alarm", "aws_cloudwatch_dashboard", "aws_iam_role",
+    "aws_iam_role_policy", "aws_iam_role_policy_attachment", "aws_iam_policy", "aws_service_discovery_service",
+    "aws_sns_topic_subscription", "aws_cloudwatch_event_rule", "aws_cloudwatch_event_target",
+})
 
 
 class AdoptError(Exception):
@@ -120,6 +138,8 @@ class Finding:
     blocking: list[str] = field(default_factory=list)  # differences that must be changed before the import
     notes: list[str] = field(default_factory=list)
     terraform: list[str] = field(default_factory=list)  # Terraform addresses it stands for
+    source: str | None = None  # restore: the Terraform instance's identifier; copy: the Terraform file system or bucket
+    delete: str | None = None  # leave, not in the Terraform state given: how to delete it before the first deploy
 
 
 # --- the stacks ------------------------------------------------------------------------------------------------------
@@ -154,6 +174,9 @@ def named_resources(stage: Path) -> list[Named]:
                 name = resource.get("Properties", {}).get(TYPES[kind][0])
                 if isinstance(name, str):
                     found.append(Named(stack, path, logical_id, kind, name, resource))
+            rotation = resource.get("Properties", {}).get("HostedRotationLambda", {}).get("RotationLambdaName")
+            if kind == "AWS::SecretsManager::RotationSchedule" and isinstance(rotation, str):
+                found.append(Named(stack, path, logical_id, "AWS::Lambda::Function", rotation, resource))
     return found
 
 
@@ -166,7 +189,7 @@ Reader = Callable[[object, str], "tuple[dict, dict] | None"]
 
 # What each service answers for a name that does not exist (anything else, AccessDenied included, is an error).
 MISSING_CODES = frozenset({"ResourceNotFoundException", "ParameterNotFound", "NoSuchEntity", "DBInstanceNotFound",
-                           "DBSnapshotNotFound", "NotFound", "404", "NoSuchBucket", "ResourceNotFound",
+                           "DBSnapshotNotFound", "NotFound", "404", "NoSuchBucket", "ResourceNotFound", "FileSystemNotFound",
                            "ClusterNotFoundException", "ResourceNotFoundFault"})
 
 
@@ -181,8 +204,8 @@ def _read_bucket(session, name: str):
     except Exception as error:
         if _missing(error):
             return None
-        if getattr(error, "response", {}).get("Error", {}).get("Code") == "403":  # the name is another account's
-            return {"BucketName": name}, {"BucketName": name, "Owner": "another account"}
+        if getattr(error, "response", {}).get("Error", {}).get("Code") == "403":  # not ours to read
+            return {"BucketName": name}, {"BucketName": name, "Owner": "unreadable"}
         raise
     status = s3.get_bucket_versioning(Bucket=name).get("Status")
     props = {"BucketName": name, "VersioningConfiguration": {"Status": status} if status else None}
@@ -313,12 +336,33 @@ def _read_instance(session, name: str):
         "StorageEncrypted": instance.get("StorageEncrypted"), "KmsKeyId": instance.get("KmsKeyId")}
 
 
+def _read_namespace(session, name: str):
+    client = session.client("servicediscovery")
+    for page in client.get_paginator("list_namespaces").paginate(
+            Filters=[{"Name": "TYPE", "Values": ["DNS_PRIVATE"], "Condition": "EQ"}]):
+        for namespace in page["Namespaces"]:
+            if namespace["Name"] == name:
+                return {"Id": namespace["Id"]}, {"Name": name}
+    return None
+
+
+def _read_function(session, name: str):
+    try:
+        function = session.client("lambda").get_function(FunctionName=name)["Configuration"]
+    except Exception as error:
+        if _missing(error):
+            return None
+        raise
+    return {"FunctionName": name}, {"FunctionName": name, "Runtime": function.get("Runtime")}
+
+
 READERS: dict[str, Callable] = {
     "AWS::S3::Bucket": _read_bucket, "AWS::SecretsManager::Secret": _read_secret, "AWS::DynamoDB::Table": _read_table,
     "AWS::Logs::LogGroup": _read_log_group, "AWS::Backup::BackupVault": _read_vault, "AWS::SSM::Parameter": _read_parameter,
     "AWS::CloudWatch::Alarm": _read_alarm, "AWS::CloudWatch::Dashboard": _read_dashboard, "AWS::SNS::Topic": _read_topic,
     "AWS::ECS::Cluster": _read_cluster, "AWS::IAM::Role": _read_role, "AWS::KMS::Alias": _read_alias,
-    "AWS::RDS::DBInstance": _read_instance,
+    "AWS::RDS::DBInstance": _read_instance, "AWS::ServiceDiscovery::PrivateDnsNamespace": _read_namespace,
+    "AWS::Lambda::Function": _read_function,
 }
 
 
@@ -418,7 +462,7 @@ def _same(template_value, live_value) -> bool:
     return template_value == live_value
 
 
-def differences(named: Named, live: dict, region: str) -> tuple[list[str], list[str]]:
+def differences(named: Named, live: dict) -> tuple[list[str], list[str]]:
     """(every difference, those CloudFormation can only settle by replacing the resource) between the template and
     the live resource, on the properties the reader sees."""
     props = named.resource.get("Properties", {})
@@ -445,37 +489,62 @@ def differences(named: Named, live: dict, region: str) -> tuple[list[str], list[
     return found, blocking
 
 
-def decide(named: Named, live: tuple[dict, dict], environment: EnvironmentConfig, region: str,
-           snapshot: dict | None) -> Finding:
+# How to delete a stateless resource by hand when no Terraform state names it (`{name}`: its name).
+DELETE_COMMANDS = {
+    "AWS::CloudWatch::Alarm": "aws cloudwatch delete-alarms --alarm-names {name}",
+    "AWS::CloudWatch::Dashboard": "aws cloudwatch delete-dashboards --dashboard-names {name}",
+    "AWS::SSM::Parameter": "aws ssm delete-parameter --name {name}",
+    "AWS::KMS::Alias": "aws kms delete-alias --alias-name {name}",
+    "AWS::SNS::Topic": "aws sns delete-topic --topic-arn {identifier}",
+    "AWS::ServiceDiscovery::PrivateDnsNamespace": "aws servicediscovery delete-namespace --id {identifier}",
+    "AWS::Lambda::Function": "aws lambda delete-function --function-name {name}",
+}
+
+
+def restore(target: Named, source: str, environment: EnvironmentConfig, snapshot: dict | None,
+            instance: dict | None) -> Finding:
+    """The database: restored from `database.snapshot_identifier`, the final snapshot of the Terraform instance
+    `source` (`instance`: its live properties, for a snapshot not taken yet)."""
+    finding = Finding(RESTORE, f"{target.stack}/{target.logical_id} ({target.type} {target.name})"
+                      + ("" if source == target.name else f" <- Terraform instance {source}"), target.stack,
+                      target.logical_id, target.type, target.name, source=source)
+    wanted = environment.database.snapshot_identifier
+    origin = snapshot or instance or {}
+    if not wanted:
+        finding.blocking.append(f"database.snapshot_identifier is empty: the first deploy would create an empty "
+                                f"database; set it to the final snapshot's name (the runbook's step 1 takes "
+                                f"{source}-final-terraform)")
+    elif snapshot is None:
+        finding.notes.append(f"{wanted} does not exist yet: the runbook's first step takes it, once writes have stopped")
+    else:
+        finding.notes.append(f"{wanted} exists ({snapshot.get('Engine')} {snapshot.get('EngineVersion')}, taken "
+                             f"{snapshot.get('SnapshotCreateTime')}): the runbook takes no other; writes after it are "
+                             "lost, so it must have been taken after the freeze")
+    if origin and not (origin.get("Encrypted") or origin.get("StorageEncrypted")):
+        finding.blocking.append(f"{'snapshot ' + wanted if snapshot else 'the instance ' + source} is not encrypted: "
+                                "restore from an encrypted copy (aws rds copy-db-snapshot --kms-key-id ...)")
+    major = str(origin.get("EngineVersion", "")).split(".")[0]
+    wanted_major = str(target.resource.get("Properties", {}).get("EngineVersion", "")).split(".")[0]
+    if major and wanted_major and major != wanted_major:
+        finding.blocking.append(f"PostgreSQL {major} ({'snapshot' if snapshot else source}), the template "
+                                f"{wanted_major}: upgrade the Terraform database first, then snapshot it")
+    if source == target.name:
+        finding.notes.append(f"the Terraform instance keeps running as {source}-terraform (renamed to free the name)")
+    return finding
+
+
+def decide(named: Named, live: tuple[dict, dict], environment: EnvironmentConfig, snapshot: dict | None) -> Finding:
     identifier, properties = live
+    if named.type == "AWS::RDS::DBInstance":
+        return restore(named, named.name, environment, snapshot, properties)
     finding = Finding(IMPORT, f"{named.stack}/{named.logical_id} ({named.type} {named.name})", named.stack,
                       named.logical_id, named.type, named.name)
     _, importable, stateful = TYPES[named.type]
-    if named.type == "AWS::RDS::DBInstance":
-        finding.action = RESTORE
-        wanted = environment.database.snapshot_identifier
-        if not wanted:
-            finding.blocking.append("database.snapshot_identifier is empty: the first deploy would create an empty "
-                                    "database; take the final snapshot (runbook step 1) and set it")
-        elif snapshot is None:
-            finding.blocking.append(f"snapshot {wanted} (database.snapshot_identifier) not found in the account")
-        elif not snapshot.get("Encrypted"):
-            finding.blocking.append(f"snapshot {wanted} is not encrypted: copy it encrypted (aws rds copy-db-snapshot "
-                                    "--kms-key-id ...) and name the copy")
-        else:
-            finding.notes.append(f"restored from {wanted} ({snapshot.get('Engine')} {snapshot.get('EngineVersion')}, "
-                                 f"taken {snapshot.get('SnapshotCreateTime')})")
-            major = str(snapshot.get("EngineVersion", "")).split(".")[0]
-            wanted_major = str(named.resource.get("Properties", {}).get("EngineVersion", "")).split(".")[0]
-            if major and wanted_major and major != wanted_major:
-                finding.blocking.append(f"the snapshot is PostgreSQL {major}, the template {wanted_major}: upgrade the "
-                                        "Terraform database (or a restored copy) to it and snapshot that")
-        finding.notes.append(f"the running instance {named.name} keeps its name until the runbook renames it")
+    if properties.get("Owner") == "unreadable":
+        finding.blocking.append("the bucket exists but answers 403: another account's (choose another project name), "
+                                "or its policy refuses the lookup role (let it read the bucket, then run again)")
         return finding
-    found, blocking = differences(named, properties, region)
-    if properties.get("Owner") == "another account":
-        finding.blocking.append("the bucket name belongs to another account: choose another project name")
-        return finding
+    found, blocking = differences(named, properties) if named.resource.get("Type") == named.type else ([], [])
     if importable and stateful:
         finding.identifier = identifier
         finding.differences, finding.blocking = found, blocking
@@ -484,8 +553,11 @@ def decide(named: Named, live: tuple[dict, dict], environment: EnvironmentConfig
         return finding
     finding.action = LEAVE
     finding.differences = found
-    finding.notes.append("stateless: Terraform destroys it during the freeze, before the first deploy needs its name; "
-                         "the stack creates it anew")
+    finding.notes.append("stateless: deleted during the freeze, before the first deploy needs its name; the stack "
+                         "creates it anew")
+    command = DELETE_COMMANDS.get(named.type)
+    finding.delete = command.format(name=named.name, identifier=next(iter(identifier.values()), "")) if command else (
+        f"delete {named.type} {named.name} (console or CLI) before the first deploy")
     return finding
 
 
@@ -503,17 +575,24 @@ def _snapshot(session, identifier: str) -> dict | None:
     return snapshots[0] if snapshots else None
 
 
+def _outside(value, inside: set[str]) -> bool:
+    """Whether a template value refers to anything but `inside`: a resource of the stack not imported, another stack's
+    output (Fn::GetStackOutput, Fn::ImportValue)."""
+    text = json.dumps(value)
+    return bool(_references(value) - inside) or '"Fn::GetStackOutput"' in text or '"Fn::ImportValue"' in text
+
+
 def import_template(template: dict, imports: dict[str, dict]) -> dict:
     """The template of an IMPORT change set that creates the stack holding `imports` ({logical id: live properties})
     alone: each resource as the assembly defines it, but a property that refers to a resource the stack creates later
-    takes the live value (or is left out when the live resource has none), and Retain. The first pipeline deploy then
+    or to another stack takes the live value (or is left out when the live resource has none), and Retain. The first pipeline deploy then
     updates them to the template."""
     resources = {}
     for logical_id, live in imports.items():
         resource = copy.deepcopy(template["Resources"][logical_id])
         props = resource.get("Properties", {})
         for key in list(props):
-            if _references(props[key]) - set(imports):
+            if _outside(props[key], set(imports)):
                 if live.get(key) not in (None, ""):
                     props[key] = live[key]
                 else:
@@ -537,12 +616,19 @@ def import_template(template: dict, imports: dict[str, dict]) -> dict:
 class Result:
     environment: str
     findings: list[Finding]
-    unmatched: list[str]  # Terraform resources with no counterpart
-    stack_names: dict[str, str]  # stack name -> construct path
+    destroyed: list[str]  # addresses of Terraform resources with no counterpart, stateless: destroyed after the cutover
+    kept: list[tuple[str, str]]  # (address, why) of the others: forgotten by Terraform, never destroyed
+    stack_names: dict[str, str]  # stack name -> construct path, in deploy order
+    clusters: list[str] = field(default_factory=list)  # the Terraform deployment's ECS clusters (stopped at the freeze)
 
     @property
     def acting(self) -> bool:
         return bool(self.findings)
+
+
+def _instance(session, identifier: str) -> dict | None:
+    live = _read_instance(session, identifier) if identifier else None
+    return live[1] if live else None
 
 
 def adopt(config: AppConfig, environment: EnvironmentConfig, stage: Path, session,
@@ -552,42 +638,48 @@ def adopt(config: AppConfig, environment: EnvironmentConfig, stage: Path, sessio
     templates = {name: template for name, _, template in stacks(stage)}
     paths = {name: path for name, path, _ in stacks(stage)}
     findings: list[Finding] = []
-    imports: dict[str, dict[str, dict]] = {}
     snapshot = _snapshot(session, environment.database.snapshot_identifier)
     by_name = {(n.type, n.name): n for n in named}
+    live_of: dict[tuple[str, str], dict] = {}
     for item in named:
         live = READERS[item.type](session, item.name)
         if live is None:
             continue
-        finding = decide(item, live, environment, environment.region, snapshot)
+        finding = decide(item, live, environment, snapshot)
         findings.append(finding)
-        if finding.action == IMPORT:
-            imports.setdefault(item.stack, {})[item.logical_id] = live[1]
-    unmatched = []
+        live_of[(item.stack, item.logical_id)] = live[1]
+    destroyed, kept, clusters = [], [], []
     if terraform is not None:
+        file_systems = [r for r in terraform if r.type == "aws_efs_file_system"]
+        adopted_names = ({f.name for f in findings if f.name and f.action != LEAVE}
+                         | {f.identifier.get("Id", "") for f in findings if f.action != LEAVE}) - {""}
         for resource in terraform:
             kind, _ = TERRAFORM_TYPES.get(resource.type, (None, None))
+            if resource.type == "aws_ecs_cluster" and resource.name:
+                clusters.append(resource.name)
             counterpart = by_name.get((kind, resource.name)) if kind and resource.name else None
             if counterpart is not None:
-                for finding in findings:
-                    if (finding.stack, finding.logical_id) == (counterpart.stack, counterpart.logical_id):
-                        finding.terraform.append(resource.address)
-                if not any((f.stack, f.logical_id) == (counterpart.stack, counterpart.logical_id) for f in findings):
-                    unmatched.append(f"{resource.address}: its name {resource.name} is the stack's "
-                                     f"{counterpart.stack}/{counterpart.logical_id}, but no such resource exists")
+                matched = [f for f in findings if (f.stack, f.logical_id) == (counterpart.stack, counterpart.logical_id)]
+                for finding in matched:
+                    finding.terraform.append(resource.address)
+                if not matched:  # the state names it, the account does not have it: nothing to adopt
+                    kept.append((resource.address, f"its name {resource.name} is the stack's {counterpart.stack}/"
+                                 f"{counterpart.logical_id}, but the account has no such resource"))
                 continue
             if resource.type == "aws_db_instance":
                 target = next((n for n in named if n.type == "AWS::RDS::DBInstance"), None)
-                findings.append(Finding(RESTORE, f"{resource.address} ({resource.name}) -> {target.stack}/{target.logical_id}"
-                                        if target else resource.address, target.stack if target else None,
-                                        target.logical_id if target else None, "AWS::RDS::DBInstance", resource.name,
-                                        notes=["another identifier than the stack's: restored from its final snapshot"],
-                                        terraform=[resource.address]))
+                if target is None:
+                    kept.append((resource.address, f"{resource.name}: the stacks have no database"))
+                    continue
+                finding = restore(target, resource.name or "", environment, snapshot, _instance(session, resource.name or ""))
+                finding.terraform.append(resource.address)
+                findings.append(finding)
             elif resource.type == "aws_efs_file_system":
                 efs = _workspaces_file_system(templates)
                 source = str(resource.values.get("id", ""))
                 finding = Finding(COPY, f"{resource.address} ({source}) -> {efs[0]}/{efs[1]} (the workspaces' file "
                                   "system)", efs[0], efs[1], "AWS::EFS::FileSystem", source, terraform=[resource.address],
+                                  source=source,
                                   notes=["home directories, and /clickhouse, which ClickHouse's first start moves to "
                                          "the platform file system (move-data.sh), copied with AWS DataSync before "
                                          "any service starts"])
@@ -596,29 +688,42 @@ def adopt(config: AppConfig, environment: EnvironmentConfig, stage: Path, sessio
                     finding.blocking.append(f"platform_data.old_clickhouse_data is "
                                             f"{environment.platform_data.old_clickhouse_data!r}: set \"copy\" so that "
                                             "ClickHouse's first start moves the copied /clickhouse")
+                if len(file_systems) > 1:
+                    finding.blocking.append(f"{len(file_systems)} Terraform file systems: this copy mirrors one into the "
+                                            "workspaces' file system; merge the others into it first")
                 findings.append(finding)
             elif resource.type == "aws_s3_bucket" and resource.name:
                 residue = _residue(resource.name, environment, config.project.name)
                 target = next((n for n in named if n.type == "AWS::S3::Bucket"
                                and _residue(n.name, environment, config.project.name) == residue), None)
                 if target is None:
-                    unmatched.append(f"{resource.address} (bucket {resource.name}): no bucket of the stacks holds "
-                                     f"{residue!r}; Terraform keeps it until you decide")
+                    kept.append((resource.address, f"bucket {resource.name}: no bucket of the stacks holds {residue!r}"))
                     continue
                 findings.append(Finding(COPY, f"{resource.address} ({resource.name}) -> {target.stack}/"
                                         f"{target.logical_id} ({target.name})", target.stack, target.logical_id,
                                         "AWS::S3::Bucket", resource.name, terraform=[resource.address],
-                                        notes=[f"aws s3 sync s3://{resource.name} s3://{target.name}"]))
+                                        source=resource.name, notes=[f"aws s3 sync s3://{resource.name} s3://{target.name}"]))
             elif resource.type == "aws_kms_key":
                 findings.append(Finding(KEEP, f"{resource.address} ({resource.values.get('arn', resource.values.get('id', '?'))})",
                                         type="AWS::KMS::Key", name=resource.values.get("id"), terraform=[resource.address],
                                         notes=["it encrypts data that moves or stays (the final snapshot and the "
                                                "restored database, the old buckets and file system): Terraform forgets "
                                                "it, nobody schedules its deletion while any of that is kept"]))
+            elif resource.type in STATELESS_TERRAFORM and not any(
+                    name in json.dumps(resource.values, default=str) for name in adopted_names):
+                destroyed.append(resource.address)
             else:
-                unmatched.append(f"{resource.address} ({resource.type}): no counterpart in the stacks; Terraform "
-                                 "destroys it after the cutover")
-    return Result(environment.name, findings, unmatched, paths), imports, templates
+                kept.append((resource.address, f"{resource.type} with no counterpart in the stacks"))
+    return Result(environment.name, findings, destroyed, kept, paths, clusters), _imports(findings, live_of), templates
+
+
+def _imports(findings: list[Finding], live_of: dict) -> dict[str, dict[str, dict]]:
+    """Per stack, {logical id: live properties} of what is imported (nothing that must change first)."""
+    imports: dict[str, dict[str, dict]] = {}
+    for finding in findings:
+        if finding.action == IMPORT and not finding.blocking:
+            imports.setdefault(finding.stack, {})[finding.logical_id] = live_of[(finding.stack, finding.logical_id)]
+    return imports
 
 
 def _mount_point(session, file_system: str, finding: Finding) -> dict:
@@ -657,19 +762,18 @@ def _workspaces_file_system(templates: dict[str, dict]) -> tuple[str, str]:
 # --- writing ---------------------------------------------------------------------------------------------------------
 
 
-def removed_blocks(findings: list[Finding]) -> tuple[str, list[str]]:
-    """Terraform's side: a `removed` block (Terraform >= 1.7) for each adopted resource, so that Terraform forgets it
-    without destroying it; `terraform state rm` for an instance of a count/for_each resource (a block cannot name one)."""
+def removed_blocks(result: Result) -> tuple[str, list[str]]:
+    """Terraform's side: a `removed` block (Terraform >= 1.7) for each resource the stacks adopt, restore, copy or
+    keep, and each one kept for a person to decide, so that Terraform forgets it without destroying it; `terraform
+    state rm` for an instance of a count/for_each resource (a block cannot name one)."""
+    forgotten = [(address, f"{f.action}: {f.what}") for f in result.findings if f.action != LEAVE for address in f.terraform]
+    forgotten += [(address, f"kept: {why}") for address, why in result.kept]
     blocks, state_rm = [], []
-    for finding in findings:
-        if finding.action == LEAVE:
-            continue
-        for address in finding.terraform:
-            if "[" in address:
-                state_rm.append(f"terraform state rm '{address}'")
-            else:
-                blocks.append(f"# {finding.action}: {finding.what}\nremoved {{\n  from = {address}\n\n  lifecycle {{\n"
-                              "    destroy = false\n  }\n}\n")
+    for address, why in forgotten:
+        if "[" in address:
+            state_rm.append(f"terraform state rm '{address}'")
+        else:
+            blocks.append(f"# {why}\nremoved {{\n  from = {address}\n\n  lifecycle {{\n    destroy = false\n  }}\n}}\n")
     return "\n".join(blocks), state_rm
 
 
@@ -679,15 +783,16 @@ def write(out: Path, result: Result, imports: dict[str, dict], templates: dict[s
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for stack, live in sorted(imports.items()):
-        mapping = {f.logical_id: f.identifier for f in result.findings if f.action == IMPORT and f.stack == stack}
+        mapping = {f.logical_id: f.identifier for f in result.findings
+                   if f.action == IMPORT and f.stack == stack and f.logical_id in live}
         to_import = [{"ResourceType": templates[stack]["Resources"][lid]["Type"], "LogicalResourceId": lid,
                       "ResourceIdentifier": ident} for lid, ident in mapping.items()]
         for name, content in ((f"{stack}.mapping.json", mapping), (f"{stack}.import.json", import_template(templates[stack], live)),
                               (f"{stack}.resources-to-import.json", to_import)):
             (out / name).write_text(json.dumps(content, indent=2, default=str) + "\n")
             written.append(out / name)
-    blocks, state_rm = removed_blocks(result.findings)
-    if any(f.terraform for f in result.findings) or result.unmatched:
+    blocks, state_rm = removed_blocks(result)
+    if blocks:
         (out / "terraform-removed.tf").write_text(
             "# Terraform forgets what the CDK stacks adopt (import, restore, copy, keep), without destroying it.\n"
             "# Put this file in the Terraform root module, then `terraform plan` shows each as removed from state.\n\n"
@@ -695,7 +800,8 @@ def write(out: Path, result: Result, imports: dict[str, dict], templates: dict[s
         written.append(out / "terraform-removed.tf")
     (out / "collisions.json").write_text(json.dumps({
         "environment": result.environment, "findings": [asdict(f) for f in result.findings],
-        "terraform_state_rm": state_rm, "terraform_without_counterpart": result.unmatched}, indent=2, default=str) + "\n")
+        "terraform_state_rm": state_rm, "terraform_destroyed_after_cutover": result.destroyed,
+        "terraform_kept": [{"address": a, "why": w} for a, w in result.kept]}, indent=2, default=str) + "\n")
     written.append(out / "collisions.json")
     policies = _file_system_policies(templates)
     workspaces = policies.get(f"{environment.qualifier}-workspaces")
@@ -703,7 +809,7 @@ def write(out: Path, result: Result, imports: dict[str, dict], templates: dict[s
         (out / "efs-workspaces.policy.json").write_text(json.dumps(workspaces, indent=2) + "\n")
         written.append(out / "efs-workspaces.policy.json")
     (out / "runbook.md").write_text(runbook(result, environment, assembly, stage, out, state_rm, imports, pipeline_name,
-                                               config_path, policies))
+                                               config_path, policies, templates))
     written.append(out / "runbook.md")
     return written
 
@@ -730,25 +836,65 @@ def _expanding(value) -> str:
     return '"' + json.dumps(value, separators=(",", ":")).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _stack_output(template: dict, value) -> str | None:
+    """The name of a stack's output whose value is `value`."""
+    return next((name for name, output in template.get("Outputs", {}).items() if output.get("Value") == value), None)
+
+
+def copy_endpoints(templates: dict[str, dict], stack: str, file_system: str) -> dict[str, tuple[str, str]] | None:
+    """Where the runbook reads, from the stacks' outputs, what DataSync needs of the workspaces' file system once the
+    Network and Data stacks are deployed: {"file_system" | "subnet" | "security_group": (stack, output name)}. The
+    security group is one the file system's mount targets admit on NFS (the workspaces')."""
+    data = templates[stack]
+    fs_output = _stack_output(data, {"Ref": file_system})
+    target = next((r["Properties"] for r in data["Resources"].values() if r["Type"] == "AWS::EFS::MountTarget"
+                   and r["Properties"].get("FileSystemId") == {"Ref": file_system}), None)
+    if fs_output is None or target is None:
+        return None
+    subnet = target["SubnetId"].get("Fn::GetStackOutput", {}) if isinstance(target["SubnetId"], dict) else {}
+    groups = [g.get("Fn::GetStackOutput", {}) for g in target.get("SecurityGroups", []) if isinstance(g, dict)]
+    if not subnet or not groups or groups[0].get("StackName") not in templates:
+        return None
+    network = templates[groups[0]["StackName"]]
+    mount_group = network.get("Outputs", {}).get(groups[0]["OutputName"], {}).get("Value")
+    for rule in network["Resources"].values():
+        props = rule.get("Properties", {})
+        if (rule["Type"] == "AWS::EC2::SecurityGroupIngress" and props.get("GroupId") == mount_group
+                and props.get("FromPort", 0) <= 2049 <= props.get("ToPort", 0) and "SourceSecurityGroupId" in props):
+            client = _stack_output(network, props["SourceSecurityGroupId"])
+            if client and "workspace" in client.lower():
+                return {"file_system": (stack, fs_output), "subnet": (subnet["StackName"], subnet["OutputName"]),
+                        "security_group": (groups[0]["StackName"], client)}
+    return None
+
+
+def _output(stack: str, name: str) -> str:
+    return (f"$(aws cloudformation describe-stacks --stack-name {stack} --query "
+            f"\"Stacks[0].Outputs[?OutputKey=='{name}'].OutputValue\" --output text)")
+
+
 def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stage: Path, out: Path,
             state_rm: list[str], imports: dict[str, dict], pipeline_name: str, config_path: str,
-            policies: dict[str, dict]) -> str:
+            policies: dict[str, dict], templates: dict[str, dict]) -> str:
     by = {action: [f for f in result.findings if f.action == action] for action in (IMPORT, RESTORE, COPY, LEAVE, KEEP)}
     region, account, qualifier = environment.region, environment.account, environment.qualifier
-    database = next((f for f in by[RESTORE]), None)
-    instance = f"{qualifier}-postgres"
-    final = environment.database.snapshot_identifier or f"{instance}-final-terraform"
-    leave_addresses = [a for f in by[LEAVE] for a in f.terraform]
+    database = next(iter(by[RESTORE]), None)
+    source = database.source if database else None
+    final = environment.database.snapshot_identifier or (f"{source}-final-terraform" if source else "")
+    snapshot_exists = bool(database and any(n.startswith(f"{final} exists") for n in database.notes))
     stage_app = stage.relative_to(assembly.parent) if stage.is_relative_to(assembly.parent) else stage
     paths = result.stack_names
     first = [paths[name] for name in paths if name.endswith(("-Network", "-Data"))]
+    leave_targets = [a for f in by[LEAVE] for a in f.terraform]
+    leave_by_hand = [f.delete for f in by[LEAVE] if not f.terraform and f.delete]
     lines = [f"# Cutover of {environment.name} ({account}/{region}) from Terraform to the pipeline", "",
              f"Generated by `make adopt`. Run every command with credentials of {account} and `--region {region}` "
              "(the Terraform and pipeline commands where they live), in this order. Each step says how to go back. "
-             "The platform is down from step 1 to step 8: the data written after the final snapshot would be lost.", ""]
+             "The platform is down from step 1 until the names are switched: what is written after the freeze "
+             "would be lost.", ""]
     blocking = [(f, b) for f in result.findings for b in f.blocking]
     if blocking:
-        lines += ["## Before you start: what must change first", ""]
+        lines += ["## Before you start: what must change first", "", "Then run `make adopt` again.", ""]
         lines += [f"- {f.what}: {b}" for f, b in blocking] + [""]
     lines += ["## What collides and what moves", "", "| action | resource | differences and notes | Terraform |",
               "| --- | --- | --- | --- |"]
@@ -756,47 +902,63 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
         cells = [finding.action, finding.what, "; ".join(finding.differences + finding.notes) or "-",
                  ", ".join(finding.terraform) or "-"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    if result.unmatched:
-        lines += ["", "Terraform resources with no counterpart in the stacks (Terraform destroys them after the cutover):", ""]
-        lines += [f"- {line}" for line in result.unmatched]
+    if result.destroyed:
+        lines += ["", "Terraform resources with no counterpart that hold nothing (Terraform destroys them after the "
+                  "cutover):", "", *[f"- {a}" for a in result.destroyed]]
+    if result.kept:
+        lines += ["", "Terraform resources with no counterpart that may hold something or configure what is adopted "
+                  "(Terraform forgets them, nothing destroys them; decide by hand):", "",
+                  *[f"- {a}: {why}" for a, why in result.kept]]
     steps: list[tuple[str, list[str]]] = []
-    freeze = ["The pipeline must not deploy this environment until step 7:", "", "```bash",
+    freeze = ["The pipeline must not deploy this environment until the stacks are ready for it:", "", "```bash",
               f"aws codepipeline disable-stage-transition --pipeline-name {pipeline_name} --stage-name "
               f"{environment.stage_id} --transition-type Inbound --reason \"cutover from Terraform\"", "```", "",
-              "Announce the window, lower the TTL of the platform's DNS names, stop the Terraform services (desired "
-              "count 0)"]
+              "Announce the window and lower the TTL of the platform's names. In the Terraform code set every ECS "
+              "service's `desired_count = 0` and `terraform apply` (scaled by hand, the next apply would start them "
+              "again). Stop the workspaces (they write to the home directories) in Coder, then make sure no task is "
+              "left:"]
+    freeze += ["", "```bash", *[f"for task in $(aws ecs list-tasks --cluster {c} --query taskArns --output text); do "
+                                f"aws ecs stop-task --cluster {c} --task $task --reason cutover; done"
+                                for c in result.clusters or ["<each Terraform ECS cluster>"]], "```"]
+    if database and not snapshot_exists:
+        freeze += ["", "Then the database's final snapshot:", "", "```bash",
+                   f"aws rds create-db-snapshot --db-instance-identifier {source} --db-snapshot-identifier {final}",
+                   f"aws rds wait db-snapshot-available --db-snapshot-identifier {final}", "```"]
     if database:
-        freeze[-1] += ", then take the database's final snapshot:"
-        freeze += ["", "```bash",
-                   f"aws rds create-db-snapshot --db-instance-identifier {instance} --db-snapshot-identifier {final}",
-                   f"aws rds wait db-snapshot-available --db-snapshot-identifier {final}", "```", "",
-                   f"Set `database.snapshot_identifier = \"{final}\"` for {environment.name} in the config, commit and "
-                   "push (it stays set on every later deploy; the pipeline stops at the disabled transition)."]
-    else:
-        freeze[-1] += "."
-    freeze += ["", "Back: start the Terraform services again and enable the transition (`aws codepipeline "
-               "enable-stage-transition ...`); nothing else has changed."]
+        freeze += ["", f"`database.snapshot_identifier = \"{final}\"` for {environment.name} in the config "
+                   f"({config_path}): commit and push it (it stays set on every later deploy; the release stops at the "
+                   "disabled transition)."]
+    freeze += ["", "Back: `terraform apply` with the services' counts as they were, start the workspaces, enable the "
+               f"transition (`aws codepipeline enable-stage-transition --pipeline-name {pipeline_name} --stage-name "
+               f"{environment.stage_id} --transition-type Inbound`)."]
     steps.append(("Freeze" + (" and final snapshot" if database else ""), freeze))
-    letgo = [f"Put `{out / 'terraform-removed.tf'}` in the Terraform root module, then:", "", "```bash", *state_rm,
+    letgo = [f"In the Terraform code, delete the blocks of the resources `{out / 'terraform-removed.tf'}` names and of "
+             "those `terraform state rm` takes (a `removed` block replaces its resource's block: Terraform refuses "
+             "both; kept in the code, a state-removed resource would be created again), and whatever refers to them. "
+             "Put the file in the root module, then:", "", "```bash", *state_rm,
              "terraform plan   # the adopted resources leave the state; nothing is destroyed", "terraform apply",
-             *[f"terraform destroy -target='{a}'" for a in leave_addresses], "```", ""]
-    if leave_addresses:
-        letgo += ["The `destroy -target` lines remove the stateless resources whose names the stacks need.", ""]
-    letgo += ["Back: `terraform import` each address again (or restore the state's previous version), and `terraform "
-              "apply` recreates what was destroyed."]
+             *[f"terraform destroy -target='{a}'" for a in leave_targets], *leave_by_hand, "```", ""]
+    if leave_targets or leave_by_hand:
+        letgo += ["The last lines delete the stateless resources whose names the stacks need.", ""]
+    letgo += ["Back: restore the Terraform code and the state's previous version (or `terraform import` each address), "
+              "and `terraform apply` recreates what was deleted."]
     steps.append(("Terraform lets go", letgo))
-    if database:
+    if database and source == database.name:
         steps.append(("Free the database's name", [
             "The restored instance takes the identifier; the Terraform instance stays, renamed:", "", "```bash",
-            f"aws rds modify-db-instance --db-instance-identifier {instance} --new-db-instance-identifier "
-            f"{instance}-terraform --apply-immediately",
-            f"aws rds wait db-instance-available --db-instance-identifier {instance}-terraform", "```", "",
-            f"Back: rename it to {instance} again (the same command, the names swapped)."]))
-    for stack, live in sorted(imports.items()):
+            f"aws rds modify-db-instance --db-instance-identifier {source} --new-db-instance-identifier "
+            f"{source}-terraform --apply-immediately",
+            f"until [ \"$(aws rds describe-db-instances --db-instance-identifier {source}-terraform --query "
+            "'DBInstances[0].DBInstanceStatus' --output text 2>/dev/null)\" = available ]; do sleep 30; done", "```", "",
+            f"Back: rename it to {source} again (the same command, the names swapped)."]))
+    for stack in paths:
+        live = imports.get(stack)
+        if not live:
+            continue
         body = [f"{len(live)} resource(s). The stack does not exist yet, and their definitions refer to resources it "
-                "creates, so `cdk import` cannot add them to it: an IMPORT change set creates the stack with them "
-                "alone (`{stack}.import.json`: the live value where the template refers to the stack; DeletionPolicy "
-                "Retain), and the next step's deploy updates them to the template:".replace("{stack}", stack), "",
+                f"creates and to other stacks, so `cdk import` cannot add them to it: an IMPORT change set creates the "
+                f"stack with them alone (`{stack}.import.json`: the live value wherever the template refers to "
+                "anything else; DeletionPolicy Retain), and the next deploy updates them to the template:", "",
                 "```bash",
                 f"aws cloudformation create-change-set --stack-name {stack} --change-set-name adopt-terraform "
                 f"--change-set-type IMPORT --template-body file://{out / f'{stack}.import.json'} "
@@ -810,31 +972,35 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
                 "", "```bash",
                 f"npx cdk import --app {stage_app} {paths[stack]} --resource-mapping {out / f'{stack}.mapping.json'}",
                 "```", ""]
-        if database and stack.endswith("-Data"):
+        if database and stack == database.stack:
             body += [f"`{environment.secret_name('rds/master')}` must hold the Terraform database's login as RDS's "
                      "JSON (`username`, `password`): the restored instance keeps that password, and the stack rotates "
-                     "it from there. The app secrets keep their values: a value the stack cannot read as its JSON "
-                     "fields fails the deploy and is left as it is (README: \"Moving from the Terraform "
-                     "deployment\").", ""]
+                     "it from there. The app secrets keep every value they hold; one that is not a JSON object fails "
+                     "the deploy, untouched (README: \"Moving from the Terraform deployment\").", ""]
         body += [f"Back: `aws cloudformation delete-stack --stack-name {stack}` (every imported resource is Retain: it "
                  "stays, and Terraform can import it again)."]
         steps.append((f"Import into {stack}", body))
     steps.append(("Network and Data, by hand", [
         "Before any service starts on the new platform (the data must be in place first), deploy the two lower stacks "
-        "from the assembly synthesized with the committed config (the database is restored from the snapshot here):",
+        "from the assembly synthesized with the committed config" + (" (the database is restored from the snapshot "
+                                                                      "here)" if database else "") + ":",
         "", "```bash", f"make synth CONFIG={config_path}",
         f"npx cdk deploy --app {stage_app} {' '.join(first)} --exclusively --require-approval never", "```", "",
         "Back: delete the Data stack, then the Network stack (the database leaves a final snapshot; imported and "
-        "retained resources stay); rename the Terraform instance back; `terraform import` and apply."]))
+        "retained resources stay)" + (f"; rename {source}-terraform back" if database and source == database.name
+                                      else "") + "."]))
     copy_lines: list[str] = []
     for finding in by[COPY]:
         if finding.type == "AWS::S3::Bucket":
             copy_lines += [f"- {finding.what}:", "", "```bash", *finding.notes, "```", ""]
             continue
-        source = finding.name
+        endpoints = copy_endpoints(templates, finding.stack, finding.logical_id)
+        if endpoints is None:
+            raise AdoptError(f"{finding.stack}/{finding.logical_id}: no output, mount target or admitted security group "
+                             "in the templates for the copy")
         mount = finding.identifier
         role = f"{qualifier}-adopt-datasync"
-        old_arn = f"arn:aws:elasticfilesystem:{region}:{account}:file-system/{source}"
+        old_arn = f"arn:aws:elasticfilesystem:{region}:{account}:file-system/{finding.source}"
         trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "datasync.amazonaws.com"},
                                                           "Action": "sts:AssumeRole",
                                                           "Condition": {"StringEquals": {"aws:SourceAccount": account}}}]}
@@ -842,18 +1008,16 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
             "Effect": "Allow", "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite",
                                           "elasticfilesystem:ClientRootAccess"],
             "Resource": [old_arn, f"arn:aws:elasticfilesystem:{region}:{account}:file-system/$NEW_FS"]}]}
-        workspaces = f"{qualifier}-workspaces"
-        tls_only = {"Version": "2012-10-17", "Statement": [s for s in policies.get(workspaces, {}).get("Statement", [])
-                                                            if s.get("Sid") == "TlsOnly"]}
+        tls_only = {"Version": "2012-10-17", "Statement": [s for s in policies.get(f"{qualifier}-workspaces", {}).get(
+            "Statement", []) if s.get("Sid") == "TlsOnly"]}
         copy_lines += [
             f"- {finding.what}: AWS DataSync, EFS to EFS over TLS. The new file system's policy refuses root access "
             "and mounts without an access point to everyone; DataSync copies as root, so that policy is relaxed for the "
             f"copy and put back from `{out / 'efs-workspaces.policy.json'}` (the template's) right after it; the "
             "drift check of the next release shows it if it is not.", "", "```bash",
-            f"NEW_FS=$(aws ssm get-parameter --name /{qualifier}/efs-id --query Parameter.Value --output text)",
-            f"NEW_SUBNET=$(aws ssm get-parameter --name /{qualifier}/private-subnet-ids --query Parameter.Value "
-            "--output text | cut -d, -f1)",
-            f"NEW_SG=$(aws ssm get-parameter --name /{qualifier}/workspace-sg-id --query Parameter.Value --output text)",
+            f"NEW_FS={_output(*endpoints['file_system'])}",
+            f"NEW_SUBNET={_output(*endpoints['subnet'])}",
+            f"NEW_SG={_output(*endpoints['security_group'])}",
             f"aws iam create-role --role-name {role} --assume-role-policy-document {_shell(trust)}",
             f"aws iam put-role-policy --role-name {role} --policy-name copy --policy-document {_expanding(copy_policy)}",
             f"aws efs put-file-system-policy --file-system-id $NEW_FS --policy {_shell(tls_only)}",
@@ -884,7 +1048,7 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
         "Data show no change), the approval where the environment asks for one, then the Platform and Observability "
         "stacks: the services start on the restored database and the copied data (ClickHouse moves /clickhouse to "
         "the platform file system before it starts), and the smoke tests.", "",
-        "Back: delete the Observability and Platform stacks, then as in the previous steps."]))
+        "Back: delete the Observability and Platform stacks, then as in the steps before."]))
     steps.append(("Switch the names", [
         f"Point `{environment.domain}` and `*.{environment.domain}` at the Platform stack's output "
         "`LoadBalancerDnsName`.", "", "Back: point them at the Terraform load balancer again."]))
@@ -895,8 +1059,10 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
         "Back: the names (previous step), then the steps before it in reverse order."]))
     steps.append(("After the cutover", [
         "Once the environment has run on the new platform for as long as you keep backups: `terraform destroy` what is "
-        f"left in its state; delete `{instance}-terraform` (a final snapshot first), the copied buckets and file "
-        "system, and the Terraform keys listed as keep when nothing they encrypt is kept."]))
+        "left in its state (the stateless resources listed above)"
+        + (f"; delete `{source}-terraform` (a final snapshot first)" if database and source == database.name else "")
+        + "; the copied buckets and file system when you no longer need them. Keep Terraform's KMS keys (listed as "
+        "keep) as long as anything they encrypt exists: the restored database keeps its snapshot's key."]))
     for number, (title, body) in enumerate(steps, start=1):
         lines += ["", f"## {number}. {title}", "", *body]
     return "\n".join(lines) + "\n"
@@ -941,7 +1107,8 @@ def main(argv: Sequence[str] | None = None, session_factory=None) -> int:
     blocking = sum(len(f.blocking) for f in result.findings)
     print(f"{environment.name}: {len(result.findings)} to act on ({', '.join(f'{n} {a}' for a, n in counts.items() if n) or 'none'})"
           f"{f', {blocking} to change first' if blocking else ''}"
-          f"{f'; {len(result.unmatched)} Terraform resources without counterpart' if result.unmatched else ''}")
+          f"{f'; Terraform: {len(result.destroyed)} to destroy after the cutover' if result.destroyed else ''}"
+          f"{f', {len(result.kept)} kept for you to decide' if result.kept else ''}")
     for finding in result.findings:
         print(f"  {finding.action:<18} {finding.what}")
         for line in finding.blocking:

@@ -78,6 +78,8 @@ def world(moto_endpoint, monkeypatch):
             _tf("aws_kms_key", "data", {"id": key["KeyId"], "arn": key["Arn"]}),
             _tf("aws_efs_file_system", "home", {"id": efs["FileSystemId"]}),
             _tf("aws_security_group", "alb", {"id": "sg-0123456789abcdef0", "name": "coder-alb"}),
+            _tf("aws_s3_bucket_versioning", "backups", {"bucket": backups, "versioning_configuration": [{"status": "Enabled"}]}),
+            _tf("aws_secretsmanager_secret_rotation", "rds", {"secret_id": master["ARN"], "rotation_lambda_arn": "arn:x"}),
         ],
         "child_modules": [{"address": "module.secrets", "resources": [
             {**_tf("aws_secretsmanager_secret", "this", {"name": "prod/rds/master", "arn": master["ARN"]}),
@@ -146,10 +148,13 @@ def test_collisions_are_found_and_classified_with_their_differences(assembly, wo
     assert "RetentionInDays: live 7, template 365" in log_group["differences"] and not log_group["blocking"]
     assert any(line.startswith("Description: live \"LiteLLM master key\"") for line in found["prod/litellm/master-key"]["differences"])
     assert found["coder-production-postgres"]["blocking"] == []
-    assert f"restored from {SNAPSHOT} (postgres 16.4" in found["coder-production-postgres"]["notes"][0]
+    assert found["coder-production-postgres"]["notes"][0].startswith(f"{SNAPSHOT} exists (postgres 16.4, taken ")
     assert "change first: KeySchema: live" in out
     document = json.loads((tmp_path / "out" / "collisions.json").read_text())
-    assert "aws_security_group.alb (aws_security_group): no counterpart in the stacks" in document["terraform_without_counterpart"][0]
+    assert document["terraform_destroyed_after_cutover"] == ["aws_security_group.alb"]
+    # the table that must change first is not imported: no file names it
+    mapping = json.loads((tmp_path / "out" / "Production-Data.mapping.json").read_text())
+    assert table["logical_id"] not in mapping and len(mapping) == 4
 
 
 def test_the_import_files_are_what_cdk_import_and_cloudformation_accept(world, tmp_path, capsys, assembly):
@@ -160,7 +165,7 @@ def test_the_import_files_are_what_cdk_import_and_cloudformation_accept(world, t
     out = tmp_path / "out"
     data = assembly.stack("Production", "Data").body
     mapping = json.loads((out / "Production-Data.mapping.json").read_text())
-    assert len(mapping) == 5
+    assert len(mapping) == 4  # the lock table must change first
     for logical_id, identifier in mapping.items():
         kind = data["Resources"][logical_id]["Type"]  # a logical id of the stack's template
         primary = [p.split("/")[-1] for p in PROVIDER_SCHEMA_MANAGER.get_resource_schema(REGION, kind).schema["primaryIdentifier"]]
@@ -173,6 +178,8 @@ def test_the_import_files_are_what_cdk_import_and_cloudformation_accept(world, t
     for logical_id, resource in template["Resources"].items():
         assert resource["DeletionPolicy"] == "Retain"
         assert not changes._references(resource.get("Properties", {})) - set(mapping), logical_id
+        # nor another stack's output: the Network stack does not exist when the import runs
+        assert "Fn::GetStackOutput" not in json.dumps(resource) and "Fn::ImportValue" not in json.dumps(resource)
         assert resource["Properties"][adopt.TYPES[resource["Type"]][0]] == data["Resources"][logical_id]["Properties"][
             adopt.TYPES[resource["Type"]][0]]
     secret = next(r for r in template["Resources"].values() if r["Properties"].get("Name") == "prod/litellm/master-key")
@@ -193,7 +200,8 @@ def test_terraform_forgets_what_the_stacks_adopt_and_destroys_only_stateless_col
     blocks = re.findall(r"removed \{\n  from = (\S+)\n\n  lifecycle \{\n    destroy = false\n  \}\n\}", removed)
     assert sorted(blocks) == sorted(["aws_db_instance.main", "aws_s3_bucket.backups", "aws_s3_bucket.langfuse_events",
                                      "aws_dynamodb_table.locks", "aws_cloudwatch_log_group.postgres", "aws_kms_key.data",
-                                     "aws_efs_file_system.home"])
+                                     "aws_efs_file_system.home", "aws_s3_bucket_versioning.backups",
+                                     "aws_secretsmanager_secret_rotation.rds"])
     document = json.loads((tmp_path / "out" / "collisions.json").read_text())
     assert sorted(document["terraform_state_rm"]) == [
         "terraform state rm 'module.secrets.aws_secretsmanager_secret.this[\"litellm\"]'",
@@ -230,6 +238,54 @@ def test_the_runbook_goes_step_by_step_with_a_way_back_at_each(assembly, world, 
     assert {s["Sid"] for s in policy["Statement"]} == {"TlsOnly", "AccessPointsOnly", "NoRootAccess"}
     assert "## Before you start: what must change first" in runbook
     assert "database.snapshot_identifier is empty" in runbook  # this config restores nothing yet
+    # the freeze holds through Terraform's own code, and stops what writes to the home directories
+    assert "`desired_count = 0` and `terraform apply`" in sections[0]
+    assert ("for task in $(aws ecs list-tasks --cluster coder-production --query taskArns --output text); do aws ecs "
+            "stop-task --cluster coder-production --task $task --reason cutover; done") in sections[0]
+    # the rename is waited for under the new name (a waiter on it would fail at once: DBInstanceNotFound)
+    assert "until [ \"$(aws rds describe-db-instances --db-instance-identifier coder-production-postgres-terraform" in sections[2]
+    # the copy reads what it needs from the outputs of the stacks deployed by hand in the step before it
+    used = set(re.findall(r"describe-stacks --stack-name (\S+)", sections[5]))
+    assert used == {"Production-Data", "Production-Network"}
+    assert all(f"CoderPipeline/Production/{name.split('-')[1]}" in sections[4] for name in used)
+    assert "ssm get-parameter" not in sections[5]  # the Platform stack's parameters do not exist yet
+
+
+def test_a_terraform_database_of_another_name_is_restored_from_its_own_snapshot(assembly, world, tmp_path, capsys):
+    session, state = world
+    rds = session.client("rds")
+    rds.create_db_instance(DBInstanceIdentifier="coder-prod-db", Engine="postgres", EngineVersion="15.8",
+                           DBInstanceClass="db.r6g.large", MasterUsername="coder", MasterUserPassword="x" * 24,
+                           AllocatedStorage=100, StorageEncrypted=False)
+    rds.delete_db_instance(DBInstanceIdentifier="coder-production-postgres", SkipFinalSnapshot=True)
+    resources = state["values"]["root_module"]["resources"]
+    resources[0] = _tf("aws_db_instance", "main", {"identifier": "coder-prod-db", "engine": "postgres"})
+    resources[:] = [r for r in resources if r["type"] != "aws_efs_file_system"] + [
+        _tf("aws_efs_file_system", "home", {"id": "fs-11111111"}), _tf("aws_efs_file_system", "clickhouse", {"id": "fs-22222222"})]
+    code, out, err = _run(assembly, tmp_path, capsys, state)
+    assert code == 1, out + err
+    found = json.loads((tmp_path / "out" / "collisions.json").read_text())["findings"]
+    (database,) = [f for f in found if f["action"] == "restore"]
+    assert database["source"] == "coder-prod-db" and database["terraform"] == ["aws_db_instance.main"]
+    blocking = " ".join(database["blocking"])
+    assert "the instance coder-prod-db is not encrypted" in blocking and "PostgreSQL 15 (coder-prod-db), the template 16" in blocking
+    assert "database.snapshot_identifier is empty" in blocking and "coder-prod-db-final-terraform" in blocking
+    copies = [f for f in found if f["type"] == "AWS::EFS::FileSystem"]
+    assert len(copies) == 2 and all("2 Terraform file systems" in " ".join(f["blocking"]) for f in copies)
+    runbook = (tmp_path / "out" / "runbook.md").read_text()
+    assert "--db-instance-identifier coder-prod-db --db-snapshot-identifier coder-prod-db-final-terraform" in runbook
+    assert "Free the database's name" not in runbook  # another identifier: nothing to rename
+
+
+def test_without_a_terraform_state_a_stateless_collision_is_deleted_by_hand(assembly, world, tmp_path, capsys):
+    session, _ = world
+    session.client("cloudwatch").put_metric_alarm(
+        AlarmName="coder-production-clickhouse-cpu", MetricName="CPUUtilization", Namespace="AWS/ECS", Statistic="Average",
+        Period=60, EvaluationPeriods=1, Threshold=80, ComparisonOperator="GreaterThanThreshold")
+    _run(assembly, tmp_path, capsys, None)
+    runbook = (tmp_path / "out" / "runbook.md").read_text()
+    assert "aws cloudwatch delete-alarms --alarm-names coder-production-clickhouse-cpu" in runbook
+    assert "aws ssm delete-parameter --name /coder-production/cluster-arn" in runbook
 
 
 def test_every_aws_command_of_the_runbook_is_one_the_cli_knows(assembly, world, tmp_path, capsys):
@@ -312,8 +368,8 @@ def test_a_restored_database_names_its_snapshot_and_none_of_what_it_inherits(var
     forbids beside it (the login, password, key and database name come from the snapshot)."""
     restored = variant.assembly.stack("Staging", "Data").one("AWS::RDS::DBInstance")
     assert restored["DBSnapshotIdentifier"] == VARIANT_SNAPSHOT
-    assert not {"MasterUsername", "MasterUserPassword", "KmsKeyId", "DBName"} & set(restored)
-    assert restored["StorageEncrypted"] is True and restored["DBInstanceIdentifier"] == "coder-staging-postgres"
+    assert not {"MasterUsername", "MasterUserPassword", "KmsKeyId", "DBName", "StorageEncrypted"} & set(restored)
+    assert restored["DBInstanceIdentifier"] == "coder-staging-postgres"
     created = assembly.stack("Staging", "Data").one("AWS::RDS::DBInstance")
     assert "DBSnapshotIdentifier" not in created and "MasterUsername" in created
 
@@ -329,3 +385,19 @@ def test_the_release_review_blocks_a_snapshot_identifier_added_or_removed(varian
         assert database.replacement == "yes" and database.blocking, database
     found, _ = changes.diff_stack("Staging", "Staging-Data", with_snapshot, with_snapshot)
     assert not [c for c in found if c.logical_id == lid]
+    other = json.loads(json.dumps(with_snapshot))  # another snapshot: a new instance restored, the old one deleted
+    other["Resources"][lid]["Properties"]["DBSnapshotIdentifier"] = "coder-staging-postgres-another"
+    found, _ = changes.diff_stack("Staging", "Staging-Data", with_snapshot, other)
+    (database,) = [c for c in found if c.logical_id == lid]
+    assert (database.properties, database.replacement, database.blocking) == (["DBSnapshotIdentifier"], "yes", True)
+
+
+def test_a_lock_tables_new_key_schema_replaces_it(assembly):
+    """CloudFormation replaces a table whose KeySchema changes (its reference; the schema lists no create-only key)."""
+    data = assembly.stack("Production", "Data").body
+    (lid,) = [k for k, r in data["Resources"].items() if r["Type"] == "AWS::DynamoDB::Table"]
+    new = json.loads(json.dumps(data))
+    new["Resources"][lid]["Properties"]["KeySchema"] = [{"AttributeName": "Id", "KeyType": "HASH"}]
+    found, _ = changes.diff_stack("Production", "Production-Data", data, new)
+    (table,) = [c for c in found if c.logical_id == lid]
+    assert (table.properties, table.replacement, table.blocking) == (["KeySchema"], "yes", True)

@@ -332,8 +332,8 @@ def test_the_review_runs_on_a_bare_interpreter_after_make_synth_alone(assembly, 
     pipeline/create-only.json, so the Review step installs boto3 only and a person runs it after `make synth`."""
     new = edit("Production-Data", lambda r: r["Postgres9DC8BB04"]["Properties"].update(DBInstanceIdentifier="renamed"))
     bare = Path(sys.base_prefix) / "bin" / "python3"
-    code = ("import sys; sys.path.insert(0, {root!r}); sys.modules['cfnlint'] = None; sys.modules['boto3'] = None; "
-            "from pipeline import changes; sys.exit(changes.main(sys.argv[1:]))").format(root=str(ROOT))
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); sys.modules['cfnlint'] = None; sys.modules['boto3'] = None; "
+            "from pipeline import changes; sys.exit(changes.main(sys.argv[1:]))")
     result = subprocess.run([str(bare), "-I", "-c", code, "--base", str(assembly.directory), "--assembly", str(new),
                              "--stage", "production"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 1, result.stdout + result.stderr

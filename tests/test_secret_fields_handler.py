@@ -81,33 +81,41 @@ def _two_hours_after_creation(client, arn):
     return client.describe_secret(SecretId=arn)["CreatedDate"] + datetime.timedelta(hours=2)
 
 
-@pytest.mark.parametrize(("value", "reason"), [
-    ("sk-terraform-era-master-key", "it holds a value that is not a JSON object; put it as JSON with the fields "
-     "encryption_key (<64 hex characters>), master_key (sk-<48 alnum characters>)"),
-    (json.dumps({"master_key": "sk-short", "encryption_key": "0" * 64}), "its field master_key is not in the format "
-     "sk-<48 alnum characters>"),
-])
-def test_an_older_secrets_value_is_never_replaced_the_deploy_fails_instead(secrets_client, response_url, value, reason):
-    """A secret imported from the Terraform deployment: its value is the keys the apps' data depends on. Regenerating
-    it would lose what they encrypt; the custom resource fails with what to change, writes nothing, logs no value."""
+def test_an_older_secrets_plain_value_is_never_replaced_the_deploy_fails_instead(secrets_client, response_url):
+    """A secret imported from the Terraform deployment holding a plain string: the custom resource cannot tell which
+    field it is; it fails with the fields it needs, writes nothing and logs no value."""
+    value = "sk-terraform-era-master-key"
     arn = secrets_client.create_secret(Name="prod/litellm/master-key", SecretString=value)["ARN"]
     handler_module.handler(event("Create", arn, response_url), None, client=secrets_client,
                            now=_two_hours_after_creation(secrets_client, arn))
     (response,) = ResponseRecorder.received
-    assert response["Status"] == "FAILED" and reason in response["Reason"] and "nothing was changed" in response["Reason"]
-    assert value not in response["Reason"] and "sk-short" not in response["Reason"]
+    assert response["Status"] == "FAILED" and "nothing was changed" in response["Reason"]
+    assert ("it holds a value that is not a JSON object; put the value as JSON with the fields encryption_key "
+            "(<64 hex characters>), master_key (sk-<48 alnum characters>)") in response["Reason"]
+    assert value not in response["Reason"]
     assert secrets_client.get_secret_value(SecretId=arn)["SecretString"] == value
     assert len(secrets_client.list_secret_version_ids(SecretId=arn)["Versions"]) == 1
 
 
-def test_an_older_secret_gets_only_its_missing_fields(secrets_client, response_url):
-    key = "sk-" + "T" * 48
-    arn = secrets_client.create_secret(Name="prod/litellm/master-key", SecretString=json.dumps({"master_key": key}))["ARN"]
-    handler_module.handler(event("Update", arn, response_url), None, client=secrets_client,
+def test_an_older_secret_keeps_every_value_whatever_its_format_and_gets_only_missing_fields(secrets_client, response_url):
+    """Terraform's LiteLLM key is not sk- + 48 characters, its Langfuse salt is base64: kept, not regenerated (what they
+    encrypt would become unreadable); a missing field is generated, or seeded where the app falls back to another."""
+    fields = {**FIELDS, "salt_key": {"Prefix": "sk-", "Length": 48, "Alphabet": "alnum", "SeedFrom": "master_key"}}
+    arn = secrets_client.create_secret(Name="prod/litellm/master-key", SecretString=json.dumps({"master_key": "sk-short"}))["ARN"]
+    handler_module.handler(event("Update", arn, response_url, fields), None, client=secrets_client,
                            now=_two_hours_after_creation(secrets_client, arn))
     value = stored(secrets_client, arn)
-    assert value["master_key"] == key and re.fullmatch(r"[0-9a-f]{64}", value["encryption_key"])
+    assert value["master_key"] == "sk-short" and value["salt_key"] == "sk-short"  # LiteLLM's own fallback
+    assert re.fullmatch(r"[0-9a-f]{64}", value["encryption_key"])
     assert ResponseRecorder.received[0]["Status"] == "SUCCESS"
+
+
+def test_a_new_secret_gets_a_salt_key_of_its_own(secrets_client, response_url):
+    fields = {**FIELDS, "salt_key": {"Prefix": "sk-", "Length": 48, "Alphabet": "alnum", "SeedFrom": "master_key"}}
+    arn = secrets_client.create_secret(Name="s", SecretString="generated-by-cloudformation")["ARN"]
+    handler_module.handler(event("Create", arn, response_url, fields), None, client=secrets_client)
+    value = stored(secrets_client, arn)
+    assert value["salt_key"] != value["master_key"] and value["salt_key"].startswith("sk-")
 
 
 def test_delete_leaves_the_secret_alone(secrets_client, response_url):

@@ -7,8 +7,10 @@ the values: nothing is returned to CloudFormation or logged.
 
 What it replaces: a field that is missing, and, in a secret created within the hour (CloudFormation's throwaway
 first value of a secret the stack has just made, which is no JSON), anything. A secret older than that holds someone's
-values (one imported from the Terraform deployment): a value that is not a JSON object, or a field in another format,
-fails the deploy with what to change, and nothing is written: regenerating it would lose what that key encrypts.
+values (one imported from the Terraform deployment): every field that has a value keeps it, whatever its format
+(regenerating it would lose what that key encrypts); a missing field with `SeedFrom` takes that field's value (the
+app's own fallback, e.g. LiteLLM encrypts with its master key when it has no salt key); a value that is not a JSON
+object fails the deploy with the fields it needs, and nothing is written.
 
 Operator-supplied secrets (an API key, a client secret that only a person has) get `Placeholder` instead: a random
 value is put only where the secret has none (no value at all, or, with `Field`, no such JSON field). Whatever is
@@ -61,25 +63,25 @@ def describe(spec: dict) -> str:
 
 
 def fill_fields(current: str | None, fields: dict, replace: bool = True) -> tuple[dict, list[str]]:
-    """Return the new JSON document and the names of the fields that were (re)generated. With `replace` False (an
-    older secret), only missing fields are generated; anything else to replace raises KeptValue."""
+    """Return the new JSON document and the names of the fields that were (re)generated or seeded. With `replace`
+    False (an older secret), only missing fields are filled; a value that is not a JSON object raises KeptValue."""
     try:
         document = json.loads(current) if current else {}
     except json.JSONDecodeError:
         document = None
     if not isinstance(document, dict):
         if not replace:
-            raise KeptValue("it holds a value that is not a JSON object; put it as JSON with the fields "
+            raise KeptValue("it holds a value that is not a JSON object; put the value as JSON with the fields "
                             + ", ".join(f"{name} ({describe(spec)})" for name, spec in sorted(fields.items())))
         document = {}
+    before = dict(document)
     generated = []
     for name, spec in sorted(fields.items()):
         value = document.get(name)
-        if is_valid(value, spec):
+        if is_valid(value, spec) or (not replace and isinstance(value, str) and value):
             continue
-        if value not in (None, "") and not replace:
-            raise KeptValue(f"its field {name} is not in the format {describe(spec)}")
-        document[name] = random_value(spec)
+        seed = before.get(spec.get("SeedFrom", ""))
+        document[name] = seed if not replace and isinstance(seed, str) and seed else random_value(spec)
         generated.append(name)
     return document, generated
 
