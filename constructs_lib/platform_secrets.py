@@ -81,7 +81,9 @@ SECRETS: tuple[SecretRow, ...] = (
         "CoderOidcSecret",
         Operator(json_field="client_secret"),
         "OPERATOR-SUPPLIED: client_secret of the Azure AD app registration (config oidc.client_id) that Coder "
-        "and the ALB in front of the admin UI use. Set it with put-secret-value; the generated value is a placeholder.",
+        "and the ALB in front of the admin UI use. The secret is JSON, {\"client_secret\": \"<the app's client "
+        "secret>\"} (the stacks read that field); put it with put-secret-value --secret-string. The generated value "
+        "is a placeholder.",
         _OPERATOR.format(what="the Azure AD client secret"),
     ),
     SecretRow(
@@ -96,15 +98,16 @@ SECRETS: tuple[SecretRow, ...] = (
         "litellm/anthropic-api-key",
         "AnthropicApiKeySecret",
         Operator(),
-        "OPERATOR-SUPPLIED: Anthropic API key for LiteLLM. Replace the generated placeholder with put-secret-value.",
+        "OPERATOR-SUPPLIED: Anthropic API key for LiteLLM, as a plain string (not JSON). Replace the generated "
+        "placeholder with put-secret-value --secret-string.",
         _OPERATOR.format(what="the Anthropic API key"),
     ),
     SecretRow(
         "custom-llm/api-key",
         "CustomLlmApiKeySecret",
         Operator(),
-        "OPERATOR-SUPPLIED: API key of the corporate LLM gateway (custom_llm_api_base) for LiteLLM. Replace the "
-        "generated placeholder with put-secret-value.",
+        "OPERATOR-SUPPLIED: API key of the corporate LLM gateway (custom_llm_api_base) for LiteLLM, as a plain string "
+        "(not JSON). Replace the generated placeholder with put-secret-value --secret-string.",
         _OPERATOR.format(what="the corporate LLM gateway's API key"),
     ),
     SecretRow(

@@ -187,3 +187,16 @@ def test_operator_supplied_secrets_carry_no_generator_and_get_a_placeholder_once
     for lid, secret in data.of_type("AWS::SecretsManager::Secret").items():
         if not any(lid.startswith(c) for c in OPERATOR_SUPPLIED):
             assert "GenerateSecretString" in secret["Properties"], lid
+
+
+def test_each_operator_secret_says_the_shape_its_readers_expect(assembly):
+    """A person puts these by hand: the description says JSON with the field the stacks read (the OIDC client secret,
+    read by Coder's task, Langfuse and the admin rule as `<secret>:client_secret::`), or a plain string."""
+    readers = json.dumps([assembly.stack("Production", layer).body for layer in ("Platform", "Observability")])
+    data = assembly.stack("Production", "Data")
+    for construct_id, field in OPERATOR_SUPPLIED.items():
+        description = data.resources[data.logical_id(f"/Data/Secrets/{construct_id}/Resource")]["Properties"]["Description"]
+        if field:
+            assert f'{{"{field}": ' in description and f":{field}::" in readers, construct_id
+        else:
+            assert "as a plain string (not JSON)" in description, construct_id
