@@ -197,6 +197,16 @@ def _missing(error: Exception) -> bool:
     return getattr(error, "response", {}).get("Error", {}).get("Code", "") in MISSING_CODES
 
 
+def _found(call: Callable, **kwargs) -> dict | None:
+    """The call's answer, or None when the service says the resource does not exist."""
+    try:
+        return call(**kwargs)
+    except Exception as error:
+        if _missing(error):
+            return None
+        raise
+
+
 def _read_bucket(session, name: str):
     s3 = session.client("s3")
     try:
@@ -213,26 +223,17 @@ def _read_bucket(session, name: str):
 
 
 def _read_secret(session, name: str):
-    client = session.client("secretsmanager")
-    try:
-        secret = client.describe_secret(SecretId=name)
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
-    if secret.get("Name") != name:  # a secret found by a partial ARN of another name
+    secret = _found(session.client("secretsmanager").describe_secret, SecretId=name)
+    if secret is None or secret.get("Name") != name:  # a secret found by a partial ARN of another name
         return None
     return {"Id": secret["ARN"]}, {"Name": name, "Description": secret.get("Description"), "KmsKeyId": secret.get("KmsKeyId")}
 
 
 def _read_table(session, name: str):
-    client = session.client("dynamodb")
-    try:
-        table = client.describe_table(TableName=name)["Table"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    answer = _found(session.client("dynamodb").describe_table, TableName=name)
+    if answer is None:
+        return None
+    table = answer["Table"]
     mode = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
     return {"TableName": name}, {"TableName": name, "KeySchema": table["KeySchema"],
                                  "AttributeDefinitions": table["AttributeDefinitions"], "BillingMode": mode}
@@ -248,22 +249,17 @@ def _read_log_group(session, name: str):
 
 
 def _read_vault(session, name: str):
-    try:
-        vault = session.client("backup").describe_backup_vault(BackupVaultName=name)
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    vault = _found(session.client("backup").describe_backup_vault, BackupVaultName=name)
+    if vault is None:
+        return None
     return {"BackupVaultName": name}, {"BackupVaultName": name, "EncryptionKeyArn": vault.get("EncryptionKeyArn")}
 
 
 def _read_parameter(session, name: str):
-    try:
-        parameter = session.client("ssm").get_parameter(Name=name)["Parameter"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    answer = _found(session.client("ssm").get_parameter, Name=name)
+    if answer is None:
+        return None
+    parameter = answer["Parameter"]
     return {"Name": name}, {"Name": name, "Type": parameter["Type"], "Value": parameter["Value"]}
 
 
@@ -277,24 +273,17 @@ def _read_alarm(session, name: str):
 
 
 def _read_dashboard(session, name: str):
-    try:
-        session.client("cloudwatch").get_dashboard(DashboardName=name)
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    if _found(session.client("cloudwatch").get_dashboard, DashboardName=name) is None:
+        return None
     return {"DashboardName": name}, {"DashboardName": name}
 
 
 def _read_topic(session, name: str):
-    client = session.client("sns")
     arn = f"arn:{_partition(session)}:sns:{session.region_name}:{_account(session)}:{name}"
-    try:
-        attributes = client.get_topic_attributes(TopicArn=arn)["Attributes"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    answer = _found(session.client("sns").get_topic_attributes, TopicArn=arn)
+    if answer is None:
+        return None
+    attributes = answer["Attributes"]
     return {"TopicArn": arn}, {"TopicName": name, "DisplayName": attributes.get("DisplayName"),
                                "KmsMasterKeyId": attributes.get("KmsMasterKeyId")}
 
@@ -307,12 +296,10 @@ def _read_cluster(session, name: str):
 
 
 def _read_role(session, name: str):
-    try:
-        role = session.client("iam").get_role(RoleName=name)["Role"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    answer = _found(session.client("iam").get_role, RoleName=name)
+    if answer is None:
+        return None
+    role = answer["Role"]
     return {"RoleName": name}, {"RoleName": name, "AssumeRolePolicyDocument": role.get("AssumeRolePolicyDocument")}
 
 
@@ -325,12 +312,10 @@ def _read_alias(session, name: str):
 
 
 def _read_instance(session, name: str):
-    try:
-        (instance,) = session.client("rds").describe_db_instances(DBInstanceIdentifier=name)["DBInstances"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    answer = _found(session.client("rds").describe_db_instances, DBInstanceIdentifier=name)
+    if answer is None:
+        return None
+    (instance,) = answer["DBInstances"]
     return {"DBInstanceIdentifier": name}, {
         "DBInstanceIdentifier": name, "Engine": instance.get("Engine"), "EngineVersion": instance.get("EngineVersion"),
         "StorageEncrypted": instance.get("StorageEncrypted"), "KmsKeyId": instance.get("KmsKeyId")}
@@ -347,12 +332,10 @@ def _read_namespace(session, name: str):
 
 
 def _read_function(session, name: str):
-    try:
-        function = session.client("lambda").get_function(FunctionName=name)["Configuration"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
+    answer = _found(session.client("lambda").get_function, FunctionName=name)
+    if answer is None:
+        return None
+    function = answer["Configuration"]
     return {"FunctionName": name}, {"FunctionName": name, "Runtime": function.get("Runtime")}
 
 
@@ -564,15 +547,8 @@ def decide(named: Named, live: tuple[dict, dict], environment: EnvironmentConfig
 def _snapshot(session, identifier: str) -> dict | None:
     if not identifier:
         return None
-    client = session.client("rds")
-    try:
-        key = "DBSnapshotIdentifier"
-        snapshots = client.describe_db_snapshots(**{key: identifier})["DBSnapshots"]
-    except Exception as error:
-        if _missing(error):
-            return None
-        raise
-    return snapshots[0] if snapshots else None
+    answer = _found(session.client("rds").describe_db_snapshots, DBSnapshotIdentifier=identifier)
+    return answer["DBSnapshots"][0] if answer and answer["DBSnapshots"] else None
 
 
 def _outside(value, inside: set[str]) -> bool:
@@ -730,14 +706,11 @@ def _mount_point(session, file_system: str, finding: Finding) -> dict:
     """Where DataSync can reach the Terraform file system: a mount target's subnet and a security group its mount
     targets admit on NFS (2049). Missing: a blocking line on `finding`."""
     efs, ec2 = session.client("efs"), session.client("ec2")
-    try:
-        targets = efs.describe_mount_targets(FileSystemId=file_system)["MountTargets"]
-    except Exception as error:
-        if _missing(error):
-            finding.blocking.append(f"file system {file_system} not found in the account")
-            return {}
-        raise
-    for target in targets:
+    answer = _found(efs.describe_mount_targets, FileSystemId=file_system)
+    if answer is None:
+        finding.blocking.append(f"file system {file_system} not found in the account")
+        return {}
+    for target in answer["MountTargets"]:
         groups = efs.describe_mount_target_security_groups(MountTargetId=target["MountTargetId"])["SecurityGroups"]
         for group in ec2.describe_security_groups(GroupIds=groups)["SecurityGroups"]:
             for rule in group.get("IpPermissions", []):

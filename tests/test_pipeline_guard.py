@@ -211,6 +211,23 @@ def _assembly_zip(template: dict, manifest_edit=None) -> bytes:
     return archive.getvalue()
 
 
+def _expect_result(stub, codepipeline, job_id: str, expect_success: bool) -> dict:
+    """The job result the guard must report; on failure, what it sent (filled when it reports)."""
+    sent: dict = {}
+    if expect_success:
+        stub.add_response("put_job_success_result", {}, {"jobId": job_id})
+        return sent
+    stub.add_response("put_job_failure_result", {}, {"jobId": job_id, "failureDetails": ANY})
+    original = codepipeline.put_job_failure_result
+
+    def record(**kwargs):
+        sent.update(kwargs)
+        return original(**kwargs)
+
+    codepipeline.put_job_failure_result = record
+    return sent
+
+
 def _run(monkeypatch, new: dict, deployed_template, expect_success: bool, message_part: str = "", *,
          manifest_edit=None, job_data=JOB_DATA, allowance: str | None = None):
     monkeypatch.setenv("STACK_NAME", "CoderPipeline")
@@ -244,18 +261,7 @@ def _run(monkeypatch, new: dict, deployed_template, expect_success: bool, messag
                     stubs["ssm"].add_client_error("get_parameter", "ParameterNotFound", "no", expected_params={"Name": name})
                 else:
                     stubs["ssm"].add_response("get_parameter", {"Parameter": {"Name": name, "Value": allowance}}, {"Name": name})
-    sent = {}
-    if expect_success:
-        stubs["codepipeline"].add_response("put_job_success_result", {}, {"jobId": job_id})
-    else:
-        stubs["codepipeline"].add_response("put_job_failure_result", {}, {"jobId": job_id, "failureDetails": ANY})
-        original = codepipeline.put_job_failure_result
-
-        def record(**kwargs):
-            sent.update(kwargs)
-            return original(**kwargs)
-
-        codepipeline.put_job_failure_result = record
+    sent = _expect_result(stubs["codepipeline"], codepipeline, job_id, expect_success)
     monkeypatch.setattr(handler_module.boto3, "client", lambda service, **_kw: s3)
     for stub in stubs.values():
         stub.activate()
@@ -398,18 +404,7 @@ def _run_cross_region(monkeypatch, assembly, deployed_support, expect_success: b
     if rows:
         name = f"/coder-pipeline/allowed-widening/{widening.fingerprint(rows)}"
         stubs[ssm].add_client_error("get_parameter", "ParameterNotFound", "no", expected_params={"Name": name})
-    sent = {}
-    if expect_success:
-        stubs[codepipeline].add_response("put_job_success_result", {}, {"jobId": job_id})
-    else:
-        stubs[codepipeline].add_response("put_job_failure_result", {}, {"jobId": job_id, "failureDetails": ANY})
-        original = codepipeline.put_job_failure_result
-
-        def record(**kwargs):
-            sent.update(kwargs)
-            return original(**kwargs)
-
-        codepipeline.put_job_failure_result = record
+    sent = _expect_result(stubs[codepipeline], codepipeline, job_id, expect_success)
     monkeypatch.setattr(handler_module.boto3, "client", lambda service, **_kw: s3)
     for stub in stubs.values():
         stub.activate()
