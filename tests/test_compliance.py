@@ -188,3 +188,21 @@ def test_every_output_is_optional_and_the_summary_goes_to_stdout(tmp_path):
     for option, name in (("--junit", "c.xml"), ("--markdown", "c.md"), ("--json", "c.json")):
         result = run("--assembly", str(assembly), option, str(tmp_path / option.strip("-") / name))
         assert result.returncode == 0 and [p.name for p in (tmp_path / option.strip("-")).iterdir()] == [name]
+
+
+def test_make_report_writes_all_three_for_the_whole_assembly(assembly, tmp_path):
+    """The recipe of `make report` (Makefile), run on the session's assembly: the three files, every stage, and the
+    example values of the shipped config do not fail it (they are in the summary)."""
+    import os
+    import re
+
+    recipe = re.search(r"^report:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+    command = recipe.replace("\t", "").replace("\\\n", " ").replace("$(OUT)", str(assembly.directory)).replace("$$", "$")
+    result = subprocess.run(["sh", "-c", command.replace("python ", f"{sys.executable} ", 1)], cwd=tmp_path,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Compliance report: all stages: 0 open, ")
+    assert sorted(p.name for p in (tmp_path / "build" / "report").iterdir()) == [
+        "compliance.json", "compliance.md", "compliance.xml"]
+    report = json.loads((tmp_path / "build" / "report" / "compliance.json").read_text())
+    assert {e["stage"] for e in report["entries"]} == {"Pipeline", "Staging", "Production"}
