@@ -61,14 +61,13 @@ class Target:
 
 
 def targets(config: AppConfig) -> list[Target]:
-    """The pipeline account (in its region, then in each other region an environment uses: CDK Pipelines deploys a
-    cross-region support stack there, the artifacts of that region), then each environment's account and region once,
-    in promotion order. An account and region that hosts both the pipeline and an environment is bootstrapped once,
-    with both policy sets and the trust."""
+    """The pipeline account, then each environment's account and region once, in promotion order. An account and region
+    that hosts both the pipeline and an environment is bootstrapped once, with both policy sets and the trust. (An
+    environment in another region than the pipeline's needs nothing more: CDK Pipelines' support stack there is
+    deployed with the pipeline region's bootstrap roles and needs no bootstrap of its own.)"""
     project = config.project.name
     pipeline_policies, platform_policies = (tuple(policy_names(project, kind)) for kind in ("pipeline", "platform"))
-    found = [Target("pipeline", config.pipeline.account, region, None, pipeline_policies)
-             for region in dict.fromkeys([config.pipeline.region, *(e.region for e in config.environments)])]
+    found = [Target("pipeline", config.pipeline.account, config.pipeline.region, None, pipeline_policies)]
     for environment in config.environments:
         same = [t for t in found if (t.account, t.region) == (environment.account, environment.region)]
         if same:
@@ -144,11 +143,6 @@ def plan(config: AppConfig, stack_name: str, config_path: Path | None = None) ->
     for number, target in enumerate(targets(config), start=first):
         what = "the pipeline (tools) account" if target.key == "pipeline" else (
             f"{target.key}: trusts the pipeline account to deploy and to look up")
-        if target.key.split("+")[0] == "pipeline" and target.region != config.pipeline.region:
-            what = (f"the pipeline (tools) account in {target.region} too (CDK Pipelines' cross-region support stack "
-                    f"there holds the artifacts of {target.region}'s environments)") + (
-                f"; {target.key.split('+', 1)[1]}: trusts the pipeline account to deploy and to look up"
-                if "+" in target.key else "")
         if all((target.account, name) in listed for name in target.policies):
             lines += [f"{number}. Bootstrap {what}, with the execution policies created above (IAM is global):"]
         else:

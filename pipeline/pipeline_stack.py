@@ -264,10 +264,11 @@ class PipelineStack(Stack):
                 "S3BucketReplicationEnabled": "Pipeline artifacts (this region's copy) are rebuilt by every run from the "
                 "Git commit; the repository is the durable copy.",
             })
-        keys = [self.format_arn(service="kms", region=region, account=support.stack.account, resource="key",
-                                resource_name="*") for region, support in sorted(supports.items())]
-        aliases = [support.replication_bucket.encryption_key.alias_name  # type: ignore[union-attr]
-                   for _, support in sorted(supports.items())]
+        # One statement per region: a key of that region carrying that region's support alias.
+        scopes = [(self.format_arn(service="kms", region=region, account=support.stack.account, resource="key",
+                                   resource_name="*"),
+                   support.replication_bucket.encryption_key.alias_name)  # type: ignore[union-attr]
+                  for region, support in sorted(supports.items())]
 
         def by_alias(statement: dict) -> dict | list[dict]:
             actions = _listed(statement.get("Action", []))
@@ -276,9 +277,9 @@ class PipelineStack(Stack):
                     or not all(str(action).startswith("kms:") for action in actions)):
                 return statement
             rest = [resource for resource in resources if resource != "*"]
-            scoped = {"Action": statement["Action"], "Effect": "Allow", "Resource": keys if len(keys) > 1 else keys[0],
-                      "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": aliases}}}
-            return ([{**statement, "Resource": rest if len(rest) > 1 else rest[0]}] if rest else []) + [scoped]
+            scoped = [{"Action": statement["Action"], "Effect": "Allow", "Resource": key,
+                       "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias}}} for key, alias in scopes]
+            return ([{**statement, "Resource": rest if len(rest) > 1 else rest[0]}] if rest else []) + scoped
 
         for policy in self.pipeline.node.find_all():
             if isinstance(policy, iam.CfnPolicy):
@@ -535,6 +536,7 @@ class PipelineStack(Stack):
         )
 
 
+_SUPPORT_KEYS = r"^Resource::arn:[^:]+:kms:[a-z0-9-]+:\d+:key/\*$"  # a support stack's key, by its alias
 _PIPELINE_WILDCARDS = (
     (r"^Action::s3:(GetObject|GetBucket|List|DeleteObject|Abort)\*$|^Resource::<PipelineArtifactsBucket[0-9A-F]+\.Arn>/\*$",
      "CDK Pipelines' own grant on its artifact bucket: each action reads and writes the run's artifacts there."),
@@ -554,7 +556,7 @@ _PIPELINE_WILDCARDS = (
      "The pipeline guard reads the allowances people put, one parameter per widening, named by its fingerprint."),
     (r"^Resource::<PipelineGuard[0-9A-F]+\.Arn>:\*$",
      "CDK's grant to invoke the pipeline guard: its versions and aliases, of that one function only."),
-    (r"^Resource::arn:[^:]+:kms:[a-z0-9-]+:\d+:key/\*$",
+    (_SUPPORT_KEYS,
      "CDK Pipelines' KMS key of a cross-region support stack (artifacts of an environment in another region), "
      "allowed only for keys carrying that stack's alias (condition kms:ResourceAliases): its key id is generated in "
      "that region and cannot be referenced from here."),
@@ -638,6 +640,12 @@ def _pipeline_wildcard_reason(finding: str, document: dict) -> str:
             raise ValueError(f"the pipeline's own policies grant {', '.join(unexplained)} on every resource; "
                              "scope it, or add why it is safe to _UNSCOPED_ACTIONS")
         return " ".join(_UNSCOPED_ACTIONS[action] for action in actions)
+    if re.search(_SUPPORT_KEYS, finding):  # only as _support_stacks scopes it: each statement bound to an alias
+        key = finding.removeprefix("Resource::")
+        for statement in document.get("Statement", []):
+            if key in _listed(statement.get("Resource", [])) and not statement.get("Condition", {}).get(
+                    "ForAnyValue:StringEquals", {}).get("kms:ResourceAliases"):
+                raise ValueError(f"the pipeline's own policies grant KMS on {key} without the support alias condition")
     for pattern, reason in _PIPELINE_WILDCARDS:
         if re.search(pattern, finding):
             return reason

@@ -271,42 +271,30 @@ def test_bootstrap_prints_every_step_in_order_for_the_default_config(capsys):
 
 
 def test_bootstrap_covers_the_three_environment_example(capsys):
-    """dev is in eu-central-1, the pipeline in us-west-2: the pipeline account is bootstrapped in eu-central-1 too (CDK
-    Pipelines' support stack there), with the pipeline's execution policies, created once (IAM is global), and no
-    trust (it deploys itself)."""
+    """dev is in eu-central-1, the pipeline in us-west-2: dev's account is bootstrapped there; the pipeline account
+    needs no bootstrap in eu-central-1 (CDK Pipelines' support stack there is deployed with its us-west-2 roles, the
+    test on the three-environment assembly reads its manifest)."""
     assert bootstrap.main(["--config", str(ROOT / "config" / "examples" / "three-environments.toml")]) == 0
     out = capsys.readouterr().out
-    commands = [line.split() for line in out.splitlines() if "npx cdk bootstrap" in line]
-    assert [command[3] for command in commands] == [
-        "aws://111111111111/us-west-2", "aws://111111111111/eu-central-1", "aws://444444444444/eu-central-1",
-        "aws://222222222222/us-west-2", "aws://333333333333/us-west-2"]
-    support = commands[1]
-    assert "--trust" not in support
-    assert support[support.index("--cloudformation-execution-policies") + 1] == (
-        "arn:aws:iam::111111111111:policy/coder-cdk-execution-pipeline-1")
-    assert "3. Bootstrap the pipeline (tools) account in eu-central-1 too (CDK Pipelines' cross-region support stack" in out
-    assert out.count("--policy-name coder-cdk-execution-pipeline-1 ") == 1
+    assert [line.split()[3] for line in out.splitlines() if "npx cdk bootstrap" in line] == [
+        "aws://111111111111/us-west-2", "aws://444444444444/eu-central-1", "aws://222222222222/us-west-2",
+        "aws://333333333333/us-west-2"]
 
 
-def test_the_pipeline_account_in_a_support_region_is_checked(aws, capsys):
-    """staging in eu-central-1: the doctor checks the pipeline account's bootstrap there as well, and says how."""
-    account, config = aws
-    text = config.read_text()
-    start = text.index("\n[[environments]]")
-    end = text.index("\n[[environments]]", start + 1)
-    staging = text[start:end].replace('region = "us-west-2"', 'region = "eu-central-1"').replace(
-        "us-west-2a", "eu-central-1a").replace("us-west-2b", "eu-central-1b").replace("ecr.us-west-2", "ecr.eu-central-1")
-    config.write_text(text[:start] + staging + text[end:])
-    bootstrap_account(account(PIPELINE), None)
-    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
-    assert code == 1
-    assert "PASS pipeline account bootstrapped:" in out
-    assert "FAIL pipeline account in eu-central-1 bootstrapped: no CDKToolkit stack in eu-central-1" in out
-    assert f"fix: npx cdk bootstrap aws://{PIPELINE}/eu-central-1 --qualifier hnb659fds" in out
-    bootstrap_account(account(PIPELINE), None, region="eu-central-1")
-    code, out = run_doctor(capsys, config, stubbed(lambda: account(PIPELINE)))
-    assert "PASS pipeline account in eu-central-1 bootstrapped: CDKToolkit CREATE_COMPLETE" in out
-    assert "PASS pipeline account in eu-central-1 execution policies: 1 derived policies, current" in out
+def test_an_account_in_two_regions_creates_its_policies_once(capsys, tmp_path):
+    """staging and production share an account in two regions: IAM is global, so the execution policies are created in
+    the first step only; the second bootstrap attaches the same ones."""
+    text = REAL.replace(f'account = "{PRODUCTION}"', f'account = "{STAGING}"').replace(f"{PRODUCTION}.dkr", f"{STAGING}.dkr")
+    start = text.rindex("\n[[environments]]")
+    production = text[start:].replace('region = "us-west-2"', 'region = "eu-west-1"').replace("us-west-2a", "eu-west-1a").replace(
+        "us-west-2b", "eu-west-1b").replace("ecr.us-west-2", "ecr.eu-west-1")
+    (tmp_path / "shared.toml").write_text(text[:start] + production)
+    assert bootstrap.main(["--config", str(tmp_path / "shared.toml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--policy-name coder-cdk-execution-platform-1 ") == 1
+    assert "Bootstrap production: trusts the pipeline account to deploy and to look up, with the execution policies " \
+           "created above (IAM is global):" in out
+    assert f"npx cdk bootstrap aws://{STAGING}/eu-west-1" in out
 
 
 def test_bootstrap_apply_runs_with_profiles_and_stops_at_the_first_failure(capsys):

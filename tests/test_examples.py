@@ -123,6 +123,10 @@ def test_dev_in_another_region_deploys_there_through_a_support_stack_of_the_pipe
     stacks = {a["properties"].get("stackName", lid): a for lid, a in manifest["artifacts"].items()
               if a["type"] == "aws:cloudformation:stack"}
     assert stacks[SUPPORT]["environment"] == "aws://111111111111/eu-central-1"
+    # deployed with the pipeline region's bootstrap roles, needing no bootstrap in eu-central-1 (make bootstrap lists none)
+    roles = {key: stacks[SUPPORT]["properties"][key] for key in ("assumeRoleArn", "cloudFormationExecutionRoleArn")}
+    assert all(arn.endswith("-111111111111-us-west-2") for arn in roles.values())
+    assert "requiresBootstrapStackVersion" not in stacks[SUPPORT]["properties"]
     (pipeline,) = three_environments.templates["CoderPipeline"].props("AWS::CodePipeline::Pipeline")
     stores = {store["Region"]: store["ArtifactStore"] for store in pipeline["ArtifactStores"]}
     assert set(stores) == {"us-west-2", "eu-central-1"}
@@ -153,7 +157,7 @@ def test_the_pipeline_may_use_the_support_key_only_through_its_alias(three_envir
     assert scoped
     for statement in scoped:
         assert statement["Resource"] == "arn:aws:kms:eu-central-1:111111111111:key/*"
-        assert statement["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": [alias["AliasName"]]}}
+        assert statement["Condition"] == {"ForAnyValue:StringEquals": {"kms:ResourceAliases": alias["AliasName"]}}
         assert set(statement["Action"]) <= {"kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey*",
                                             "kms:ReEncrypt*"}
 
@@ -187,3 +191,18 @@ def test_the_pipeline_guard_reads_and_compares_the_support_stack(three_environme
     assert [sorted(s["Resource"]) for s in reads] == [[
         f"arn:aws:cloudformation:eu-central-1:111111111111:stack/{SUPPORT}/*",
         "arn:aws:cloudformation:us-west-2:111111111111:stack/CoderPipeline/*"]]
+
+
+def test_a_key_wildcard_without_the_alias_condition_fails_synth():
+    """The cdk-nag acknowledgment of a support key's wildcard holds only for the alias-bound statement."""
+    import pytest
+
+    from pipeline.pipeline_stack import _pipeline_wildcard_reason
+
+    key = "arn:aws:kms:eu-central-1:111111111111:key/*"
+    bound = {"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": key,
+                            "Condition": {"ForAnyValue:StringEquals": {"kms:ResourceAliases": "alias/support"}}}]}
+    assert "alias" in _pipeline_wildcard_reason(f"Resource::{key}", bound)
+    with pytest.raises(ValueError, match="without the support alias condition"):
+        _pipeline_wildcard_reason(f"Resource::{key}", {"Statement": [{"Effect": "Allow", "Action": "kms:Decrypt",
+                                                                         "Resource": key}]})

@@ -441,25 +441,94 @@ def test_the_support_stack_of_another_region_is_compared_in_its_region(monkeypat
                       message_part=f"new stack {SUPPORT} deployed with the pipeline", known="")
 
 
-def test_a_support_stack_that_is_not_cdks_is_refused(monkeypatch, three_environments):
-    """Only `<pipeline stack>-support-<region>` in the pipeline's account and another region may come along."""
-    def stacks(edit):
-        manifest = json.loads((three_environments.directory / "manifest.json").read_text())
-        (support,) = [a for a in manifest["artifacts"].values() if a.get("properties", {}).get("stackName") == SUPPORT]
-        edit(support)
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w") as zipped:
-            zipped.writestr("manifest.json", json.dumps(manifest))
-            for path in three_environments.directory.glob("*.template.json"):
-                zipped.write(path, path.name)
-        with zipfile.ZipFile(io.BytesIO(archive.getvalue())) as zipped:
-            return handler_module._stacks_to_deploy(zipped)
+def _refusal(directory, edit) -> str:
+    """What the guard says of the assembly in `directory` after `edit(manifest, files)` (files: name -> JSON)."""
+    raw = {path.name: path.read_bytes() for path in directory.glob("*.json")}
+    files = {name: json.loads(body) for name, body in raw.items()}
+    edit(files["manifest.json"], files)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, content in files.items():  # the bytes as synthesized, unless the edit changed the file
+            zipped.writestr(name, raw[name] if name in raw and json.loads(raw[name]) == content else json.dumps(content))
+    with zipfile.ZipFile(io.BytesIO(archive.getvalue())) as zipped:
+        try:
+            handler_module._stacks_to_deploy(zipped)
+        except handler_module.Refused as refused:
+            return str(refused)
+    return ""
 
+
+def _support(manifest) -> dict:
+    (support,) = [a for a in manifest["artifacts"].values() if a.get("properties", {}).get("stackName") == SUPPORT]
+    return support
+
+
+def _pipeline_artifact(manifest) -> dict:
+    return manifest["artifacts"]["CoderPipeline"]
+
+
+def _second_support(manifest, files):
+    """Another artifact under the support stack's name, with a role in it: the CLI deploys both."""
+    evil = json.loads(json.dumps(_support(manifest)))
+    evil["properties"]["templateFile"] = "evil.template.json"
+    files["evil.template.json"] = {"Resources": {"Admin": {"Type": "AWS::IAM::Role", "DeletionPolicy": "Retain", "Properties": {
+        "AssumeRolePolicyDocument": {"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                    "Principal": {"AWS": "arn:aws:iam::999999999999:root"}}]}}}}}
+    manifest["artifacts"]["evil"] = evil
+    _pipeline_artifact(manifest)["dependencies"].append("evil")
+
+
+def _template_asset_elsewhere(manifest, files):
+    """The asset manifest publishes another file under the compared template's object key."""
+    assets = files["CoderPipeline.assets.json"]["files"]
+    key = next(k for k, a in assets.items() if a["source"]["path"] == "CoderPipeline.template.json")
+    assets[key]["source"]["path"] = "evil.template.json"
+    files["evil.template.json"] = {"Resources": {}}
+
+
+def _another_artifact_named_like_it(manifest, files):
+    """`cdk deploy CoderPipeline` selects by id: the artifact the guard would read must be that one."""
+    other = json.loads(json.dumps(_pipeline_artifact(manifest)))
+    manifest["artifacts"]["Decoy"] = other
+    _pipeline_artifact(manifest)["properties"]["stackName"] = "Something"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m, _f: _support(m).update(environment="aws://999999999999/eu-central-1"), "along with it"),
+    (lambda m, _f: _support(m)["properties"].update(stackName="Something-else"), "along with it"),
+    (lambda m, _f: _support(m).update(environment="aws://111111111111/us-west-2"), "along with it"),
+    (_second_support, f"would deploy {SUPPORT} twice"),
+    (lambda m, _f: _support(m)["properties"].update(stackTemplateAssetObjectUrl="s3://cdk-assets/x.json"),
+     "is not deployed as a CDK support stack is: stackTemplateAssetObjectUrl"),
+    (lambda m, _f: _support(m)["properties"].update(parameters={"A": "b"}), "is not deployed as a CDK support stack is"),
+    (lambda m, _f: _support(m)["properties"].update(assumeRoleArn="arn:aws:iam::111111111111:role/other"),
+     "is not deployed as a CDK support stack is: assumeRoleArn"),
+    (lambda m, _f: _support(m).update(dependencies=["CoderPipeline.assets"]), "would deploy something along with it"),
+    (_template_asset_elsewhere, "is not published from CoderPipeline.template.json alone"),
+    (lambda m, _f: _pipeline_artifact(m)["properties"].update(
+        stackTemplateAssetObjectUrl="s3://cdk-hnb659fds-assets-111111111111-us-west-2/" + "0" * 64 + ".json"),
+     "is not the template file's"),
+    (_another_artifact_named_like_it, "could mean, or one whose id and name differ"),
+])
+def test_an_assembly_that_would_deploy_what_the_guard_did_not_compare_is_refused(monkeypatch, three_environments, edit, message):
+    """Only `<pipeline stack>-support-<region>` in the pipeline's account and another region may come along, once,
+    deployed from its template file with the pipeline stack's roles; and the template `cdk deploy` deploys must be
+    the file compared."""
     monkeypatch.setenv("STACK_NAME", "CoderPipeline")
     monkeypatch.setenv("TEMPLATE_FILE", "CoderPipeline.template.json")
-    assert set(stacks(lambda _a: None)) == {"CoderPipeline", SUPPORT}
-    for edit in (lambda a: a.update(environment="aws://999999999999/eu-central-1"),
-                 lambda a: a["properties"].update(stackName="Something-else"),
-                 lambda a: a.update(environment="aws://111111111111/us-west-2")):
-        with pytest.raises(handler_module.Refused, match="would deploy"):
-            stacks(edit)
+    assert _refusal(three_environments.directory, lambda _m, _f: None) == ""
+    assert message in _refusal(three_environments.directory, edit)
+
+
+def test_any_change_to_a_support_stack_is_a_row(three_environments):
+    """An alias pointed at another key widens the pipeline's alias-scoped KMS grant without a policy statement: any
+    change to the support stack shows, not only policy statements."""
+    support = three_environments.templates[SUPPORT].body
+    assert widening.support_rows({SUPPORT: (support, copy.deepcopy(support))}) == []
+    repointed = copy.deepcopy(support)
+    alias = next(lid for lid, r in repointed["Resources"].items() if r["Type"] == "AWS::KMS::Alias")
+    repointed["Resources"][alias]["Properties"]["TargetKeyId"] = "arn:aws:kms:eu-central-1:111111111111:key/other"
+    assert widening.support_rows({SUPPORT: (support, repointed)}) == [f"{SUPPORT}: {alias} changes"]
+    extra = copy.deepcopy(support)
+    extra["Resources"]["AnotherKey"] = {"Type": "AWS::KMS::Key", "Properties": {}}
+    assert f"{SUPPORT}: AnotherKey added" in widening.support_rows({SUPPORT: (support, extra)})

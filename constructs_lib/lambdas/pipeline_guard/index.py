@@ -11,6 +11,7 @@ a commit cannot change the guard that checks it. Any failure to decide fails the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -36,37 +37,84 @@ def _job_data(codepipeline, job_id: str) -> dict:
     return details
 
 
+# What a CDK cross-region support stack's manifest entry may hold: deployed from its template file (no template
+# asset, no parameters) with the pipeline stack's own roles.
+SUPPORT_PROPERTIES = frozenset({"templateFile", "terminationProtection", "validateOnSynth", "assumeRoleArn",
+                                "cloudFormationExecutionRoleArn", "stackName"})
+
+
 def _stacks_to_deploy(zipped: zipfile.ZipFile) -> dict[str, tuple[str, dict]]:
     """{stack name: (region, template)}: the stack `cdk deploy <stack>` would deploy from this assembly, first, and the
     CDK cross-region support stacks it deploys along with it (`<stack>-support-<region>`, in the pipeline's account:
-    an environment in another region than the pipeline's). Anything else deployed along with it is refused."""
+    an environment in another region than the pipeline's). Anything else deployed along with it is refused, and so is
+    an assembly in which what would be deployed is not the template compared: the CLI selects the stack by its
+    artifact id and deploys the template asset it publishes (`stackTemplateAssetObjectUrl`), which must be the
+    template file itself."""
     manifest = json.loads(zipped.read("manifest.json"))
     artifacts = manifest.get("artifacts", {})
     stack_name = os.environ["STACK_NAME"]
-    found = [(artifact_id, a) for artifact_id, a in artifacts.items() if a.get("type") == "aws:cloudformation:stack"
-             and a.get("properties", {}).get("stackName", artifact_id) == stack_name]
-    if len(found) != 1:
-        raise Refused(f"the assembly holds {len(found)} stacks named {stack_name}")
-    artifact_id, artifact = found[0]
-    template_file = artifact["properties"].get("templateFile")
+    named = [(artifact_id, a) for artifact_id, a in artifacts.items() if a.get("type") == "aws:cloudformation:stack"
+             and stack_name in (artifact_id, a.get("displayName"), a.get("properties", {}).get("stackName", artifact_id))]
+    if len(named) != 1 or named[0][0] != stack_name or named[0][1].get("properties", {}).get("stackName", stack_name) != stack_name:
+        raise Refused(f"the assembly holds {len(named)} stacks that `cdk deploy {stack_name}` could mean, or one "
+                      "whose id and name differ")
+    artifact_id, artifact = named[0]
+    properties = artifact["properties"]
+    template_file = properties.get("templateFile")
     if template_file != os.environ["TEMPLATE_FILE"]:
         raise Refused(f"{stack_name} would deploy {template_file!r}, not {os.environ['TEMPLATE_FILE']}")
+    body = zipped.read(template_file)
+    _template_asset_is_the_file(zipped, artifacts, artifact, template_file, body)
     account, region = _environment(artifact)
-    stacks = {stack_name: (region, json.loads(zipped.read(template_file)))}
+    stacks = {stack_name: (region, json.loads(body))}
+    seen: set[tuple[str, str]] = set()
     for dependency in artifact.get("dependencies", []):
         other = artifacts.get(dependency, {})
         if other.get("type") == "cdk:asset-manifest":
             continue
-        name = other.get("properties", {}).get("stackName", dependency)
+        other_properties = other.get("properties", {})
+        name = other_properties.get("stackName", dependency)
         if other.get("type") != "aws:cloudformation:stack":
             raise Refused(f"{stack_name} would deploy {dependency} along with it")
         other_account, other_region = _environment(other)
         if (other_account, name) != (account, f"{stack_name}-support-{other_region}") or other_region == region:
             raise Refused(f"{stack_name} would deploy {dependency} along with it")
-        if [d for d in other.get("dependencies", []) if artifacts.get(d, {}).get("type") != "cdk:asset-manifest"]:
-            raise Refused(f"{name} would deploy other stacks along with it")
-        stacks[name] = (other_region, json.loads(zipped.read(other["properties"]["templateFile"])))
+        if (name, other_region) in seen:
+            raise Refused(f"{stack_name} would deploy {name} twice")
+        seen.add((name, other_region))
+        if other.get("dependencies"):
+            raise Refused(f"{name} would deploy something along with it")
+        unexpected = sorted(set(other_properties) - SUPPORT_PROPERTIES) + [
+            key for key in ("assumeRoleArn", "cloudFormationExecutionRoleArn") if other_properties.get(key) != properties.get(key)]
+        if unexpected:
+            raise Refused(f"{name} is not deployed as a CDK support stack is: {', '.join(unexpected)}")
+        stacks[name] = (other_region, json.loads(zipped.read(other_properties["templateFile"])))
     return stacks
+
+
+def _template_asset_is_the_file(zipped: zipfile.ZipFile, artifacts: dict, artifact: dict, template_file: str,
+                                body: bytes) -> None:
+    """The object `cdk deploy` deploys (stackTemplateAssetObjectUrl) is published from `template_file` and from
+    nothing else: its key is the file's sha256, the stack's asset manifest publishes that file (packaging `file`)
+    under that key, and no other asset writes it."""
+    url = artifact["properties"].get("stackTemplateAssetObjectUrl")
+    if url is None:
+        return
+    digest = hashlib.sha256(body).hexdigest()
+    key = url.rsplit("/", 1)[-1]
+    if key != f"{digest}.json":
+        raise Refused(f"the deployed template object ({key}) is not the template file's (sha256 {digest})")
+    ids = dict.fromkeys(artifact.get("dependencies", []) + artifact["properties"].get("additionalDependencies", []))
+    manifests = [artifacts[d] for d in ids if artifacts.get(d, {}).get("type") == "cdk:asset-manifest"]
+    writers = []
+    for manifest in manifests:
+        files = json.loads(zipped.read(manifest["properties"]["file"])).get("files", {})
+        for asset_id, asset in files.items():
+            keys = {d.get("objectKey") for d in asset.get("destinations", {}).values()}
+            if key in keys:
+                writers.append((asset_id, asset.get("source", {})))
+    if writers != [(digest, {"path": template_file, "packaging": "file"})]:
+        raise Refused(f"the deployed template object {key} is not published from {template_file} alone: {writers}")
 
 
 def _environment(artifact: dict) -> tuple[str, str]:

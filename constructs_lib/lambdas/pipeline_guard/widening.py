@@ -144,14 +144,25 @@ def fingerprint(rows: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()[:16]
 
 
+def _resources(template: dict) -> dict:
+    """A template's resources as they act: without CDK's metadata resource and the resources' Metadata."""
+    return {lid: {k: v for k, v in r.items() if k != "Metadata"} for lid, r in template.get("Resources", {}).items()
+            if r.get("Type") != "AWS::CDK::Metadata"}
+
+
 def support_rows(support: dict[str, tuple[dict | None, dict]]) -> list[str]:
     """Rows of the stacks deployed along with the pipeline stack ({name: (deployed template or None, new template)}:
-    CDK's cross-region support stacks): what each widens, prefixed by its name; one not deployed yet is new, and
-    everything in it shows."""
+    CDK's cross-region support stacks, a bucket, a key and its alias that no release changes): any change to one is a
+    row (an alias pointed at another key widens what the pipeline's alias-scoped grant reaches), with what it widens;
+    one not deployed yet is new, and everything in it shows."""
     rows = []
     for name, (old, new) in sorted(support.items()):
         if old is None:
             rows.append(f"new stack {name} deployed with the pipeline")
+        before, after = _resources(old or {}), _resources(new)
+        rows += [f"{name}: {lid} {'added' if lid not in before else 'removed' if lid not in after else 'changes'}"
+                 for lid in sorted(before.keys() | after.keys())
+                 if _canonical(before.get(lid)) != _canonical(after.get(lid))]
         rows += [f"{name}: {row}" for row in widening(old or {}, new)]
     return rows
 
