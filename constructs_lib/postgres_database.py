@@ -116,7 +116,7 @@ class PostgresDatabase(Group):
             self.instance.node.add_dependency(log_group)
         if settings.snapshot_identifier:
             self._restore_from(settings.snapshot_identifier)
-        self.master_secret.add_rotation_schedule(
+        rotation = self.master_secret.add_rotation_schedule(
             "Rotation",
             automatically_after=MASTER_ROTATION,
             hosted_rotation=secretsmanager.HostedRotation.postgre_sql_single_user(
@@ -126,6 +126,10 @@ class PostgresDatabase(Group):
                 security_groups=[rotation_security_group],
             ),
         )
+        # Secrets Manager rotates when the schedule is created: only once the instance exists (created or restored)
+        # and the secret names it (the attachment), never against an instance still being created.
+        attachment = self.master_secret.node.try_find_child("Attachment")
+        rotation.node.add_dependency(attachment if attachment is not None else self.instance)
         self.endpoint = self.instance.db_instance_endpoint_address
         self.port = self.instance.db_instance_endpoint_port
         self._acknowledge(environment, settings)

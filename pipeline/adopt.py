@@ -318,7 +318,8 @@ def _read_instance(session, name: str):
     (instance,) = answer["DBInstances"]
     return {"DBInstanceIdentifier": name}, {
         "DBInstanceIdentifier": name, "Engine": instance.get("Engine"), "EngineVersion": instance.get("EngineVersion"),
-        "StorageEncrypted": instance.get("StorageEncrypted"), "KmsKeyId": instance.get("KmsKeyId")}
+        "StorageEncrypted": instance.get("StorageEncrypted"), "KmsKeyId": instance.get("KmsKeyId"),
+        "AllocatedStorage": instance.get("AllocatedStorage")}
 
 
 def _read_namespace(session, name: str):
@@ -506,6 +507,11 @@ def restore(target: Named, source: str, environment: EnvironmentConfig, snapshot
     if origin and not (origin.get("Encrypted") or origin.get("StorageEncrypted")):
         finding.blocking.append(f"{'snapshot ' + wanted if snapshot else 'the instance ' + source} is not encrypted: "
                                 "restore from an encrypted copy (aws rds copy-db-snapshot --kms-key-id ...)")
+    storage = int(origin.get("AllocatedStorage") or 0)
+    wanted_storage = int(target.resource.get("Properties", {}).get("AllocatedStorage") or 0)
+    if storage and wanted_storage and storage > wanted_storage:
+        finding.blocking.append(f"{storage} GiB allocated ({'snapshot' if snapshot else source}), the template "
+                                f"{wanted_storage}: set database.allocated_storage_gb to at least {storage} (storage only grows)")
     major = str(origin.get("EngineVersion", "")).split(".")[0]
     wanted_major = str(target.resource.get("Properties", {}).get("EngineVersion", "")).split(".")[0]
     if major and wanted_major and major != wanted_major:
@@ -690,6 +696,12 @@ def adopt(config: AppConfig, environment: EnvironmentConfig, stage: Path, sessio
                 destroyed.append(resource.address)
             else:
                 kept.append((resource.address, f"{resource.type} with no counterpart in the stacks"))
+    master = environment.secret_name("rds/master")
+    for finding in findings:
+        if finding.action == RESTORE and not any(f.action == IMPORT and f.name == master and not f.blocking for f in findings):
+            finding.blocking.append(f"{master} is not in the account to import: the restored instance keeps the Terraform "
+                                    "login, which the stacks read from that secret (RDS's JSON: username, password); "
+                                    "put it there first")
     return Result(environment.name, findings, destroyed, kept, paths, clusters), _imports(findings, live_of), templates
 
 
@@ -809,6 +821,17 @@ def _expanding(value) -> str:
     return '"' + json.dumps(value, separators=(",", ":")).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _json_secrets(template: dict) -> set[str]:
+    """Logical ids of the secrets the stack reads as JSON: generated from a JSON template, or filled field by field."""
+    found = {lid for lid, r in template.get("Resources", {}).items() if r.get("Type") == "AWS::SecretsManager::Secret"
+             and "SecretStringTemplate" in r.get("Properties", {}).get("GenerateSecretString", {})}
+    for resource in template.get("Resources", {}).values():
+        props = resource.get("Properties", {})
+        if resource.get("Type") == "Custom::SecretFields" and ("Fields" in props or props.get("Placeholder", {}).get("Field")):
+            found |= _references(props.get("SecretId"))
+    return found
+
+
 def _stack_output(template: dict, value) -> str | None:
     """The name of a stack's output whose value is `value`."""
     return next((name for name, output in template.get("Outputs", {}).items() if output.get("Value") == value), None)
@@ -886,13 +909,25 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
     freeze = ["The pipeline must not deploy this environment until the stacks are ready for it:", "", "```bash",
               f"aws codepipeline disable-stage-transition --pipeline-name {pipeline_name} --stage-name "
               f"{environment.stage_id} --transition-type Inbound --reason \"cutover from Terraform\"", "```", "",
-              "Announce the window and lower the TTL of the platform's names. In the Terraform code set every ECS "
-              "service's `desired_count = 0` and `terraform apply` (scaled by hand, the next apply would start them "
-              "again). Stop the workspaces (they write to the home directories) in Coder, then make sure no task is "
-              "left:"]
-    freeze += ["", "```bash", *[f"for task in $(aws ecs list-tasks --cluster {c} --query taskArns --output text); do "
-                                f"aws ecs stop-task --cluster {c} --task $task --reason cutover; done"
-                                for c in result.clusters or ["<each Terraform ECS cluster>"]], "```"]
+              "Announce the window and lower the TTL of the platform's names. While Coder still runs, stop every "
+              "workspace in Coder (they write to the home directories). Then nothing of them may be left: each "
+              "service of the Terraform clusters at 0 tasks, until no task runs:"]
+    clusters = result.clusters or ["<each Terraform ECS cluster>"]
+    freeze += ["", "```bash", *[f"for service in $(aws ecs list-services --cluster {c} --query serviceArns --output text); "
+                                f"do aws ecs update-service --cluster {c} --service $service --desired-count 0 "
+                                ">/dev/null; done" for c in clusters],
+               *[f"until [ -z \"$(aws ecs list-tasks --cluster {c} --query taskArns --output text)\" ]; do sleep 15; done"
+                 for c in clusters], "```", "",
+               "Then in the Terraform code set every ECS service's `desired_count = 0` and `terraform apply` (scaled "
+               "only by hand, the next apply would start them again)."]
+    if database:
+        master = environment.secret_name("rds/master")
+        freeze += ["", f"The database's login stays as it is until the restore: no rotation of `{master}` from now on, "
+                   "and its current version noted for the way back:", "", "```bash",
+                   f"aws secretsmanager cancel-rotate-secret --secret-id {master}",
+                   f"aws secretsmanager list-secret-version-ids --secret-id {master} --query "
+                   f"\"Versions[?contains(VersionStages, 'AWSCURRENT')].VersionId\" --output text > {out / 'rds-master-version.txt'}",
+                   "```"]
     if database and not snapshot_exists:
         freeze += ["", "Then the database's final snapshot:", "", "```bash",
                    f"aws rds create-db-snapshot --db-instance-identifier {source} --db-snapshot-identifier {final}",
@@ -953,15 +988,39 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
         body += [f"Back: `aws cloudformation delete-stack --stack-name {stack}` (every imported resource is Retain: it "
                  "stays, and Terraform can import it again)."]
         steps.append((f"Import into {stack}", body))
-    steps.append(("Network and Data, by hand", [
-        "Before any service starts on the new platform (the data must be in place first), deploy the two lower stacks "
-        "from the assembly synthesized with the committed config" + (" (the database is restored from the snapshot "
-                                                                      "here)" if database else "") + ":",
-        "", "```bash", f"make synth CONFIG={config_path}",
-        f"npx cdk deploy --app {stage_app} {' '.join(first)} --exclusively --require-approval never", "```", "",
-        "Back: delete the Data stack, then the Network stack (the database leaves a final snapshot; imported and "
-        "retained resources stay)" + (f"; rename {source}-terraform back" if database and source == database.name
-                                      else "") + "."]))
+    data_stack = next((name for name in paths if name.endswith("-Data")), "")
+    json_secrets = [f.name for f in by[IMPORT] if f.type == "AWS::SecretsManager::Secret"
+                    and f.logical_id in _json_secrets(templates.get(f.stack, {})) and f.logical_id in imports.get(f.stack, {})]
+    hand = ["Before any service starts on the new platform (the data must be in place first), deploy the two lower stacks "
+            "from the assembly synthesized with the committed config" + (" (the database is restored from the snapshot "
+                                                                         "here)" if database else "") + "."]
+    if json_secrets:
+        hand += ["", "The imported secrets the stacks read as JSON must hold a JSON object (a plain string fails the "
+                 "deploy, untouched: put the same value under its field first); this prints nothing but the names "
+                 "that do not:", "", "```bash",
+                 *[f"aws secretsmanager get-secret-value --secret-id {name} --query SecretString --output text | "
+                   "python3 -c 'import json, sys; sys.exit(not isinstance(json.load(sys.stdin), dict))' 2>/dev/null "
+                   f"|| echo 'not a JSON object: {name}'" for name in json_secrets], "```"]
+    hand += ["", "Without rollback: a failure leaves what was made in place (a restored database, named secrets) for the "
+             "same command to go on from once the cause is fixed, instead of a rollback that cannot delete the "
+             "deletion-protected database and leaves the names taken:", "", "```bash", f"make synth CONFIG={config_path}",
+             f"npx cdk deploy --app {stage_app} {' '.join(first)} --exclusively --require-approval never --no-rollback",
+             "```", ""]
+    back = [f"aws cloudformation update-termination-protection --no-enable-termination-protection --stack-name {data_stack}"]
+    if database:
+        master = environment.secret_name("rds/master")
+        back += [f"aws rds modify-db-instance --db-instance-identifier {database.name} --no-deletion-protection "
+                 "--apply-immediately",
+                 f"aws secretsmanager update-secret-version-stage --secret-id {master} --version-stage AWSCURRENT "
+                 f"--move-to-version-id $(cat {out / 'rds-master-version.txt'}) --remove-from-version-id $(aws "
+                 f"secretsmanager list-secret-version-ids --secret-id {master} --query "
+                 "\"Versions[?contains(VersionStages, 'AWSCURRENT')].VersionId\" --output text)"]
+    back += [f"aws cloudformation delete-stack --stack-name {name}" for name in (data_stack, *[n for n in paths if n.endswith("-Network")])]
+    hand += ["Back: protections off, the database's login as it was (the stack's rotation may have changed it), then "
+             "the stacks deleted (the database leaves a final snapshot; imported and retained resources stay)"
+             + (f"; then rename {source}-terraform back" if database and source == database.name else "") + ":", "",
+             "```bash", *back, "```"]
+    steps.append(("Network and Data, by hand", hand))
     copy_lines: list[str] = []
     for finding in by[COPY]:
         if finding.type == "AWS::S3::Bucket":
@@ -977,38 +1036,48 @@ def runbook(result: Result, environment: EnvironmentConfig, assembly: Path, stag
         trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "datasync.amazonaws.com"},
                                                           "Action": "sts:AssumeRole",
                                                           "Condition": {"StringEquals": {"aws:SourceAccount": account}}}]}
-        copy_policy = {"Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite",
-                                          "elasticfilesystem:ClientRootAccess"],
-            "Resource": [old_arn, f"arn:aws:elasticfilesystem:{region}:{account}:file-system/$NEW_FS"]}]}
-        tls_only = {"Version": "2012-10-17", "Statement": [s for s in policies.get(f"{qualifier}-workspaces", {}).get(
-            "Statement", []) if s.get("Sid") == "TlsOnly"]}
+        role_arn = f"arn:aws:iam::{account}:role/{role}"
+        copy_policy = {"Version": "2012-10-17", "Statement": [
+            {"Sid": "ReadTheSource", "Effect": "Allow", "Action": ["elasticfilesystem:ClientMount",
+                                                                   "elasticfilesystem:ClientRootAccess"], "Resource": old_arn},
+            {"Sid": "WriteTheCopy", "Effect": "Allow", "Action": [
+                "elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite", "elasticfilesystem:ClientRootAccess"],
+             "Resource": f"arn:aws:elasticfilesystem:{region}:{account}:file-system/$NEW_FS"}]}
+        # The template's policy, but the copy role exempt from its access-point and root refusals (everyone else not).
+        relaxed = json.loads(json.dumps(policies.get(f"{qualifier}-workspaces", {"Statement": []})))
+        for statement in relaxed.get("Statement", []):
+            if statement.get("Sid") in ("AccessPointsOnly", "NoRootAccess"):
+                statement.setdefault("Condition", {})["ArnNotEquals"] = {"aws:PrincipalArn": role_arn}
         copy_lines += [
-            f"- {finding.what}: AWS DataSync, EFS to EFS over TLS. The new file system's policy refuses root access "
-            "and mounts without an access point to everyone; DataSync copies as root, so that policy is relaxed for the "
-            f"copy and put back from `{out / 'efs-workspaces.policy.json'}` (the template's) right after it; the "
-            "drift check of the next release shows it if it is not.", "", "```bash",
+            f"- {finding.what}: AWS DataSync, EFS to EFS over TLS, with a role made for it (it may read the source and "
+            "write the copy, as root) and deleted after it. The new file system's policy refuses root access and mounts "
+            "without an access point to everyone; for the copy that role alone is exempted, and the template's policy "
+            f"is put back from `{out / 'efs-workspaces.policy.json'}` once it is done (the next release's drift check "
+            "shows it if it is not).", "", "```bash",
             f"NEW_FS={_output(*endpoints['file_system'])}",
             f"NEW_SUBNET={_output(*endpoints['subnet'])}",
             f"NEW_SG={_output(*endpoints['security_group'])}",
             f"aws iam create-role --role-name {role} --assume-role-policy-document {_shell(trust)}",
             f"aws iam put-role-policy --role-name {role} --policy-name copy --policy-document {_expanding(copy_policy)}",
-            f"aws efs put-file-system-policy --file-system-id $NEW_FS --policy {_shell(tls_only)}",
+            f"aws efs put-file-system-policy --file-system-id $NEW_FS --policy {_shell(relaxed)}",
             f"SOURCE=$(aws datasync create-location-efs --efs-filesystem-arn {old_arn} --ec2-config "
             f"SubnetArn=arn:aws:ec2:{region}:{account}:subnet/{mount.get('SubnetId', '<subnet>')},"
             f"SecurityGroupArns=arn:aws:ec2:{region}:{account}:security-group/{mount.get('SecurityGroupId', '<group>')} "
-            f"--in-transit-encryption TLS1_2 --file-system-access-role-arn arn:aws:iam::{account}:role/{role} "
-            "--query LocationArn --output text)",
+            f"--in-transit-encryption TLS1_2 --file-system-access-role-arn {role_arn} --query LocationArn --output text)",
             f"TARGET=$(aws datasync create-location-efs --efs-filesystem-arn arn:aws:elasticfilesystem:{region}:"
             f"{account}:file-system/$NEW_FS --ec2-config SubnetArn=arn:aws:ec2:{region}:{account}:subnet/$NEW_SUBNET,"
             f"SecurityGroupArns=arn:aws:ec2:{region}:{account}:security-group/$NEW_SG --in-transit-encryption TLS1_2 "
-            f"--file-system-access-role-arn arn:aws:iam::{account}:role/{role} --query LocationArn --output text)",
+            f"--file-system-access-role-arn {role_arn} --query LocationArn --output text)",
             "TASK=$(aws datasync create-task --source-location-arn $SOURCE --destination-location-arn $TARGET --options "
             "VerifyMode=POINT_IN_TIME_CONSISTENT,PreserveDeletedFiles=REMOVE,PosixPermissions=PRESERVE,Uid=BOTH,Gid=BOTH "
             "--query TaskArn --output text)",
             "EXECUTION=$(aws datasync start-task-execution --task-arn $TASK --query TaskExecutionArn --output text)",
-            "aws datasync describe-task-execution --task-execution-arn $EXECUTION --query Status   # until SUCCESS",
+            "until STATUS=$(aws datasync describe-task-execution --task-execution-arn $EXECUTION --query Status --output "
+            "text); [ \"$STATUS\" = SUCCESS ] || [ \"$STATUS\" = ERROR ]; do sleep 60; done; echo \"copy: $STATUS\"   "
+            "# go on only after SUCCESS; ERROR: see the execution, start it again",
             f"aws efs put-file-system-policy --file-system-id $NEW_FS --policy file://{out / 'efs-workspaces.policy.json'}",
+            "aws datasync delete-task --task-arn $TASK && aws datasync delete-location --location-arn $SOURCE && "
+            "aws datasync delete-location --location-arn $TARGET",
             f"aws iam delete-role-policy --role-name {role} --policy-name copy && aws iam delete-role --role-name {role}",
             "```", ""]
     if copy_lines:

@@ -240,8 +240,19 @@ def test_the_runbook_goes_step_by_step_with_a_way_back_at_each(assembly, world, 
     assert "database.snapshot_identifier is empty" in runbook  # this config restores nothing yet
     # the freeze holds through Terraform's own code, and stops what writes to the home directories
     assert "`desired_count = 0` and `terraform apply`" in sections[0]
-    assert ("for task in $(aws ecs list-tasks --cluster coder-production --query taskArns --output text); do aws ecs "
-            "stop-task --cluster coder-production --task $task --reason cutover; done") in sections[0]
+    assert sections[0].index("stop every workspace in Coder") < sections[0].index("`desired_count = 0`")
+    assert ("for service in $(aws ecs list-services --cluster coder-production --query serviceArns --output text); do "
+            "aws ecs update-service --cluster coder-production --service $service --desired-count 0") in sections[0]
+    assert 'until [ -z "$(aws ecs list-tasks --cluster coder-production --query taskArns --output text)" ]' in sections[0]
+    assert "aws secretsmanager cancel-rotate-secret --secret-id prod/rds/master" in sections[0]
+    # the hand deploy: no rollback, JSON secrets checked first, and a way back past the protections
+    assert "--exclusively --require-approval never --no-rollback" in sections[4]
+    assert "not a JSON object: prod/litellm/master-key" in sections[4]
+    assert "--no-enable-termination-protection --stack-name Production-Data" in sections[4]
+    assert "--move-to-version-id $(cat " in sections[4]
+    # the copy: waited for, cleaned up; the relaxed policy exempts the copy role alone
+    assert "until STATUS=$(aws datasync describe-task-execution" in sections[5] and "aws datasync delete-task" in sections[5]
+    assert '"ArnNotEquals":{"aws:PrincipalArn":"arn:aws:iam::333333333333:role/coder-production-adopt-datasync"}' in sections[5]
     # the rename is waited for under the new name (a waiter on it would fail at once: DBInstanceNotFound)
     assert "until [ \"$(aws rds describe-db-instances --db-instance-identifier coder-production-postgres-terraform" in sections[2]
     # the copy reads what it needs from the outputs of the stacks deployed by hand in the step before it
@@ -256,8 +267,9 @@ def test_a_terraform_database_of_another_name_is_restored_from_its_own_snapshot(
     rds = session.client("rds")
     rds.create_db_instance(DBInstanceIdentifier="coder-prod-db", Engine="postgres", EngineVersion="15.8",
                            DBInstanceClass="db.r6g.large", MasterUsername="coder", MasterUserPassword="x" * 24,
-                           AllocatedStorage=100, StorageEncrypted=False)
+                           AllocatedStorage=200, StorageEncrypted=False)
     rds.delete_db_instance(DBInstanceIdentifier="coder-production-postgres", SkipFinalSnapshot=True)
+    session.client("secretsmanager").delete_secret(SecretId="prod/rds/master", ForceDeleteWithoutRecovery=True)
     resources = state["values"]["root_module"]["resources"]
     resources[0] = _tf("aws_db_instance", "main", {"identifier": "coder-prod-db", "engine": "postgres"})
     resources[:] = [r for r in resources if r["type"] != "aws_efs_file_system"] + [
@@ -270,6 +282,8 @@ def test_a_terraform_database_of_another_name_is_restored_from_its_own_snapshot(
     blocking = " ".join(database["blocking"])
     assert "the instance coder-prod-db is not encrypted" in blocking and "PostgreSQL 15 (coder-prod-db), the template 16" in blocking
     assert "database.snapshot_identifier is empty" in blocking and "coder-prod-db-final-terraform" in blocking
+    assert "200 GiB allocated (coder-prod-db), the template 100: set database.allocated_storage_gb to at least 200" in blocking
+    assert "prod/rds/master is not in the account to import" in blocking
     copies = [f for f in found if f["type"] == "AWS::EFS::FileSystem"]
     assert len(copies) == 2 and all("2 Terraform file systems" in " ".join(f["blocking"]) for f in copies)
     runbook = (tmp_path / "out" / "runbook.md").read_text()
@@ -321,8 +335,11 @@ def test_every_aws_command_of_the_runbook_is_one_the_cli_knows(assembly, world, 
             else:
                 operation_name = next((n for n in model.operation_names if xform_name(n, "-") == operation), None)
                 assert operation_name, part
-            members = {xform_name(m, "-") for m in model.operation_model(operation_name).input_shape.members}
-            unknown = [o for o in options if o not in members | {"query", "output", "region"}]
+            shape = model.operation_model(operation_name).input_shape
+            members = {xform_name(m, "-") for m in shape.members}
+            booleans = {xform_name(m, "-") for m, s in shape.members.items() if s.type_name == "boolean"}
+            unknown = [o for o in options if o not in members | {"query", "output", "region"}
+                       and not (o.startswith("no-") and o[3:] in booleans)]
             assert not unknown, (part, unknown)
             checked += 1
     assert checked >= 20

@@ -366,3 +366,14 @@ def test_staging_and_production_share_logical_ids(assembly):
     extra = set(production.resources) - set(staging.resources)
     assert set(staging.resources) <= set(production.resources)
     assert extra and all(lid.startswith("TerminationProtection") for lid in extra)
+
+
+def test_the_master_secret_rotates_only_once_the_instance_exists(assembly):
+    """Secrets Manager rotates when the schedule is created: after the attachment (the instance created or restored
+    from a snapshot and named in the secret), never against an instance still being created."""
+    for stage in ("Staging", "Production"):
+        data = assembly.stack(stage, "Data")
+        (rotation,) = [r for r in data.resources.values() if r["Type"] == "AWS::SecretsManager::RotationSchedule"]
+        (attachment,) = [lid for lid, r in data.resources.items() if r["Type"] == "AWS::SecretsManager::SecretTargetAttachment"]
+        assert attachment in rotation.get("DependsOn", [])
+        assert data.resources[attachment]["Properties"]["TargetId"] == {"Ref": data.logical_id("/Data/Database/Postgres/Resource")}
