@@ -31,34 +31,35 @@ from pathlib import Path
 from config.loader import ConfigError, load_config
 from config.model import AppConfig, EnvironmentConfig
 from pipeline.assembly import AssemblyError, read_json, stage_name
-from pipeline.changes import _create_only, _references
+from pipeline.bootstrap import QUALIFIER
+from pipeline.changes import _references
+from pipeline.resource_schemas import create_only
 
-QUALIFIER = "hnb659fds"
 IMPORT = "import"
 RESTORE = "restore"
 COPY = "copy"
 LEAVE = "leave to Terraform"
 KEEP = "keep"  # Terraform forgets it and nobody deletes it: it encrypts data that moves
 
-# The types whose names the stacks fix: (the property holding the name, whether CloudFormation can import it, whether
-# it holds data that must not be lost). Import support: CloudFormation's "Resource type support" table.
-TYPES: dict[str, tuple[str, bool, bool]] = {
-    "AWS::RDS::DBInstance": ("DBInstanceIdentifier", True, True),
-    "AWS::SecretsManager::Secret": ("Name", True, True),
-    "AWS::S3::Bucket": ("BucketName", True, True),
-    "AWS::DynamoDB::Table": ("TableName", True, True),
-    "AWS::Logs::LogGroup": ("LogGroupName", True, True),
-    "AWS::Backup::BackupVault": ("BackupVaultName", True, True),
-    "AWS::SSM::Parameter": ("Name", True, False),
-    "AWS::CloudWatch::Alarm": ("AlarmName", True, False),
-    "AWS::CloudWatch::Dashboard": ("DashboardName", True, False),
-    "AWS::SNS::Topic": ("TopicName", True, False),
-    "AWS::ECS::Cluster": ("ClusterName", True, False),
-    "AWS::IAM::Role": ("RoleName", True, False),
-    "AWS::KMS::Alias": ("AliasName", True, False),
-    "AWS::ServiceDiscovery::PrivateDnsNamespace": ("Name", True, False),
+# The types whose names the stacks fix, each one CloudFormation can import ("Resource type support"): (the property
+# holding the name, whether it holds data that must not be lost: imported; otherwise deleted and made anew).
+TYPES: dict[str, tuple[str, bool]] = {
+    "AWS::RDS::DBInstance": ("DBInstanceIdentifier", True),
+    "AWS::SecretsManager::Secret": ("Name", True),
+    "AWS::S3::Bucket": ("BucketName", True),
+    "AWS::DynamoDB::Table": ("TableName", True),
+    "AWS::Logs::LogGroup": ("LogGroupName", True),
+    "AWS::Backup::BackupVault": ("BackupVaultName", True),
+    "AWS::SSM::Parameter": ("Name", False),
+    "AWS::CloudWatch::Alarm": ("AlarmName", False),
+    "AWS::CloudWatch::Dashboard": ("DashboardName", False),
+    "AWS::SNS::Topic": ("TopicName", False),
+    "AWS::ECS::Cluster": ("ClusterName", False),
+    "AWS::IAM::Role": ("RoleName", False),
+    "AWS::KMS::Alias": ("AliasName", False),
+    "AWS::ServiceDiscovery::PrivateDnsNamespace": ("Name", False),
     # The hosted rotation's function (the stacks name it in a RotationSchedule's HostedRotationLambda).
-    "AWS::Lambda::Function": ("FunctionName", True, False),
+    "AWS::Lambda::Function": ("FunctionName", False),
 }
 
 # Terraform's resource types: the CloudFormation type of the counterpart, and the attribute holding its name.
@@ -119,11 +120,6 @@ class TerraformResource:
     name: str | None  # the physical name, where the type has one
     values: dict = field(repr=False, compare=False)
 
-    @property
-    def removable_by_block(self) -> bool:
-        """A `removed` block names a resource without instance keys; one with count/for_each is `terraform state rm`."""
-        return "[" not in self.address
-
 
 @dataclass
 class Finding:
@@ -182,10 +178,8 @@ def named_resources(stage: Path) -> list[Named]:
 
 # --- the account -----------------------------------------------------------------------------------------------------
 
-# Each type's reader: the resource's import identifier and its properties as CloudFormation names them, or None when
-# no resource of that name exists. Read-only calls the bootstrap's lookup role (ReadOnlyAccess) may make.
-Reader = Callable[[object, str], "tuple[dict, dict] | None"]
-
+# Each type's reader (READERS): the resource's import identifier and its properties as CloudFormation names them, or
+# None when no resource of that name exists. Read-only calls the bootstrap's lookup role (ReadOnlyAccess) may make.
 
 # What each service answers for a name that does not exist (anything else, AccessDenied included, is an error).
 MISSING_CODES = frozenset({"ResourceNotFoundException", "ParameterNotFound", "NoSuchEntity", "DBInstanceNotFound",
@@ -389,10 +383,11 @@ def read_terraform(path: Path) -> list[TerraformResource]:
         document = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise AdoptError(f"{path}: not readable as JSON ({error})") from None
-    if not isinstance(document, dict) or "format_version" not in document or not isinstance(
-            document.get("values", {}).get("root_module") if isinstance(document.get("values"), dict) else None, dict):
-        hint = " (a raw .tfstate: give `terraform show -json` output instead)" if isinstance(document, dict) and \
-            "resources" in document and "version" in document else ""
+    values = document.get("values") if isinstance(document, dict) else None
+    if (not isinstance(document, dict) or "format_version" not in document or not isinstance(values, dict)
+            or not isinstance(values.get("root_module"), dict)):
+        raw = isinstance(document, dict) and "resources" in document and "version" in document
+        hint = " (a raw .tfstate: give `terraform show -json` output instead)" if raw else ""
         raise AdoptError(f"{path}: not `terraform show -json` output: it needs format_version and "
                          f"values.root_module{hint}")
     found = []
@@ -450,26 +445,24 @@ def differences(named: Named, live: dict) -> tuple[list[str], list[str]]:
     """(every difference, those CloudFormation can only settle by replacing the resource) between the template and
     the live resource, on the properties the reader sees."""
     props = named.resource.get("Properties", {})
-    create_only = _create_only(named.type)
+    replacing = create_only(named.type)
     found, blocking = [], []
     for key, live_value in sorted(live.items()):
         if key not in props:
             if live_value not in (None, "", [], {}):
                 found.append(f"{key}: live {json.dumps(live_value, default=str)}, the template sets none")
             continue
-        value = props[key]
-        if not _literal(value):
-            if live_value not in (None, ""):
-                line = f"{key}: live {json.dumps(live_value, default=str)}, the template's comes from the stack"
-                found.append(line)
-                if key in create_only:
-                    blocking.append(line)
+        if _literal(props[key]):
+            if _same(props[key], live_value):
+                continue
+            line = f"{key}: live {json.dumps(live_value, default=str)}, template {json.dumps(props[key])}"
+        elif live_value in (None, ""):
             continue
-        if not _same(value, live_value):
-            line = f"{key}: live {json.dumps(live_value, default=str)}, template {json.dumps(value)}"
-            found.append(line)
-            if key in create_only:
-                blocking.append(line)
+        else:
+            line = f"{key}: live {json.dumps(live_value, default=str)}, the template's comes from the stack"
+        found.append(line)
+        if key in replacing:
+            blocking.append(line)
     return found, blocking
 
 
@@ -528,13 +521,13 @@ def decide(named: Named, live: tuple[dict, dict], environment: EnvironmentConfig
         return restore(named, named.name, environment, snapshot, properties)
     finding = Finding(IMPORT, f"{named.stack}/{named.logical_id} ({named.type} {named.name})", named.stack,
                       named.logical_id, named.type, named.name)
-    _, importable, stateful = TYPES[named.type]
+    _, stateful = TYPES[named.type]
     if properties.get("Owner") == "unreadable":
         finding.blocking.append("the bucket exists but answers 403: another account's (choose another project name), "
                                 "or its policy refuses the lookup role (let it read the bucket, then run again)")
         return finding
     found, blocking = differences(named, properties) if named.resource.get("Type") == named.type else ([], [])
-    if importable and stateful:
+    if stateful:
         finding.identifier = identifier
         finding.differences, finding.blocking = found, blocking
         if named.resource.get("DeletionPolicy") not in ("Retain", "RetainExceptOnCreate"):
@@ -734,14 +727,23 @@ def _mount_point(session, file_system: str, finding: Finding) -> dict:
     return {}
 
 
-def _workspaces_file_system(templates: dict[str, dict]) -> tuple[str, str]:
+def _file_systems(templates: dict[str, dict]) -> list[tuple[str, str, str, dict]]:
+    """(stack, logical id, Name tag, properties) of each file system of the stacks."""
+    found = []
     for stack, template in templates.items():
         for logical_id, resource in template.get("Resources", {}).items():
             if resource.get("Type") == "AWS::EFS::FileSystem":
-                tags = {t["Key"]: t["Value"] for t in resource.get("Properties", {}).get("FileSystemTags", [])}
-                if str(tags.get("Name", "")).endswith("-workspaces"):
-                    return stack, logical_id
-    raise AdoptError("the stacks have no workspaces file system")
+                props = resource.get("Properties", {})
+                tags = {t["Key"]: t["Value"] for t in props.get("FileSystemTags", [])}
+                found.append((stack, logical_id, str(tags.get("Name", "")), props))
+    return found
+
+
+def _workspaces_file_system(templates: dict[str, dict]) -> tuple[str, str]:
+    found = [(stack, lid) for stack, lid, name, _ in _file_systems(templates) if name.endswith("-workspaces")]
+    if not found:
+        raise AdoptError("the stacks have no workspaces file system")
+    return found[0]
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------
@@ -801,15 +803,8 @@ def write(out: Path, result: Result, imports: dict[str, dict], templates: dict[s
 
 def _file_system_policies(templates: dict[str, dict]) -> dict[str, dict]:
     """Each file system's policy as the template sets it, by its Name tag: put back after the copy."""
-    found = {}
-    for template in templates.values():
-        for resource in template.get("Resources", {}).values():
-            if resource.get("Type") == "AWS::EFS::FileSystem":
-                props = resource.get("Properties", {})
-                tags = {t["Key"]: t["Value"] for t in props.get("FileSystemTags", [])}
-                if "FileSystemPolicy" in props and _literal(props["FileSystemPolicy"]):
-                    found[str(tags.get("Name", ""))] = props["FileSystemPolicy"]
-    return found
+    return {name: props["FileSystemPolicy"] for _, _, name, props in _file_systems(templates)
+            if "FileSystemPolicy" in props and _literal(props["FileSystemPolicy"])}
 
 
 def _shell(value) -> str:

@@ -298,19 +298,6 @@ def judge_drift(
 # --- what changes -------------------------------------------------------------------------------------------------
 
 
-# Properties that replace the resource when they change although the schema does not say so (CloudFormation's template
-# reference): AWS::RDS::DBInstance, a changed DBSnapshotIdentifier restores a new instance and deletes the original, a
-# removed one creates an empty instance and deletes the original; AWS::DynamoDB::Table, KeySchema "Update requires:
-# Replacement".
-REPLACING = {"AWS::RDS::DBInstance": {"DBSnapshotIdentifier"}, "AWS::DynamoDB::Table": {"KeySchema"}}
-
-
-def _create_only(resource_type: str) -> set[str]:
-    """Top-level properties whose change makes CloudFormation replace the resource (its resource schema, committed in
-    pipeline/create-only.json; REPLACING)."""
-    return set(create_only(resource_type)) | REPLACING.get(resource_type, set())
-
-
 def _references(value) -> set[str]:
     """Logical ids a value refers to (Ref, GetAtt, ${...} in Sub)."""
     found: set[str] = set()
@@ -374,7 +361,7 @@ def diff_stack(stage: str, stack: str, old: dict, new: dict) -> tuple[list[Chang
         old_props, new_props = before.get("Properties", {}), after.get("Properties", {})
         changed = sorted(k for k in old_props.keys() | new_props.keys() if old_props.get(k) != new_props.get(k))
         changed += sorted(k for k in before.keys() | after.keys() if k != "Properties" and before.get(k) != after.get(k))
-        replaced = before["Type"] != kind or bool(set(changed) & _create_only(kind))
+        replaced = before["Type"] != kind or bool(set(changed) & create_only(kind))
         changes[lid] = Change(stage, stack, lid, kind, "modify", changed, "yes" if replaced else "no", kind in STATEFUL_TYPES)
     _follow_replacements(changes, new_resources, stage, stack)
     rows = []
@@ -406,7 +393,7 @@ def _follow_replacements(changes: dict[str, Change], resources: dict, stage: str
             if current is not None and (current.action == "add" or current.replacement in ("yes", "maybe")):
                 continue
             kind, props = resource["Type"], resource.get("Properties", {})
-            inputs = [name for name in _create_only(kind) if _references(props.get(name)) & replaced]
+            inputs = [name for name in create_only(kind) if _references(props.get(name)) & replaced]
             if not inputs:
                 continue
             if current is None:
@@ -496,7 +483,7 @@ def _follow_across_stacks(changes: list[Change], stacks: Sequence[StackTemplate]
                 props = resource.get("Properties", {})
                 reads = {name: sorted(_stack_outputs(value) & moved) for name, value in props.items()}
                 reads = {name: pairs for name, pairs in reads.items() if pairs}
-                same_stack = [name for name in _create_only(kind)
+                same_stack = [name for name in create_only(kind)
                               if {(stack.name, ref) for ref in _references(props.get(name))} & gone]
                 labels = {f"{name} (reads {'/'.join(pairs[0])}, a replaced resource's)" for name, pairs in reads.items()}
                 labels |= {f"{name} (refers to a replaced resource)" for name in same_stack}
@@ -508,7 +495,7 @@ def _follow_across_stacks(changes: list[Change], stacks: Sequence[StackTemplate]
                     current = index[(stack.name, lid)] = Change(stack.stage, stack.name, lid, kind, "modify",
                                                                 stateful=kind in STATEFUL_TYPES)
                 current.properties = sorted(set(current.properties) | labels)
-                if same_stack or set(reads) & _create_only(kind):
+                if same_stack or set(reads) & create_only(kind):
                     current.replacement = "maybe"
                 grew = True
         if not grew:

@@ -82,13 +82,11 @@ class Doctor:
         checks = [self._identity(identity["Account"])]
         if checks[0].status == FAIL:
             return checks + self._example_values()
+        all_targets = targets(self.config)
+        checks.append(self._pipeline_bootstrap(all_targets[0]))
+        checks.append(self._execution_policies(self.session, all_targets[0], "pipeline account"))
         environment_sessions = {}
-        for target in targets(self.config):
-            if target.trust is None:  # the pipeline account, in its region or a support stack's
-                where = "pipeline account" + ("" if target.region == self.config.pipeline.region else f" in {target.region}")
-                checks.append(self._pipeline_bootstrap(target, where))
-                checks.append(self._execution_policies(self.session, target, where))
-                continue
+        for target in all_targets[1:]:
             found, session = self._environment_bootstrap(target)
             checks += found
             environment_sessions[target.key] = session
@@ -117,18 +115,18 @@ class Doctor:
             return Check(FAIL, f"{where} bootstrap version", f"{version}, older than the {self.required} required", fix)
         return Check(PASS, f"{where} bootstrap version", f"{version} (>= {self.required})")
 
-    def _pipeline_bootstrap(self, target: Target, where: str = "pipeline account") -> Check:
+    def _pipeline_bootstrap(self, target: Target) -> Check:
         cloudformation = self.session.client("cloudformation", region_name=target.region)
         fix = " ".join(target.command())
         try:
             (stack,) = cloudformation.describe_stacks(StackName="CDKToolkit")["Stacks"]
         except Exception as error:
-            return Check(FAIL, f"{where} bootstrapped", f"no CDKToolkit stack in {target.region} "
+            return Check(FAIL, "pipeline account bootstrapped", f"no CDKToolkit stack in {target.region} "
                          f"({_error_code(error)})", fix)
         if not stack["StackStatus"].endswith("_COMPLETE") or "ROLLBACK" in stack["StackStatus"]:
-            return Check(FAIL, f"{where} bootstrapped", f"CDKToolkit is {stack['StackStatus']}", fix)
-        version = self._version(self.session, target, where)
-        return version if version.status == FAIL else Check(PASS, f"{where} bootstrapped",
+            return Check(FAIL, "pipeline account bootstrapped", f"CDKToolkit is {stack['StackStatus']}", fix)
+        version = self._version(self.session, target, "pipeline account")
+        return version if version.status == FAIL else Check(PASS, "pipeline account bootstrapped",
                                                             f"CDKToolkit {stack['StackStatus']}, {version.found}")
 
     def _execution_policies(self, session, target: Target, where: str) -> Check:

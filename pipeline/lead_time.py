@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.assembly import AssemblyError, read_json, stage_name
+from pipeline.assembly import PIPELINE_STAGE, AssemblyError
+from pipeline.changes import read_assembly
 
 # Seconds, each with its source.
 PROVISIONING = 70  # (r) an EC2 CodeBuild build's queue and provisioning: "queuing times of 60 seconds and provisioning
@@ -50,29 +51,18 @@ class Step:
     source: str
 
 
-def _pipeline(assembly: Path) -> tuple[dict, str]:
-    manifest = read_json(assembly / "manifest.json")
-    for artifact_id, artifact in manifest.get("artifacts", {}).items():
-        props = artifact.get("properties", {})
-        if artifact.get("type") == "aws:cloudformation:stack" and "Pipeline" in props.get("stackName", artifact_id) \
-                and "-support-" not in props.get("stackName", artifact_id):
-            return read_json(assembly / props["templateFile"]), props.get("stackName", artifact_id)
-    raise AssemblyError(f"{assembly}: no pipeline stack")
-
-
-def _stage_templates(assembly: Path) -> dict[str, dict[str, dict]]:
-    """{Stage: {layer (Network, Data...): template}}."""
-    found: dict[str, dict[str, dict]] = {}
-    for artifact in read_json(assembly / "manifest.json").get("artifacts", {}).values():
-        if artifact.get("type") != "cdk:cloud-assembly":
-            continue
-        directory = assembly / artifact["properties"]["directoryName"]
-        stage = stage_name(artifact)
-        for nested in read_json(directory / "manifest.json").get("artifacts", {}).values():
-            if nested.get("type") == "aws:cloudformation:stack":
-                layer = nested["properties"]["stackName"].rsplit("-", 1)[-1]
-                found.setdefault(stage, {})[layer] = read_json(directory / nested["properties"]["templateFile"])
-    return found
+def _templates(assembly: Path) -> tuple[dict, dict[str, dict[str, dict]]]:
+    """The pipeline stack's template, and {Stage: {layer (Network, Data...): template}}."""
+    pipeline, stages = None, {}
+    for stack in read_assembly(assembly):
+        if stack.stage == PIPELINE_STAGE:
+            if any(r["Type"] == "AWS::CodePipeline::Pipeline" for r in stack.template.get("Resources", {}).values()):
+                pipeline = stack.template
+        else:
+            stages.setdefault(stack.stage, {})[stack.name.rsplit("-", 1)[-1]] = stack.template
+    if pipeline is None:
+        raise AssemblyError(f"{assembly}: no pipeline stack")
+    return pipeline, stages
 
 
 def service_seconds(template: dict, service_id: str) -> int:
@@ -115,9 +105,8 @@ def _bake_minutes(pipeline: dict, action: dict) -> int:
 
 
 def steps(assembly: Path) -> list[Step]:
-    pipeline, _ = _pipeline(assembly)
+    pipeline, layers = _templates(assembly)
     (props,) = [r["Properties"] for r in pipeline["Resources"].values() if r["Type"] == "AWS::CodePipeline::Pipeline"]
-    layers = _stage_templates(assembly)
     found = []
     for stage in props["Stages"]:
         groups: dict[int, list[dict]] = {}

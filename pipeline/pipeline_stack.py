@@ -243,8 +243,8 @@ class PipelineStack(Stack):
 
     def _support_stacks(self, config: AppConfig) -> None:
         """An environment in another region than the pipeline's gets a CDK cross-region support stack there
-        (`<pipeline stack>-support-<region>`, in the pipeline account: that region's artifact bucket and its KMS key;
-        `make bootstrap` bootstraps the pipeline account there). Its bucket logs to an access-log bucket of that
+        (`<pipeline stack>-support-<region>`, in the pipeline account: that region's artifact bucket and its KMS key,
+        deployed with the pipeline region's bootstrap roles). Its bucket logs to an access-log bucket of that
         region, like the main artifact bucket. CDK grants the pipeline's roles the support key on `*` (a key of
         another region has no ARN this stack can reference): scoped here to what the grant means, keys of the
         pipeline account in the support regions that carry the support stack's alias (`kms:ResourceAliases`; the

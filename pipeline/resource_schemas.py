@@ -24,6 +24,13 @@ SCHEMA_REGION = "us-east-1"  # the schemas' create-only properties are the same 
 NO_SCHEMA = ("Custom::", "AWS::CloudFormation::CustomResource", "AWS::CDK::Metadata")
 
 
+# Properties that replace the resource when they change although the schema does not say so (CloudFormation's template
+# reference): AWS::RDS::DBInstance, a changed DBSnapshotIdentifier restores a new instance and deletes the original, a
+# removed one creates an empty instance and deletes the original; AWS::DynamoDB::Table, KeySchema "Update requires:
+# Replacement".
+REPLACING = {"AWS::RDS::DBInstance": frozenset({"DBSnapshotIdentifier"}), "AWS::DynamoDB::Table": frozenset({"KeySchema"})}
+
+
 class UnknownType(AssemblyError):
     """A resource type the committed table does not list (a release that added one: regenerate the table)."""
 
@@ -64,14 +71,15 @@ def _committed() -> dict[str, frozenset[str]]:
 
 
 def create_only(resource_type: str) -> frozenset[str]:
-    """The committed create-only properties of `resource_type` (none for a custom resource)."""
+    """The properties whose change makes CloudFormation replace a `resource_type`: its committed create-only
+    properties and REPLACING (none for a custom resource)."""
     if _no_schema(resource_type):
         return frozenset()
     table = _committed()
     if resource_type not in table:
         raise UnknownType(f"{resource_type} is not in {TABLE.name}: a new resource type; run `make execution-policies` "
                           "(it rewrites the table) and commit it")
-    return table[resource_type]
+    return table[resource_type] | REPLACING.get(resource_type, frozenset())
 
 
 def assembly_types(assembly: Path) -> set[str]:
